@@ -1,0 +1,176 @@
+"""The checkpoint store: atomic saves in Hub layout, model cards, resolving local paths or Hub ids, pushing."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rlhflab.errors import UserError
+
+CARD_FILE = "README.md"
+METRICS_FILE = "metrics.jsonl"
+
+
+def command_line() -> str:
+    """The command that is running, as a user would re-type it."""
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+
+
+def save_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp_dir), then swap tmp_dir in for output_dir.
+
+    The previous checkpoint stays in place until the new one is complete, so an interrupted
+    save (crash, Ctrl-C, full disk) never destroys it.
+    """
+    out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _yaml_value(value, indent: int) -> str:
+    pad = " " * indent
+    if isinstance(value, dict):
+        return "".join(f"\n{pad}{k}:{_yaml_value(v, indent + 2)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "".join(f"\n{pad}-{_yaml_value(v, indent + 2).lstrip() if not isinstance(v, (dict, list)) else _yaml_value(v, indent + 2)}" for v in value) or " []"
+    return " " + json.dumps(value)
+
+
+def render_model_card(metadata: dict, title: str, sections: dict[str, str]) -> str:
+    """README.md with YAML front matter (the Hub reads it) and Markdown sections."""
+    front = "---" + "".join(f"\n{k}:{_yaml_value(v, 2)}" for k, v in metadata.items()) + "\n---\n"
+    body = f"\n# {title}\n"
+    for heading, text in sections.items():
+        body += f"\n## {heading}\n\n{text.strip()}\n"
+    return front + body
+
+
+def write_model_card(folder: str | Path, metadata: dict, title: str, sections: dict[str, str]) -> Path:
+    path = Path(folder) / CARD_FILE
+    path.write_text(render_model_card(metadata, title, sections), encoding="utf-8")
+    return path
+
+
+def read_model_card(folder: str | Path) -> str | None:
+    path = Path(folder) / CARD_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def write_json(path: str | Path, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=float) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted write
+    return out
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def resolve_checkpoint(name_or_path: str | Path, required_file: str | None = None) -> Path:
+    """A local folder, else a Hub repo id downloaded (or taken from the HF cache when offline)."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"checkpoint {path} is a file; expected a checkpoint folder.")
+        if required_file and not (path / required_file).exists():
+            raise UserError(f"checkpoint {path} has no {required_file}; it is incomplete or not this kind of checkpoint.")
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise UserError(f"checkpoint {name} not found: it is neither a local folder nor a Hub repo id (user/name).")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name))
+    except Exception as exc:
+        raise UserError(f"checkpoint {name} is not a local folder and could not be fetched from the Hub "
+                        f"({type(exc).__name__}); offline, only repos already in the HF cache load.") from None
+
+
+@dataclass
+class PushResult:
+    ok: bool
+    repo_id: str
+    message: str
+    url: str | None = None
+
+
+def push_folder(folder: str | Path, repo_id: str, api=None, private: bool = False,
+                commit_message: str | None = None) -> PushResult:
+    """Upload a checkpoint folder to a Hub model repo; never raises, never touches the local folder.
+
+    The token comes from HF_TOKEN or `huggingface-cli login`; it is never printed.
+    """
+    from huggingface_hub import HfApi
+
+    api = api or HfApi()
+    folder = Path(folder)
+    step = "creating the repo"
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        step = "uploading the files"
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message=commit_message or f"Upload {folder.name} from rlhflab",
+                                 ignore_patterns=["trainer_state/*", "*.tmp*"])
+        url = getattr(info, "commit_url", None) or str(info)
+        return PushResult(True, repo_id, f"pushed {folder} to https://huggingface.co/{repo_id}", url)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return PushResult(False, repo_id, f"push to {repo_id} failed while {step} ({type(exc).__name__}: {detail}); "
+                                          f"the local checkpoint {folder} is intact — retry with the same --push-to-hub.")
+
+
+def report_push(folder: str | Path, repo_id: str | None) -> PushResult | None:
+    """Push when asked and print the outcome in one line (scripts call this last)."""
+    if not repo_id:
+        return None
+    result = push_folder(folder, repo_id)
+    print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    return result
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.start

