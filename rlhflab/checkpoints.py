@@ -46,18 +46,12 @@ def save_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> Pa
     return out
 
 
-def _yaml_value(value, indent: int) -> str:
-    pad = " " * indent
-    if isinstance(value, dict):
-        return "".join(f"\n{pad}{k}:{_yaml_value(v, indent + 2)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return "".join(f"\n{pad}-{_yaml_value(v, indent + 2).lstrip() if not isinstance(v, (dict, list)) else _yaml_value(v, indent + 2)}" for v in value) or " []"
-    return " " + json.dumps(value)
-
-
 def render_model_card(metadata: dict, title: str, sections: dict[str, str]) -> str:
     """README.md with YAML front matter (the Hub reads it) and Markdown sections."""
-    front = "---" + "".join(f"\n{k}:{_yaml_value(v, 2)}" for k, v in metadata.items()) + "\n---\n"
+    import yaml
+
+    front = "---\n" + yaml.safe_dump(json.loads(json.dumps(metadata, default=str)), sort_keys=False,
+                                     allow_unicode=True) + "---\n"
     body = f"\n# {title}\n"
     for heading, text in sections.items():
         body += f"\n## {heading}\n\n{text.strip()}\n"

@@ -83,6 +83,8 @@ class PPOConfig:
 class DCGANConfig:
     profile: str = _f("spec", "configuration profile: spec or demo")
     data_root: str = _f(str(REPO_ROOT), "folder holding chestmnist.npz (downloaded there if network allows)")
+    download: bool = _f(True, "download chestmnist.npz through medmnist when it is not in data_root")
+    allow_phantom: bool = _f(False, "without chestmnist.npz, train on the PHANTOM set (procedurally generated, not real X-rays)")
     image_size: int = _f(28, "image side in pixels", choices=(28,))
     epochs: int = _f(1000, "training epochs")
     batch_size: int = _f(128, "images per step")
@@ -90,8 +92,13 @@ class DCGANConfig:
     beta1: float = _f(0.5, "Adam beta1")
     beta2: float = _f(0.999, "Adam beta2")
     latent_dim: int = _f(100, "latent vector size")
-    max_train_images: int | None = _f(None, "use at most this many training images (default all)")
+    generator_width: int = _f(64, "generator feature maps at its last hidden layer (DCGAN ngf); the first has 4x")
+    discriminator_width: int = _f(64, "discriminator feature maps at its first layer (DCGAN ndf)")
+    max_train_images: int | None = _f(None, "use at most this many training images, a seeded subset (default all)")
     sample_every: int = _f(50, "save a fixed-noise sample grid every N epochs")
+    save_every: int = _f(25, "save the checkpoint (with resumable training state) every N epochs")
+    diagnostic_samples: int = _f(1000, "generated images the end-of-training diagnostics use (0 = skip them)")
+    num_threads: int | None = _f(None, "torch CPU threads (default: torch's choice)")
     seed: int = _f(42, "random seed")
     output_dir: str = _f(str(CHECKPOINTS_DIR / "dcgan"), "checkpoint folder written")
     resume: bool = _f(False, "continue from the saved training state (generator + discriminator + optimizers)")
@@ -126,7 +133,7 @@ class EvalConfig:
 PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     RewardConfig: {
         "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), val_size=64, epochs=2,
-                     max_length=160, freeze_layers=20, lr=1e-4),
+                     max_length=128, freeze_layers=24, lr=1e-4),
     },
     PPOConfig: {
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=200, num_heldout=50,
@@ -134,7 +141,8 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      max_response_length=32, lr=3e-5, kl_coef=0.1, kl_horizon=160, max_steps=14),
     },
     DCGANConfig: {
-        "demo": dict(epochs=8, batch_size=128, sample_every=2, max_train_images=20000),
+        "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=20000,
+                     allow_phantom=True, download=False, generator_width=32, discriminator_width=32),
     },
     EvalConfig: {
         "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000),

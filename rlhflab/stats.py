@@ -1,0 +1,55 @@
+"""Intervals and summaries: bootstrap (plain and paired), Wilson interval for proportions, correlation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def bootstrap_ci(values, statistic=np.mean, samples: int = 2000, level: float = 0.95, seed: int = 0):
+    """(estimate, low, high): percentile bootstrap interval of statistic(values)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(samples, x.size))
+    stats = np.apply_along_axis(statistic, 1, x[idx]) if statistic is not np.mean else x[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(statistic(x)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def paired_bootstrap_diff(a, b, samples: int = 2000, level: float = 0.95, seed: int = 0):
+    """(mean(a - b), low, high) resampling prompts jointly, so a and b stay paired."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError("paired samples must have the same shape")
+    return bootstrap_ci(a - b, samples=samples, level=level, seed=seed)
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95):
+    """(proportion, low, high): Wilson score interval, sensible for small n and extreme proportions."""
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    z = {0.95: 1.959963984540054, 0.9: 1.6448536269514722, 0.99: 2.5758293035489004}[level]
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pearson(x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def fmt_ci(est: float, low: float, high: float, digits: int = 3, unit: str = "") -> str:
+    u = f" {unit}" if unit else ""
+    return f"{est:.{digits}f}{u} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def histogram(values, bins: int = 20) -> dict:
+    counts, edges = np.histogram(np.asarray(values, dtype=float), bins=bins)
+    return {"counts": counts.tolist(), "edges": edges.tolist()}

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny Llama-style and GPT-2-style models built from configs (2 layers, hidden 64).
+
+The tokenizer is the embedded SmolLM2 tokenizer read straight from the GGUF (no weights are
+de-quantised); the GPT-2-style variant drops the chat template and pad token, as GPT-2 has none.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    from rlhflab.models import EMBEDDED_MODELS, _embedded_gguf
+
+    gguf = _embedded_gguf("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_MODELS["smollm2-135m-instruct"][1])
+    out = tmp_path_factory.mktemp("smol-tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+def _save_tiny(out: Path, model, tokenizer_dir: Path, gpt2_style: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if gpt2_style:
+        tok.chat_template = None
+        tok.pad_token = None
+        tok.eos_token = "<|endoftext|>"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if gpt2_style:  # make sure no chat template survives in the saved files
+        cfg_path = out / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.pop("chat_template", None)
+        cfg_path.write_text(json.dumps(cfg))
+        (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), LlamaForCausalLM(config), smol_tokenizer_dir, False)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=49152, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+                        bos_token_id=0, eos_token_id=0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), GPT2LMHeadModel(config), smol_tokenizer_dir, True)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
+    return tiny_llama_dir if request.param == "llama" else tiny_gpt2_dir
+
+
+def hh_row(prompt_turns: list[str], chosen: str, rejected: str) -> dict:
+    """A row in hh-rlhf's exact format from alternating human/assistant turns (last is human)."""
+    prefix = ""
+    for i, turn in enumerate(prompt_turns):
+        prefix += ("\n\nHuman: " if i % 2 == 0 else "\n\nAssistant: ") + turn
+    prefix += "\n\nAssistant:"
+    return {"chosen": prefix + " " + chosen, "rejected": prefix + " " + rejected}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,59 @@
+"""Model loading, prompt formatting and the padding guard for Llama-style and GPT-2-style tokenizers."""
+import pytest
+import torch
+
+from rlhflab.generation import GenerationSettings, generate_batch
+from rlhflab.errors import UserError
+from rlhflab.models import (format_prompt, load_causal_lm, load_tokenizer, lora_target_modules)
+
+
+def test_prompt_format_chat_template_and_plain(tiny_llama_dir, tiny_gpt2_dir):
+    llama_tok = load_tokenizer(tiny_llama_dir)
+    text = format_prompt(llama_tok, "Hi?")
+    assert "<|im_start|>user\nHi?<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    gpt2_tok = load_tokenizer(tiny_gpt2_dir)
+    history = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+               {"role": "user", "content": "Bye?"}]
+    assert format_prompt(gpt2_tok, history) == "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: Bye?\n\nAssistant:"
+
+
+def test_padding_guard_left_side_and_pad_never_inside_prompts(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    assert tok.padding_side == "left"
+    ids = tok(format_prompt(tok, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                  {"role": "user", "content": "c"}]))["input_ids"]
+    assert tok.pad_token_id is not None and tok.pad_token_id not in ids
+
+
+def test_smollm_pad_is_not_im_end(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
+    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id != tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_model_dir):
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    prompts = ["Hello there, how are you?", "Hi", "Tell me something about the weather today please."]
+    settings = GenerationSettings(greedy=True, max_new_tokens=6, repetition_penalty=1.0)
+    batched = generate_batch(model, tok, prompts, settings, batch_size=3)
+    single = [generate_batch(model, tok, [p], settings, batch_size=1)[0] for p in prompts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(0 < g.num_tokens <= 6 for g in batched)
+
+
+def test_settings_out_of_range_name_the_setting():
+    with pytest.raises(UserError, match="temperature"):
+        GenerationSettings(temperature=9.0).validate()
+    with pytest.raises(UserError, match="max_new_tokens"):
+        GenerationSettings(max_new_tokens=0).validate()
+    with pytest.raises(UserError, match="top_k"):
+        GenerationSettings(top_k="lots").validate()
+
+
+def test_lora_targets_per_architecture(tiny_llama_dir, tiny_gpt2_dir):
+    assert lora_target_modules(load_causal_lm(str(tiny_llama_dir))[0]) == ["q_proj", "v_proj"]
+    assert lora_target_modules(load_causal_lm(str(tiny_gpt2_dir))[0]) == ["c_attn"]
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(UserError):
+        load_causal_lm("definitely/not-a-cached-model")
