@@ -1,0 +1,466 @@
+"""DCGAN for 28×28 chest X-rays: the two networks, seeded sampling, grids, the generator checkpoint, and its diagnostics.
+
+Training (training/dcgan.py), evaluation (eval/gan.py) and the app all use these functions.
+The diagnostics need no downloaded network: pixel-space diversity, MS-SSIM, nearest-training-image
+distances, and a Fréchet distance in the features of a small classifier trained here on the same data.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlhflab.checkpoints import markdown_table, resolve_checkpoint
+from rlhflab.errors import UserError
+
+GENERATOR_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
+GRID_FILE = "grid.png"
+GRID_IMAGES = 32  # an 8×4 grid
+
+
+# ---------------------------------------------------------------- networks
+
+
+class Generator(nn.Module):
+    """latent (N×latent_dim[×1×1]) -> image N×1×28×28 in [-1, 1]: transposed convolutions 1→7→14→28."""
+
+    def __init__(self, latent_dim: int = 100, width: int = 64):
+        super().__init__()
+        self.latent_dim, self.width = latent_dim, width
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, 4 * width, 7, 1, 0, bias=False),  # 1×1 -> 7×7
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False),  # -> 14×14
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(2 * width, 1, 4, 2, 1, bias=False),  # -> 28×28
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.size(0), self.latent_dim, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """image N×1×28×28 -> probability of "real" N: four strided convolutions 28→14→7→4→1."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.width = width
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 4, 2, 1, bias=False),  # -> 14×14 (no batch norm on the input layer, as in DCGAN)
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),  # -> 7×7
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * width, 4 * width, 3, 2, 1, bias=False),  # -> 4×4
+            nn.BatchNorm2d(4 * width),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(4 * width, 1, 4, 1, 0, bias=False),  # -> 1×1
+            nn.Sigmoid(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).view(-1)
+
+
+def dcgan_weights_init(module: nn.Module) -> None:
+    """Radford et al. 2016: convolutions N(0, 0.02); batch-norm scale N(1, 0.02), shift 0. Use with .apply()."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- sampling and grids
+
+
+def sample_latents(seed: int, n: int, latent_dim: int = 100) -> torch.Tensor:
+    """n standard-normal latents from their own seeded generator (the global RNG is untouched)."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+
+@torch.no_grad()
+def generate(generator: Generator, latents: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Images for the given latents with batch norm in inference mode, so image i depends only on latent i."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        device = next(generator.parameters()).device
+        out = [generator(z.to(device)).cpu() for z in latents.split(batch_size)]
+    finally:
+        generator.train(was_training)
+    return torch.cat(out)
+
+
+def sample_images(generator: Generator, seed: int, n: int = GRID_IMAGES) -> torch.Tensor:
+    """n images N×1×28×28 in [-1, 1]; the same seed always gives the same images."""
+    return generate(generator, sample_latents(seed, n, generator.latent_dim))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation: stays at the norm Gaussian latents have, unlike a straight line through 0."""
+    cos = (a * b).sum() / (a.norm() * b.norm())
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def latent_interpolation(generator: Generator, seed_a: int, seed_b: int, steps: int = 8) -> torch.Tensor:
+    """steps images walking (spherically) from seed_a's first latent to seed_b's."""
+    za = sample_latents(seed_a, 1, generator.latent_dim)[0]
+    zb = sample_latents(seed_b, 1, generator.latent_dim)[0]
+    ts = torch.linspace(0, 1, max(2, steps)).tolist()
+    return generate(generator, torch.stack([slerp(za, zb, t) for t in ts]))
+
+
+def make_grid_png(images: torch.Tensor, nrow: int = 8, padding: int = 2, scale: int = 1):
+    """A PIL grayscale grid, nrow images a row (32 images -> 8×4), black padding; scale enlarges by pixel repetition."""
+    from PIL import Image
+
+    from rlhflab.data.chestmnist import to_uint8
+
+    pixels = to_uint8(images)
+    n, h, w = pixels.shape
+    rows = math.ceil(n / nrow)
+    canvas = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding), np.uint8)
+    for i, img in enumerate(pixels):
+        r, c = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        canvas[y:y + h, x:x + w] = img
+    if scale > 1:
+        canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
+    return Image.fromarray(canvas, mode="L")
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- checkpoint
+
+
+def save_generator(folder: str | Path, generator: Generator, config_dict: dict | None = None) -> None:
+    """model.safetensors + config.json (latent_dim, image_size, width and whatever config_dict adds)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    save_file(state, str(folder / GENERATOR_FILE), metadata={"format": "pt"})
+    config = {"model_type": "dcgan-generator", "latent_dim": generator.latent_dim, "image_size": 28,
+              "channels": 1, "generator_width": generator.width, "output_range": [-1, 1]}
+    config.update(config_dict or {})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_generator_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        int(config["latent_dim"]), int(config["image_size"])
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {folder} has no {CONFIG_FILE}; it is incomplete — re-run "
+                        f"`python training/dcgan.py` to produce it.") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a DCGAN generator config (needs latent_dim and image_size); "
+                        f"the checkpoint is corrupt or of another kind.") from None
+    return config
+
+
+def load_generator(name_or_path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """A generator from a local checkpoint folder or a Hub repo id, in eval mode; its config.json is `.config`."""
+    from safetensors.torch import load_file
+
+    folder = resolve_checkpoint(name_or_path, required_file=GENERATOR_FILE)
+    config = read_generator_config(folder)
+    if int(config["image_size"]) != 28:
+        raise UserError(f"checkpoint {name_or_path} makes {config['image_size']}-pixel images; this code builds 28×28.")
+    generator = Generator(int(config["latent_dim"]), int(config.get("generator_width", 64)))
+    try:
+        state = load_file(str(folder / GENERATOR_FILE))
+        generator.load_state_dict(state)
+    except Exception as exc:
+        raise UserError(f"checkpoint {name_or_path}: {GENERATOR_FILE} does not load into the generator its "
+                        f"config describes ({type(exc).__name__}); the file is corrupt or from another model — "
+                        f"re-run `python training/dcgan.py` or fetch it again.") from None
+    generator.config = config
+    generator.checkpoint_path = folder
+    return generator.to(device).eval()
+
+
+# ---------------------------------------------------------------- diagnostics: pixel space
+
+
+def _flat(images: torch.Tensor) -> torch.Tensor:
+    return images.reshape(len(images), -1).float()
+
+
+def mean_pairwise_l2(images: torch.Tensor) -> float:
+    """Mean L2 distance over all pairs i<j (pixels in [-1, 1], 784 of them): collapse drives it towards 0."""
+    x = _flat(images)
+    d = torch.cdist(x, x)
+    iu = torch.triu_indices(len(x), len(x), offset=1)
+    return float(d[iu[0], iu[1]].mean())
+
+
+def nearest_neighbour_l2(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 256):
+    """For each query its nearest reference image: (L2 distances, indices).
+
+    The search uses the fast |a|²+|b|²-2ab form; the winners' distances are then recomputed directly,
+    so an exact copy reads exactly 0.
+    """
+    q, r = _flat(queries), _flat(reference)
+    r_sq = (r * r).sum(1)
+    idx = torch.empty(len(q), dtype=torch.long)
+    for start in range(0, len(q), chunk):
+        block = q[start:start + chunk]
+        idx[start:start + chunk] = (r_sq[None, :] - 2 * block @ r.T).argmin(1)  # |q|² is constant per row
+    dist = (q - r[idx]).norm(dim=1)
+    return dist, idx
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def _ssim_and_cs(x, y, window, data_range):
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    sxx = F.conv2d(x * x, window) - mu_x ** 2
+    syy = F.conv2d(y * y, window) - mu_y ** 2
+    sxy = F.conv2d(x * y, window) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
+    return (luminance * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+MS_SSIM_WINDOW, MS_SSIM_SIGMA = 7, 1.5
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001)  # Wang et al. 2003's first three scale weights, renormalised below
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Multi-scale SSIM per image pair, for 28×28 images: 3 scales (28, 14, 7 pixels), Gaussian window 7×7 σ=1.5.
+
+    Wang, Simoncelli & Bovik 2003 use 5 scales and an 11-pixel window, which do not fit 28 pixels; this
+    keeps their form — contrast·structure at the finer scales, full SSIM at the coarsest (7×7: one window),
+    weights = their first three renormalised — with "valid" windows (no padding). Negative terms are clipped
+    to 0 before the fractional powers. 1 = identical; lower = more different (range [0, 1]).
+    """
+    window = _gaussian_window(MS_SSIM_WINDOW, MS_SSIM_SIGMA).to(x)
+    weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=x.dtype)
+    weights = weights / weights.sum()
+    x, y = x.float(), y.float()
+    result = torch.ones(len(x), dtype=x.dtype)
+    for scale, w in enumerate(weights):
+        ssim, cs = _ssim_and_cs(x, y, window, data_range)
+        term = ssim if scale == len(weights) - 1 else cs
+        result = result * term.clamp_min(0) ** w
+        x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return result
+
+
+def mean_pair_ms_ssim(images: torch.Tensor, num_pairs: int, seed: int) -> float:
+    """Mean MS-SSIM of random distinct pairs (Odena et al. 2017's diversity measure: mode collapse raises it)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(len(images), (num_pairs,), generator=g)
+    b = (a + torch.randint(1, len(images), (num_pairs,), generator=g)) % len(images)
+    return float(ms_ssim(images[a], images[b]).mean())
+
+
+# ---------------------------------------------------------------- diagnostics: feature space
+
+
+class XrayFeatureNet(nn.Module):
+    """A small CNN for ChestMNIST's 14 labels; its 128-d hidden layer is the space of the Fréchet distance."""
+
+    FEATURE_DIM = 128
+
+    def __init__(self, num_labels: int = 14):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(True),  # 14×14
+            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(True),  # 7×7
+            nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(True),  # 4×4
+            nn.Flatten(), nn.Linear(64 * 16, self.FEATURE_DIM), nn.ReLU(True),
+        )
+        self.head = nn.Linear(self.FEATURE_DIM, num_labels)
+
+    def forward(self, images):
+        return self.head(self.body(images))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        self.eval()
+        return torch.cat([self.body(x) for x in images.split(batch_size)]).double()
+
+
+def train_feature_net(images, labels, epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
+                      seed: int = 0) -> XrayFeatureNet:
+    """Multi-label BCE on the 14 labels, Adam, a few epochs (seconds on CPU)."""
+    torch.manual_seed(seed)
+    net = XrayFeatureNet(labels.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(images))
+        for start in range(0, len(images), batch_size):
+            idx = perm[start:start + batch_size]
+            loss = loss_fn(net(images[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def macro_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Mean ROC AUC over the labels that have both classes (Mann–Whitney form; ties are rare with float scores)."""
+    aucs = []
+    for k in range(labels.shape[1]):
+        y = labels[:, k] > 0.5
+        pos, neg = int(y.sum()), int((~y).sum())
+        if pos == 0 or neg == 0:
+            continue
+        ranks = torch.empty(len(y), dtype=torch.float64)
+        ranks[scores[:, k].argsort()] = torch.arange(1, len(y) + 1, dtype=torch.float64)
+        aucs.append(float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg)))
+    return float(np.mean(aucs)) if aucs else None
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(m)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """|μa-μb|² + Tr(Σa + Σb - 2(Σa Σb)^½), with Tr((ΣaΣb)^½) from the eigenvalues of Σa^½ Σb Σa^½ (symmetric)."""
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    cov_a, cov_b = torch.cov(feats_a.T), torch.cov(feats_b.T)
+    root_a = _sqrtm_psd(cov_a)
+    middle = root_a @ cov_b @ root_a
+    tr_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt)
+
+
+# ---------------------------------------------------------------- all diagnostics together
+
+FRECHET_NOTE = ("Fréchet distance in the 128-d hidden layer of a small CNN trained here on the same data's 14 labels "
+                "(multi-label BCE). NOT comparable to Inception FID or to this number from another classifier or "
+                "data set; read it against the real-vs-real floor (training subset vs held-out images).")
+
+
+def _summary(x: torch.Tensor) -> dict:
+    return {"mean": float(x.mean()), "median": float(x.median())}
+
+
+def gan_diagnostics(generator: Generator, data, num_samples: int = 1000, seed: int = 0,
+                    classifier_epochs: int = 2, classifier_max_images: int = 20000) -> dict:
+    """Diversity, memorisation and a domain-feature Fréchet distance for `generator` against `data`
+    (an rlhflab.data.chestmnist.XrayDataset). Held-out real images come from its test split.
+    The global torch RNG is left as it was."""
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        n = max(2, min(num_samples, len(data.test_images), len(data.train_images)))
+        g = torch.Generator().manual_seed(seed)
+        fake = sample_images(generator, seed + 1, n)
+        heldout = data.test_images[torch.randperm(len(data.test_images), generator=g)[:n]]
+        train_subset = data.train_images[torch.randperm(len(data.train_images), generator=g)[:n]]
+
+        pl_fake, pl_real = mean_pairwise_l2(fake), mean_pairwise_l2(heldout)
+        pairs = 4 * n
+        ss_fake, ss_real = mean_pair_ms_ssim(fake, pairs, seed), mean_pair_ms_ssim(heldout, pairs, seed)
+
+        nn_fake, _ = nearest_neighbour_l2(fake, data.train_images)
+        nn_held, _ = nearest_neighbour_l2(heldout, data.train_images)
+        p05 = torch.quantile(nn_held, 0.05)
+
+        k = min(classifier_max_images, len(data.train_images))
+        clf_idx = torch.randperm(len(data.train_images), generator=g)[:k]
+        net = train_feature_net(data.train_images[clf_idx], data.train_labels[clf_idx],
+                                epochs=classifier_epochs, seed=seed)
+        with torch.no_grad():
+            auc = macro_auc(net(data.test_images).double(), data.test_labels)
+        f_fake, f_held, f_train = net.features(fake), net.features(heldout), net.features(train_subset)
+        fd_fake, fd_floor = frechet_distance(f_fake, f_held), frechet_distance(f_train, f_held)
+
+    return {
+        "data_source": data.source,
+        "num_generated": n, "num_real_heldout": n, "seed": seed,
+        "pairwise_l2": {"generated": pl_fake, "real_heldout": pl_real, "ratio": pl_fake / max(pl_real, 1e-12),
+                        "units": "L2 over 784 pixels scaled to [-1, 1]; mean over all pairs"},
+        "ms_ssim": {"generated_pairs": ss_fake, "real_pairs": ss_real, "num_pairs": pairs,
+                    "scales": len(MS_SSIM_WEIGHTS), "window": MS_SSIM_WINDOW, "sigma": MS_SSIM_SIGMA,
+                    "reading": "lower = more diverse; generated well above real suggests mode collapse"},
+        "memorisation": {"generated_to_train_l2": _summary(nn_fake), "heldout_to_train_l2": _summary(nn_held),
+                         "ratio_of_medians": float(nn_fake.median() / nn_held.median().clamp_min(1e-12)),
+                         "generated_below_heldout_p05": float((nn_fake < p05).float().mean()),
+                         "num_train_images": len(data.train_images),
+                         "reading": "ratio near 1: no sign of copying; well below 1: samples sit on training images"},
+        "frechet": {"generated_vs_heldout": fd_fake, "floor_train_vs_heldout": fd_floor,
+                    "feature_dim": XrayFeatureNet.FEATURE_DIM, "classifier_epochs": classifier_epochs,
+                    "classifier_train_images": k, "classifier_heldout_macro_auc": auc, "note": FRECHET_NOTE},
+        "seconds": round(time.perf_counter() - t0, 2),
+        "hardware": hardware_description(),
+    }
+
+
+def diagnostics_table(diag: dict) -> str:
+    """The diagnostics as a Markdown table (model card, eval output)."""
+    m, f = diag["memorisation"], diag["frechet"]
+    auc = f"{f['classifier_heldout_macro_auc']:.3f}" if f.get("classifier_heldout_macro_auc") is not None else "n/a"
+    rows = [
+        ["mean pairwise L2 (diversity, higher = more varied)", f"{diag['pairwise_l2']['generated']:.2f}",
+         f"{diag['pairwise_l2']['real_heldout']:.2f}", f"ratio {diag['pairwise_l2']['ratio']:.2f}"],
+        [f"mean pair MS-SSIM ({diag['ms_ssim']['scales']} scales, window {diag['ms_ssim']['window']}, "
+         f"σ {diag['ms_ssim']['sigma']}; lower = more varied)",
+         f"{diag['ms_ssim']['generated_pairs']:.3f}", f"{diag['ms_ssim']['real_pairs']:.3f}", ""],
+        ["nearest-training-image L2, median (memorisation)", f"{m['generated_to_train_l2']['median']:.2f}",
+         f"{m['heldout_to_train_l2']['median']:.2f}", f"ratio {m['ratio_of_medians']:.2f}"],
+        ["nearest-training-image L2, mean", f"{m['generated_to_train_l2']['mean']:.2f}",
+         f"{m['heldout_to_train_l2']['mean']:.2f}",
+         f"{m['generated_below_heldout_p05']:.1%} of samples closer than 95 % of held-out images"],
+        ["Fréchet distance, small-CNN features (not Inception FID)", f"{f['generated_vs_heldout']:.3f}",
+         f"{f['floor_train_vs_heldout']:.3f}", f"floor = real train vs real held-out; classifier macro AUC {auc}"],
+    ]
+    return markdown_table(["diagnostic", "generated", "real (held-out)", "note"], rows)
+
+
+def hardware_description() -> str:
+    """One line naming the machine: CPU model and cores, GPU if any, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text

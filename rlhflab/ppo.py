@@ -1,0 +1,373 @@
+"""PPO training: the one module that touches TRL's PPOTrainer (trl==1.12.0, `trl.experimental.ppo`).
+
+Around TRL it adds: the batch arithmetic of the spec, the adaptive KL controller (Ziegler et
+al. 2019) as a callback, per-token KL and entropy (TRL logs them summed per sequence), a
+metrics log with units, resumable work state, and the checkpoint folder with its card.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line, markdown_table, read_jsonl,
+                                 report_push, save_atomically, write_json, write_model_card)
+from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
+from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
+from rlhflab.errors import UserError
+from rlhflab.models import (autocast_dtype, count_parameters, format_prompt, load_causal_lm, load_reward_model,
+                            lora_target_modules, model_path)
+
+HELDOUT_FILE = "heldout_prompts.jsonl"
+TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
+PPO_INFO_FILE = "ppo_info.json"
+KL_BAND = (0.02, 0.1)  # nats per token
+
+
+# ---------------------------------------------------------------- KL controller
+@dataclass
+class AdaptiveKLController:
+    """beta <- beta * (1 + clip(KL/target - 1, -clip, clip) * n / horizon)   (Ziegler et al. 2019, eq. 2).
+
+    KL and target are per token, in nats; n is the number of episodes in the step.
+    """
+
+    value: float
+    target: float
+    horizon: int
+    clip: float = 0.2
+
+    def update(self, kl_per_token: float, n_episodes: int) -> float:
+        error = min(max(kl_per_token / self.target - 1.0, -self.clip), self.clip)
+        self.value *= 1.0 + error * n_episodes / self.horizon
+        return self.value
+
+
+# ---------------------------------------------------------------- batch arithmetic
+def ppo_batch_plan(batch_size: int, mini_batch_size: int, num_prompts: int, epochs: int, world_size: int = 1,
+                   max_steps: int | None = None) -> dict:
+    """TRL 1.12 arguments for a rollout batch of `batch_size` with backward passes of `mini_batch_size`.
+
+    TRL: rollout batch = per_device x grad_accum x processes; each backward takes per_device
+    sequences; steps = ceil(total_episodes / rollout batch).
+    """
+    if batch_size % (mini_batch_size * world_size):
+        raise UserError(f"--batch-size {batch_size} must be a multiple of --mini-batch-size {mini_batch_size}"
+                        f" x {world_size} processes.")
+    accumulation = batch_size // (mini_batch_size * world_size)
+    total_episodes = epochs * num_prompts
+    steps = math.ceil(total_episodes / batch_size)
+    if max_steps:
+        steps = min(steps, max_steps)
+        total_episodes = steps * batch_size
+    return {"per_device_train_batch_size": mini_batch_size, "gradient_accumulation_steps": accumulation,
+            "local_rollout_forward_batch_size": mini_batch_size, "num_mini_batches": 1,
+            "total_episodes": total_episodes, "steps": steps}
+
+
+# ---------------------------------------------------------------- TRL-facing pieces
+def _trl():
+    from trl.experimental.ppo import PPOConfig as TRLPPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as trainer_module
+
+    return TRLPPOConfig, PPOTrainer, trainer_module
+
+
+class _ResponseLengthProbe:
+    """Records the response length of every rollout as TRL scores it (TRL logs only summed KL)."""
+
+    def __init__(self):
+        self.lengths: list[torch.Tensor] = []
+        self.reward_model = None
+
+    @contextlib.contextmanager
+    def installed(self, trainer_module, reward_model):
+        original = trainer_module.get_reward
+        self.reward_model = reward_model
+
+        def get_reward(model, query_responses, pad_token_id, context_length):
+            if model is self.reward_model:
+                self.lengths.append((query_responses[:, context_length:] != pad_token_id).sum(1).cpu())
+            return original(model, query_responses, pad_token_id, context_length)
+
+        trainer_module.get_reward = get_reward
+        try:
+            yield self
+        finally:
+            trainer_module.get_reward = original
+
+    def pop_mean(self) -> float:
+        if not self.lengths:
+            return float("nan")
+        mean = torch.cat(self.lengths).float().mean().item()
+        self.lengths.clear()
+        return mean
+
+
+def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: AdaptiveKLController | None,
+                      step_offset: int, episode_offset: int, on_step=None):
+    from transformers import TrainerCallback
+
+    class PPOMetricsLog(TrainerCallback):
+        """One record per PPO step with units in the names; moves the KL coefficient when adaptive."""
+
+        last_time = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "objective/kl" not in logs:
+                return
+            now = time.perf_counter()
+            seconds, self.last_time = now - self.last_time, now
+            length = max(probe.pop_mean(), 1.0)
+            kl_seq = float(logs["objective/kl"])
+            record = {
+                "step": state.global_step + step_offset,
+                "episode": int(logs.get("episode", state.episode)) + episode_offset,
+                "kl_per_token": kl_seq / length,
+                "kl_per_sequence": kl_seq,
+                "kl_coef": float(args.kl_coef),
+                "score": float(logs["objective/scores"]),
+                "rlhf_reward": float(logs["objective/rlhf_reward"]),
+                "non_score_reward": float(logs["objective/non_score_reward"]),
+                "entropy_per_token": float(logs["objective/entropy"]) / length,
+                "response_tokens_mean": length,
+                "policy_loss": float(logs.get("loss/policy_avg", float("nan"))),
+                "value_loss": float(logs.get("loss/value_avg", float("nan"))),
+                "clipfrac": float(logs.get("policy/clipfrac_avg", float("nan"))),
+                "lr": float(kw["optimizer"].param_groups[0]["lr"]) if kw.get("optimizer") else float("nan"),
+                "seconds_per_step": seconds,
+            }
+            if controller is not None:
+                args.kl_coef = controller.update(record["kl_per_token"], args.batch_size)
+                record["kl_coef_next"] = args.kl_coef
+            append_jsonl(log_path, record)
+            if on_step is not None:
+                on_step(record)
+
+    return PPOMetricsLog()
+
+
+# ---------------------------------------------------------------- data
+def prepare_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[str], list[list[int]]]:
+    """(train prompts, held-out prompts, tokenized train queries); over-long prompts are dropped."""
+    prompts = load_prompts(cfg.dataset, cfg.lang)
+    train, heldout = split_prompts(prompts, cfg.num_prompts, cfg.num_heldout, cfg.seed)
+    kept, queries = [], []
+    for p in train:
+        ids = tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+        if len(ids) <= cfg.max_prompt_length:
+            kept.append(p)
+            queries.append(ids)
+    if not kept:
+        raise UserError(f"all {len(train)} training prompts are longer than --max-prompt-length "
+                        f"{cfg.max_prompt_length} tokens; raise the limit or use shorter prompts.")
+    if len(kept) < cfg.batch_size:
+        raise UserError(f"only {len(kept)} usable training prompts but --batch-size is {cfg.batch_size}; "
+                        f"lower the batch size or add prompts.")
+    return kept, heldout, queries
+
+
+# ---------------------------------------------------------------- training
+def output_dir_for(cfg: PPOConfig) -> Path:
+    return Path(cfg.output_dir or CHECKPOINTS_DIR / f"ppo-{cfg.mode}")
+
+
+def train_ppo(cfg: PPOConfig, on_step=None) -> Path:
+    """Run PPO (full or LoRA) against the frozen reward model; write the checkpoint; return its path."""
+    import datasets
+    from peft import LoraConfig
+
+    timer = Timer()
+    torch.manual_seed(cfg.seed)
+    out = output_dir_for(cfg)
+    work = out.parent / f".{out.name}-work"
+    reward_model, reward_tok = load_reward_model(cfg.reward_model)
+    policy, tokenizer = load_causal_lm(cfg.base_model)
+    if reward_tok.get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {cfg.base_model}; "
+                        f"train the reward model on the same base (--base-model).")
+    train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer)
+    plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(train_prompts), cfg.epochs,
+                          max_steps=cfg.max_steps)
+
+    # Resume: continue from the last saved step's weights, metrics and KL coefficient.
+    state = json.loads((work / "state.json").read_text()) if cfg.resume and (work / "state.json").is_file() else None
+    if cfg.resume and state is None:
+        print(f"--resume: no saved PPO state in {work}; starting from scratch.", flush=True)
+    if state is None:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    done_steps = state["step"] if state else 0
+    if done_steps >= plan["steps"]:
+        print(f"--resume: all {plan['steps']} steps already done; writing the checkpoint.", flush=True)
+    kl_coef = state["kl_coef"] if state else cfg.kl_coef
+
+    from transformers import AutoModelForSequenceClassification
+
+    value_source = work / "value" if state else model_path(cfg.reward_model)
+    value_model = AutoModelForSequenceClassification.from_pretrained(value_source, num_labels=1)
+    value_model.config.pad_token_id = tokenizer.pad_token_id
+    if state and cfg.mode == "full":
+        policy, _ = load_causal_lm(str(work / "policy"))
+
+    TRLPPOConfig, PPOTrainer, trainer_module = _trl()
+    bf16 = autocast_dtype(cfg.bf16) is not None
+    remaining = max(plan["steps"] - done_steps, 0)
+    args = TRLPPOConfig(
+        output_dir=str(work / "trl"), learning_rate=cfg.lr, num_ppo_epochs=cfg.ppo_epochs,
+        per_device_train_batch_size=plan["per_device_train_batch_size"],
+        gradient_accumulation_steps=plan["gradient_accumulation_steps"],
+        local_rollout_forward_batch_size=plan["local_rollout_forward_batch_size"],
+        num_mini_batches=plan["num_mini_batches"], total_episodes=remaining * cfg.batch_size,
+        response_length=cfg.max_response_length, temperature=cfg.temperature, stop_token="eos",
+        kl_coef=kl_coef, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
+        bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
+        dataset_num_proc=None, disable_tqdm=False,
+    )
+    peft_config = None
+    if cfg.mode == "lora":
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=lora_target_modules(policy), task_type="CAUSAL_LM", bias="none")
+    train_dataset = datasets.Dataset.from_dict({"input_ids": queries})
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+                         reward_model=reward_model, train_dataset=train_dataset, value_model=value_model,
+                         peft_config=peft_config)
+    policy_model = trainer.policy_model
+    if state and cfg.mode == "lora":
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(policy_model, load_file(work / "policy" / "adapter_model.safetensors"))
+
+    base_snapshot = None
+    if cfg.mode == "lora":  # keep a fingerprint to prove the base weights stay bit-identical
+        base_snapshot = {n: p.detach().clone() for n, p in policy_model.named_parameters() if "lora_" not in n}
+    trainable, total = count_parameters(policy_model)
+    v_trainable, v_total = count_parameters(value_model)
+
+    log_path = work / METRICS_FILE
+    controller = None if cfg.fixed_kl else AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
+    probe = _ResponseLengthProbe()
+
+    def save_work(record):
+        _save_policy(policy_model, tokenizer, work / "policy")
+        trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(work / "value")
+        write_json(work / "state.json", {"step": record["step"], "episode": record["episode"],
+                                         "kl_coef": record.get("kl_coef_next", record["kl_coef"])})
+
+    save_every = max(1, plan["steps"] // 10)
+
+    def after_step(record):
+        print(f"step {record['step']}/{plan['steps']}: KL {record['kl_per_token']:.4f} nats/token "
+              f"({record['kl_per_sequence']:.3f} nats/seq), score {record['score']:.3f}, "
+              f"beta {record['kl_coef']:.4f}, {record['seconds_per_step']:.1f} s", flush=True)
+        if record["step"] % save_every == 0 or record["step"] == plan["steps"]:
+            save_work(record)
+        if on_step is not None:
+            on_step(record)
+
+    trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
+                                           state["episode"] if state else 0, after_step))
+    if remaining:
+        with probe.installed(trainer_module, trainer.reward_model):
+            trainer.train()
+
+    if base_snapshot is not None:
+        changed = [n for n, p in policy_model.named_parameters()
+                   if n in base_snapshot and not torch.equal(p.detach(), base_snapshot[n])]
+        if changed:
+            raise RuntimeError(f"LoRA training changed base weights: {changed[:3]}")
+    metrics = read_jsonl(log_path)
+    info = {
+        "mode": cfg.mode, "base_model": cfg.base_model, "reward_model": cfg.reward_model,
+        "steps": plan["steps"], "rollout_batch": cfg.batch_size, "trl_args": {k: v for k, v in plan.items()},
+        "policy_trainable_params": trainable, "policy_total_params": total,
+        "value_trainable_params": v_trainable, "value_total_params": v_total,
+        "lora_target_modules": list(peft_config.target_modules) if peft_config else None,
+        "train_prompts": len(train_prompts), "heldout_prompts": len(heldout), "bf16": bf16,
+        "seconds": timer.elapsed_s, "summary": summarize_metrics(metrics),
+    }
+
+    def write(folder: Path):
+        _save_policy(policy_model, tokenizer, folder)
+        if cfg.mode == "lora":  # the adapter names its base; record the user-facing name too
+            tokenizer.save_pretrained(folder)
+        shutil.copy(log_path, folder / METRICS_FILE)
+        save_prompts(folder / HELDOUT_FILE, heldout)
+        save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
+        write_json(folder / PPO_INFO_FILE, info)
+        write_json(folder / "training_config.json", asdict(cfg))
+        _write_card(folder, cfg, info)
+
+    save_atomically(out, write)
+    print(f"PPO ({cfg.mode}) checkpoint saved to {out} ({timer.elapsed_s:.0f} s)", flush=True)
+    report_push(out, cfg.push_to_hub)
+    return out
+
+
+def _save_policy(policy_model, tokenizer, folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    policy_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
+    """Mean score and per-token KL over the first and last k steps (k = a quarter of the run, at least 1)."""
+    if not metrics:
+        return {}
+    k = k or max(1, len(metrics) // 4)
+    first, last = metrics[:k], metrics[-k:]
+
+    def mean(rows, key):
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {"steps_logged": len(metrics), "window_steps": k,
+            "score_first": mean(first, "score"), "score_last": mean(last, "score"),
+            "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
+            "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"]}
+
+
+def _write_card(folder: Path, cfg: PPOConfig, info: dict):
+    s = info["summary"]
+    demo = cfg.profile == "demo" or "data/demo" in cfg.dataset
+    data_line = (f"`{cfg.dataset}` — **embedded stand-in prompts written for this project in oasst1 format, not "
+                 f"OpenAssistant/oasst1**" if demo else f"`{cfg.dataset}` (prompter messages only)")
+    metadata = {"library_name": "peft" if cfg.mode == "lora" else "transformers", "base_model": cfg.base_model,
+                "tags": ["rlhf", "ppo", "trl", "rlhflab"] + (["lora"] if cfg.mode == "lora" else []),
+                "datasets": [cfg.dataset], "pipeline_tag": "text-generation"}
+    lo, hi = KL_BAND
+    in_band = s and lo <= s["kl_per_token_final"] <= hi
+    results = markdown_table(["metric", "first steps", "last steps"], [
+        ["mean reward-model score", f"{s.get('score_first', float('nan')):.3f}", f"{s.get('score_last', float('nan')):.3f}"],
+        ["KL to reference (nats/token)", f"{s.get('kl_per_token_first', float('nan')):.4f}",
+         f"{s.get('kl_per_token_last', float('nan')):.4f}"],
+    ]) if s else "no steps logged"
+    lora = (f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
+            f"{info['lora_target_modules']}; this folder holds only the adapter — load it onto `{cfg.base_model}`."
+            if cfg.mode == "lora" else "All policy parameters trained.")
+    sections = {
+        "What this is": (f"A PPO policy ({cfg.mode}) fine-tuned from `{cfg.base_model}` against the frozen reward "
+                         f"model `{cfg.reward_model}` with TRL 1.12's PPOTrainer. {lora}\n\nPrompts: {data_line}; "
+                         f"{info['train_prompts']} training prompts, {info['heldout_prompts']} held out "
+                         f"(`{HELDOUT_FILE}`, never trained on)."),
+        "Parameters": markdown_table(["model", "trainable", "total"], [
+            ["policy", f"{info['policy_trainable_params']:,}", f"{info['policy_total_params']:,}"],
+            ["value model", f"{info['value_trainable_params']:,}", f"{info['value_total_params']:,}"]]),
+        "Training result": (f"{info['steps']} PPO steps of {cfg.batch_size} rollouts (means over the first and last "
+                            f"{s.get('window_steps', 0)} steps):\n\n{results}\n\nFinal per-token KL "
+                            f"{s.get('kl_per_token_final', float('nan')):.4f} nats/token — "
+                            f"{'inside' if in_band else 'outside'} the target band {lo}–{hi}; KL coefficient "
+                            f"{'adaptive' if not cfg.fixed_kl else 'fixed'}, final {s.get('kl_coef_final', float('nan')):.4f}."
+                            f"\n\nPer-step metrics: `{METRICS_FILE}` (KL per token and per sequence, in nats)."),
+        "Hyperparameters": markdown_table(["hyperparameter", "value"],
+                                          [[k, v] for k, v in asdict(cfg).items() if k != "push_to_hub"]),
+        "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",
+    }
+    write_model_card(folder, metadata, f"PPO policy ({cfg.mode})", sections)
