@@ -141,7 +141,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      max_response_length=32, lr=3e-5, kl_coef=0.1, kl_horizon=160, max_steps=14),
     },
     DCGANConfig: {
-        "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=20000,
+        "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,
                      allow_phantom=True, download=False, generator_width=32, discriminator_width=32),
     },
     EvalConfig: {

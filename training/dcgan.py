@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as `
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 from tqdm import tqdm
 
 from rlhflab.checkpoints import (append_jsonl, command_line, markdown_table, read_jsonl, report_push,
@@ -30,7 +29,8 @@ from rlhflab.data.chestmnist import PHANTOM_NOTICE, XrayDataset, load_xray_datas
 from rlhflab.errors import UserError, cli_main
 from rlhflab.gan import (DIAGNOSTICS_FILE, GENERATOR_FILE, GRID_FILE, GRID_IMAGES, Discriminator, Generator,
                          count_parameters, dcgan_weights_init, diagnostics_table, gan_diagnostics, generate,
-                         hardware_description, make_grid_png, png_bytes, sample_latents, save_generator)
+                         hardware_description, make_grid_png, png_bytes, sample_latents, save_generator,
+                         train_step)
 from rlhflab.models import best_device
 
 STATE_DIR = "training_state"
@@ -222,8 +222,6 @@ def train_dcgan(config: DCGANConfig) -> Path:
     batch = min(config.batch_size, n)
     steps = n // batch  # full batches only: a tiny last batch would make batch-norm statistics noisy
     fixed_noise = sample_latents(config.seed, GRID_IMAGES, config.latent_dim)
-    bce = nn.BCELoss()
-    ones, zeros = torch.ones(batch, device=device), torch.zeros(batch, device=device)
 
     def checkpoint(epoch: int, diagnostics: dict | None = None) -> None:
         def write(tmp: Path) -> None:
@@ -248,29 +246,15 @@ def train_dcgan(config: DCGANConfig) -> Path:
                desc="dcgan", disable=None)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        generator.train(), discriminator.train()
+        generator.train()
+        discriminator.train()
         perm = torch.randperm(n, device=device)
         totals = torch.zeros(4, device=device)
         for i in range(steps):
-            real = images[perm[i * batch:(i + 1) * batch]]
-            fake = generator(torch.randn(batch, config.latent_dim, device=device))
-            # discriminator: maximise log D(x) + log(1 - D(G(z)))
-            d_real, d_fake = discriminator(real), discriminator(fake.detach())
-            d_loss = bce(d_real, ones) + bce(d_fake, zeros)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # generator: the non-saturating loss, maximise log D(G(z)); D's own gradients are not needed here
-            discriminator.requires_grad_(False)
-            g_loss = bce(discriminator(fake), ones)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            discriminator.requires_grad_(True)
-            totals += torch.stack([d_loss.detach(), g_loss.detach(), d_real.detach().mean(), d_fake.detach().mean()])
+            totals += train_step(generator, discriminator, opt_g, opt_d, images[perm[i * batch:(i + 1) * batch]])
             bar.update(1)
             if i % 20 == 0:
-                bar.set_postfix(epoch=epoch, d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
+                bar.set_postfix(epoch=epoch, d_loss=f"{totals[0] / (i + 1):.3f}", g_loss=f"{totals[1] / (i + 1):.3f}")
         d_loss_m, g_loss_m, d_x, d_g_z = (totals / max(steps, 1)).tolist()
         record = {"epoch": epoch, "d_loss": d_loss_m, "g_loss": g_loss_m, "d_x": d_x, "d_g_z": d_g_z,
                   "seconds": round(time.perf_counter() - t0, 3), "steps": steps, "images": steps * batch}

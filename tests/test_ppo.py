@@ -1,0 +1,149 @@
+"""PPO with tiny models: KL at step 0, both modes, LoRA leaves the base untouched, controller, logs, reload."""
+import json
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from rlhflab.config import PPOConfig, build_config
+from rlhflab.errors import UserError
+from rlhflab.models import load_causal_lm, load_policy
+from rlhflab.ppo import AdaptiveKLController, ppo_batch_plan, train_ppo
+
+FIELDS = {"step", "episode", "kl_per_token", "kl_per_sequence", "kl_coef", "score", "rlhf_reward",
+          "entropy_per_token", "response_tokens_mean", "lr", "seconds_per_step"}
+
+
+def oasst_rows(texts):
+    return [{"message_id": f"m{i}", "parent_id": None, "user_id": "u", "created_date": "2023-01-01T00:00:00+00:00",
+             "text": t, "role": "prompter", "lang": "en", "review_count": 3, "review_result": True, "deleted": False,
+             "rank": None, "synthetic": False, "model_name": None, "detoxify": None, "message_tree_id": f"m{i}",
+             "tree_state": "ready_for_export", "emojis": None, "labels": None} for i, t in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    texts = [f"Tell me one thing about topic number {i}." for i in range(24)]
+    return str(write_jsonl(tmp_path_factory.mktemp("p") / "oasst.jsonl", oasst_rows(texts)))
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_dir(tmp_path_factory, tiny_llama_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir, num_labels=1)
+    out = tmp_path_factory.mktemp("tiny-reward")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(out)
+    return out
+
+
+def tiny_cfg(tmp_path, mode, base, reward, prompts, **kw):
+    values = dict(mode=mode, base_model=str(base), reward_model=str(reward), dataset=prompts, lang=None,
+                  num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=2, ppo_epochs=1, epochs=1,
+                  max_prompt_length=64, max_response_length=8, lr=1e-3, max_steps=2, bf16=False,
+                  output_dir=str(tmp_path / f"ppo-{mode}"), kl_horizon=100)
+    values.update(kw)
+    return build_config(PPOConfig, "demo", **values)
+
+
+def test_batch_arithmetic_of_the_spec():
+    plan = ppo_batch_plan(64, 16, 1000, 3)
+    assert plan["per_device_train_batch_size"] * plan["gradient_accumulation_steps"] == 64
+    assert plan["local_rollout_forward_batch_size"] == 16 and plan["num_mini_batches"] == 1
+    assert plan["steps"] == 47 and plan["total_episodes"] == 3000
+    assert ppo_batch_plan(8, 8, 200, 1, max_steps=14)["steps"] == 14
+    with pytest.raises(UserError):
+        ppo_batch_plan(64, 24, 1000, 3)
+
+
+def test_adaptive_kl_controller_matches_hand_values():
+    c = AdaptiveKLController(value=0.1, target=0.05, horizon=100)
+    assert c.update(0.06, 10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))  # error 0.2
+    c = AdaptiveKLController(value=0.1, target=0.05, horizon=100)
+    assert c.update(1.0, 10) == pytest.approx(0.1 * 1.02)  # error clipped to +0.2
+    c = AdaptiveKLController(value=0.1, target=0.05, horizon=100)
+    assert c.update(0.0, 10) == pytest.approx(0.1 * 0.98)  # error clipped to -0.2
+    c = AdaptiveKLController(value=0.1, target=0.05, horizon=100)
+    assert c.update(0.04, 50) == pytest.approx(0.1 * (1 - 0.2 * 0.5))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    tmp = tmp_path_factory.mktemp("full")
+    return train_ppo(tiny_cfg(tmp, "full", tiny_llama_dir, tiny_reward_dir, prompts_file))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    tmp = tmp_path_factory.mktemp("lora")
+    return train_ppo(tiny_cfg(tmp, "lora", tiny_llama_dir, tiny_reward_dir, prompts_file))
+
+
+def _metrics(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("run", ["full_run", "lora_run"])
+def test_kl_at_step_zero_is_zero_and_log_has_one_record_per_step(run, request):
+    path = request.getfixturevalue(run)
+    records = _metrics(path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert FIELDS <= set(records[0])
+    # Step 1's rollout is scored before any update: policy == reference, so KL must be ~0.
+    assert abs(records[0]["kl_per_token"]) < 1e-3
+    assert records[0]["kl_per_sequence"] == pytest.approx(records[0]["kl_per_token"] * records[0]["response_tokens_mean"])
+    assert records[1]["episode"] == 8
+    info = json.loads((path / "ppo_info.json").read_text())
+    assert info["steps"] == 2
+    assert (path / "heldout_prompts.jsonl").is_file() and "KL" in (path / "README.md").read_text()
+
+
+def test_full_mode_changes_the_weights(full_run, tiny_llama_dir):
+    before, _ = load_causal_lm(str(tiny_llama_dir))
+    after, _ = load_policy(str(full_run))
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
+    assert changed
+
+
+def test_lora_mode_trains_only_adapters_and_reloads(lora_run, tiny_llama_dir):
+    assert (lora_run / "adapter_config.json").is_file() and not (lora_run / "model.safetensors").exists()
+    cfg = json.loads((lora_run / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"] and cfg["r"] == 8 and cfg["lora_alpha"] == 32
+    base, _ = load_causal_lm(str(tiny_llama_dir))
+    reference = {n: p.clone() for n, p in base.named_parameters()}
+    policy, tok = load_policy(str(lora_run))
+    lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # adapters moved away from their zero init
+    for name, p in policy.get_base_model().named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(p, reference[key]), f"base weight {key} changed"
+    from rlhflab.generation import GenerationSettings, generate_batch
+    out = generate_batch(policy, tok, ["Hello?"], GenerationSettings(greedy=True, max_new_tokens=4))
+    assert out[0].num_tokens > 0
+    info = json.loads((lora_run / "ppo_info.json").read_text())
+    assert 0 < info["policy_trainable_params"] < info["policy_total_params"] / 10
+
+
+def test_not_a_reward_model_stops_before_training(tmp_path, tiny_llama_dir, prompts_file):
+    cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_llama_dir, prompts_file)
+    with pytest.raises(UserError, match="not a reward model"):
+        train_ppo(cfg)
+
+
+def test_empty_and_too_long_prompt_sets(tmp_path, tiny_llama_dir, tiny_reward_dir):
+    empty = write_jsonl(tmp_path / "empty.jsonl", oasst_rows([]) + [{"text": "x", "role": "assistant"}])
+    with pytest.raises(UserError, match="no prompter messages"):
+        train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, str(empty)))
+    long = write_jsonl(tmp_path / "long.jsonl", oasst_rows([("word " * 200) + str(i) for i in range(20)]))
+    with pytest.raises(UserError, match="longer than --max-prompt-length"):
+        train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, str(long)))
+
+
+def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1))
+    out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=2,
+                             resume=True))
+    assert [r["step"] for r in _metrics(out)] == [1, 2]
