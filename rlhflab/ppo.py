@@ -27,7 +27,7 @@ from rlhflab.models import (autocast_dtype, count_parameters, format_prompt, loa
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
 PPO_INFO_FILE = "ppo_info.json"
-KL_BAND = (0.02, 0.1)  # nats per token
+from rlhflab.ppo_metrics import KL_BAND, summarize_metrics  # noqa: F401
 
 
 # ---------------------------------------------------------------- KL controller
@@ -316,22 +316,6 @@ def _save_policy(policy_model, tokenizer, folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     policy_model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-
-def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
-    """Mean score and per-token KL over the first and last k steps (k = a quarter of the run, at least 1)."""
-    if not metrics:
-        return {}
-    k = k or max(1, len(metrics) // 4)
-    first, last = metrics[:k], metrics[-k:]
-
-    def mean(rows, key):
-        return sum(r[key] for r in rows) / len(rows)
-
-    return {"steps_logged": len(metrics), "window_steps": k,
-            "score_first": mean(first, "score"), "score_last": mean(last, "score"),
-            "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
-            "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"]}
 
 
 def _write_card(folder: Path, cfg: PPOConfig, info: dict):

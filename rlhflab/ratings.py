@@ -1,0 +1,146 @@
+"""The blind human-rating store (SQLite): rating items, one appended record per rating, aggregates, CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import sqlite3
+import threading
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rlhflab.errors import UserError
+
+CRITERIA = ("coherence", "relevance", "helpfulness", "completeness", "harmlessness")
+CRITERIA_LABELS = {"coherence": "Coherence", "relevance": "Relevance", "helpfulness": "Helpfulness",
+                   "completeness": "Completeness", "harmlessness": "Hallucination/toxicity (5 = none)"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY, prompt_index INTEGER NOT NULL, prompt TEXT NOT NULL,
+    policy TEXT NOT NULL, response TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ratings (
+    rating_id INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL REFERENCES items(item_id),
+    rater TEXT NOT NULL, coherence INTEGER NOT NULL, relevance INTEGER NOT NULL, helpfulness INTEGER NOT NULL,
+    completeness INTEGER NOT NULL, harmlessness INTEGER NOT NULL, created TEXT NOT NULL);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RatingsStore:
+    """Thread-safe SQLite store; each call opens its own connection (safe under Gradio's worker threads)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._conn() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _conn(self):
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # ---- items
+    def replace_items(self, rows: list[dict]) -> int:
+        """Store rating items {prompt_index, prompt, policy, response}; previous items (not ratings) replaced."""
+        with self._lock, self._conn() as db:
+            rated = {r[0] for r in db.execute("SELECT DISTINCT item_id FROM ratings")}
+            db.execute(f"DELETE FROM items WHERE item_id NOT IN ({','.join('?' * len(rated))})", tuple(rated))
+            for row in rows:
+                db.execute("INSERT INTO items VALUES (?,?,?,?,?,?)",
+                           (uuid.uuid4().hex[:12], int(row["prompt_index"]), row["prompt"], row["policy"],
+                            row["response"], _now()))
+        return len(rows)
+
+    def items(self) -> list[dict]:
+        with self._conn() as db:
+            return [dict(r) for r in db.execute("SELECT * FROM items ORDER BY prompt_index, policy")]
+
+    def blind_task(self, rater: str, seed: int | None = None) -> dict | None:
+        """The prompt this rater has rated least, with its responses shuffled and policies hidden."""
+        with self._conn() as db:
+            rows = [dict(r) for r in db.execute(
+                "SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.item_id AND r.rater = ?) AS done "
+                "FROM items i ORDER BY prompt_index", (rater,))]
+        if not rows:
+            return None
+        by_prompt: dict[int, list[dict]] = {}
+        for r in rows:
+            by_prompt.setdefault(r["prompt_index"], []).append(r)
+        rng = random.Random(seed)
+        fewest = min(sum(r["done"] for r in group) for group in by_prompt.values())
+        candidates = [k for k, group in by_prompt.items() if sum(r["done"] for r in group) == fewest]
+        index = rng.choice(candidates)
+        group = by_prompt[index]
+        rng.shuffle(group)
+        return {"prompt_index": index, "prompt": group[0]["prompt"],
+                "responses": [{"item_id": r["item_id"], "response": r["response"]} for r in group],
+                "rated_before": fewest > 0}
+
+    # ---- ratings
+    def add_rating(self, item_id: str, scores: dict, rater: str = "anonymous") -> int:
+        missing = [c for c in CRITERIA if c not in scores]
+        if missing:
+            raise UserError(f"rating is missing {', '.join(missing)}; rate every criterion 1-5.")
+        values = []
+        for c in CRITERIA:
+            try:
+                v = int(scores[c])
+            except (TypeError, ValueError):
+                raise UserError(f"rating {c} must be a whole number 1-5, got {scores[c]!r}.") from None
+            if not 1 <= v <= 5 or v != scores[c] and str(v) != str(scores[c]).strip():
+                raise UserError(f"rating {c} must be between 1 and 5, got {scores[c]!r}.")
+            values.append(v)
+        rater = (rater or "anonymous").strip()[:64] or "anonymous"
+        with self._lock, self._conn() as db:
+            if db.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is None:
+                raise UserError(f"unknown rating item {item_id!r}; reload the rating tab.")
+            cur = db.execute(f"INSERT INTO ratings (item_id, rater, {', '.join(CRITERIA)}, created) "
+                             f"VALUES (?, ?, {', '.join('?' * len(CRITERIA))}, ?)", (item_id, rater, *values, _now()))
+            return int(cur.lastrowid)
+
+    def ratings(self) -> list[dict]:
+        with self._conn() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT r.rating_id, r.created, r.rater, i.policy, i.prompt_index, i.prompt, i.response, "
+                f"{', '.join('r.' + c for c in CRITERIA)} FROM ratings r JOIN items i USING (item_id) "
+                "ORDER BY r.rating_id")]
+
+    def aggregate(self) -> list[dict]:
+        """One row per policy: mean of each criterion and the number of ratings behind it."""
+        with self._conn() as db:
+            rows = db.execute(
+                f"SELECT i.policy, COUNT(*) AS n, {', '.join(f'AVG(r.{c}) AS {c}' for c in CRITERIA)} "
+                "FROM ratings r JOIN items i USING (item_id) GROUP BY i.policy ORDER BY i.policy").fetchall()
+        return [dict(r) for r in rows]
+
+    def csv_text(self) -> str:
+        rows = self.ratings()
+        buf = io.StringIO()
+        fields = ["rating_id", "created", "rater", "policy", "prompt_index", "prompt", "response", *CRITERIA]
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+
+def aggregate_markdown(rows: list[dict]) -> str:
+    from rlhflab.checkpoints import markdown_table
+
+    if not rows:
+        return "No ratings yet."
+    header = ["policy", *[CRITERIA_LABELS[c] for c in CRITERIA], "ratings (n)"]
+    return markdown_table(header, [[r["policy"], *[f"{r[c]:.2f}" for c in CRITERIA], r["n"]] for r in rows]) + \
+        "\n\nMeans on a 1–5 scale; each cell averages the n ratings of that policy."
