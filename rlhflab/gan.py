@@ -117,8 +117,12 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g, opt_d,
 
 
 def sample_latents(seed: int, n: int, latent_dim: int = 100) -> torch.Tensor:
-    """n standard-normal latents from their own seeded generator (the global RNG is untouched)."""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+    """n standard-normal latents from their own seeded generator (the global RNG is untouched).
+
+    numpy's generator draws sequentially, so the first k latents of seed s are the same for every n
+    (torch.randn redraws the tail of a tensor, so its prefixes change with n).
+    """
+    return torch.from_numpy(np.random.default_rng(int(seed)).standard_normal((n, latent_dim), dtype=np.float32))
 
 
 @torch.no_grad()

@@ -36,6 +36,15 @@ training = _load_script("training_dcgan", REPO / "training" / "dcgan.py")
 eval_gan = _load_script("eval_gan", REPO / "eval" / "gan.py")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on a 2-core machine shared with other jobs, 2 OpenMP threads stall on every small op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("chest")
@@ -109,7 +118,8 @@ def test_same_seed_gives_same_samples(trained):
     assert a.shape == (5, 1, 28, 28) and torch.equal(a, b)
     assert not torch.equal(a, sample_images(generator, seed=8, n=5))
     assert float(a.abs().max()) <= 1.0
-    assert torch.equal(sample_images(generator, seed=7, n=2), a[:2])  # image i depends only on latent i
+    # image i depends only on latent i (batch norm in inference mode); kernels may round differently per batch size
+    assert torch.allclose(sample_images(generator, seed=7, n=2), a[:2], atol=1e-6)
     assert latent_interpolation(generator, 1, 2, steps=6).shape == (6, 1, 28, 28)
 
 

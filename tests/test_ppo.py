@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import oasst_rows, tiny_cfg, write_jsonl
 from rlhflab.config import PPOConfig, build_config
 from rlhflab.errors import UserError
 from rlhflab.models import load_causal_lm, load_policy
@@ -12,39 +12,6 @@ from rlhflab.ppo import AdaptiveKLController, ppo_batch_plan, train_ppo
 
 FIELDS = {"step", "episode", "kl_per_token", "kl_per_sequence", "kl_coef", "score", "rlhf_reward",
           "entropy_per_token", "response_tokens_mean", "lr", "seconds_per_step"}
-
-
-def oasst_rows(texts):
-    return [{"message_id": f"m{i}", "parent_id": None, "user_id": "u", "created_date": "2023-01-01T00:00:00+00:00",
-             "text": t, "role": "prompter", "lang": "en", "review_count": 3, "review_result": True, "deleted": False,
-             "rank": None, "synthetic": False, "model_name": None, "detoxify": None, "message_tree_id": f"m{i}",
-             "tree_state": "ready_for_export", "emojis": None, "labels": None} for i, t in enumerate(texts)]
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    texts = [f"Tell me one thing about topic number {i}." for i in range(24)]
-    return str(write_jsonl(tmp_path_factory.mktemp("p") / "oasst.jsonl", oasst_rows(texts)))
-
-
-@pytest.fixture(scope="module")
-def tiny_reward_dir(tmp_path_factory, tiny_llama_dir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    torch.manual_seed(1)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir, num_labels=1)
-    out = tmp_path_factory.mktemp("tiny-reward")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(out)
-    return out
-
-
-def tiny_cfg(tmp_path, mode, base, reward, prompts, **kw):
-    values = dict(mode=mode, base_model=str(base), reward_model=str(reward), dataset=prompts, lang=None,
-                  num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=2, ppo_epochs=1, epochs=1,
-                  max_prompt_length=64, max_response_length=8, lr=1e-3, max_steps=2, bf16=False,
-                  output_dir=str(tmp_path / f"ppo-{mode}"), kl_horizon=100)
-    values.update(kw)
-    return build_config(PPOConfig, "demo", **values)
 
 
 def test_batch_arithmetic_of_the_spec():
@@ -66,18 +33,6 @@ def test_adaptive_kl_controller_matches_hand_values():
     assert c.update(0.0, 10) == pytest.approx(0.1 * 0.98)  # error clipped to -0.2
     c = AdaptiveKLController(value=0.1, target=0.05, horizon=100)
     assert c.update(0.04, 50) == pytest.approx(0.1 * (1 - 0.2 * 0.5))
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    tmp = tmp_path_factory.mktemp("full")
-    return train_ppo(tiny_cfg(tmp, "full", tiny_llama_dir, tiny_reward_dir, prompts_file))
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    tmp = tmp_path_factory.mktemp("lora")
-    return train_ppo(tiny_cfg(tmp, "lora", tiny_llama_dir, tiny_reward_dir, prompts_file))
 
 
 def _metrics(path):

@@ -1,0 +1,211 @@
+"""Evaluation of the policies: reward before/after PPO with intervals, KL to base, curves, rating items, report."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhflab import stats
+from rlhflab.checkpoints import (METRICS_FILE, Timer, command_line, markdown_table, read_jsonl, resolve_checkpoint,
+                                 write_json)
+from rlhflab.config import EvalConfig
+from rlhflab.data.oasst1 import read_prompts
+from rlhflab.errors import UserError
+from rlhflab.generation import GenerationSettings, generate_batch
+from rlhflab.kl import kl_per_token, response_logprobs
+from rlhflab.models import load_reward_model
+from rlhflab.policies import PolicySet
+from rlhflab.ppo_metrics import KL_BAND, summarize_metrics
+from rlhflab.ratings import RatingsStore, aggregate_markdown
+from rlhflab.scoring import score_responses
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+
+
+def heldout_prompts(cfg: EvalConfig, policy_dirs: dict[str, Path]) -> tuple[list[str], str]:
+    """The held-out prompts (default: those the PPO runs saved) — refused if any was trained on."""
+    if cfg.prompts:
+        prompts, source = read_prompts(cfg.prompts), cfg.prompts
+    else:
+        files = [d / "heldout_prompts.jsonl" for d in policy_dirs.values() if (d / "heldout_prompts.jsonl").is_file()]
+        if not files:
+            raise UserError("no held-out prompt set found in the PPO checkpoints; pass --prompts FILE.jsonl "
+                            "(a JSONL of {\"prompt\": ...}) or train with training/ppo.py first.")
+        prompts, source = read_prompts(files[0]), str(files[0])
+    trained: set[str] = set()
+    for d in policy_dirs.values():
+        if (d / "train_prompts.jsonl").is_file():
+            trained |= set(read_prompts(d / "train_prompts.jsonl"))
+    overlap = [p for p in prompts if p in trained]
+    if overlap:
+        raise UserError(f"{len(overlap)} of the evaluation prompts in {source} were used in PPO training; "
+                        f"evaluate on held-out prompts only.")
+    if len(prompts) < min(cfg.num_prompts, 50):
+        print(f"warning: only {len(prompts)} held-out prompts available (asked for {cfg.num_prompts}).", flush=True)
+    return prompts[:cfg.num_prompts], source
+
+
+def _settings(cfg: EvalConfig) -> GenerationSettings:
+    return GenerationSettings(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                              repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_new_tokens,
+                              seed=cfg.seed, greedy=cfg.greedy).validate()
+
+
+def run_evaluation(cfg: EvalConfig, progress=print) -> Path:
+    timer = Timer()
+    names = [n.strip() for n in cfg.policies.split(",") if n.strip()]
+    paths = {"full": cfg.full_model, "lora": cfg.lora_model}
+    policy_dirs = {n: resolve_checkpoint(paths[n]) for n in names if n in paths}
+    prompts, prompt_source = heldout_prompts(cfg, policy_dirs)
+    policies = PolicySet(cfg.base_model, str(policy_dirs["full"]) if "full" in policy_dirs else None,
+                         str(policy_dirs["lora"]) if "lora" in policy_dirs else None)
+    reward_model, reward_tok = load_reward_model(cfg.reward_model)
+    settings = _settings(cfg)
+    torch.manual_seed(cfg.seed)
+
+    responses: dict[str, list[str]] = {}
+    tokens: dict[str, list[int]] = {}
+    logps: dict[str, list[torch.Tensor]] = {}
+    for name in names:
+        t = Timer()
+        with policies.use(name) as (model, tok):
+            gens = generate_batch(model, tok, prompts, settings, batch_size=cfg.batch_size)
+            responses[name] = [g.text for g in gens]
+            tokens[name] = [g.num_tokens for g in gens]
+            if name != "base":
+                logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
+        progress(f"generated {len(prompts)} responses with {name} in {t.elapsed_s:.0f} s")
+    base_logps = {}
+    if "base" in names:
+        with policies.use("base") as (model, tok):
+            for name in logps:
+                base_logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
+    rewards = {n: np.array(score_responses(reward_model, reward_tok, prompts, responses[n], cfg.batch_size))
+               for n in names}
+    progress(f"scored {len(names) * len(prompts)} responses")
+
+    b = cfg.bootstrap_samples
+    results = {"command": command_line(), "settings": asdict(cfg), "generation": settings.as_dict(),
+               "prompt_source": prompt_source, "num_prompts": len(prompts), "units": {
+                   "reward": "reward-model score (logit, higher is better)", "kl": "nats per token",
+                   "length": "response tokens"}, "policies": {}}
+    for n in names:
+        entry = {"n": len(prompts), "reward_mean": list(stats.bootstrap_ci(rewards[n], samples=b, seed=1)),
+                 "response_tokens_mean": list(stats.bootstrap_ci(tokens[n], samples=b, seed=2)),
+                 "reward_length_pearson_r": stats.pearson(rewards[n], tokens[n]),
+                 "source": policies.source(n) if n == "base" else str(policy_dirs[n])}
+        if n != "base" and "base" in names:
+            entry["gain_vs_base"] = list(stats.paired_bootstrap_diff(rewards[n], rewards["base"], samples=b, seed=3))
+            wins = int((rewards[n] > rewards["base"]).sum())
+            entry["win_rate_vs_base"] = list(stats.wilson_interval(wins, len(prompts)))
+            kl = kl_per_token(logps[n], base_logps[n])
+            entry["kl_per_token_to_base"] = list(stats.bootstrap_ci(kl, samples=b, seed=4))
+            entry["length_gain_vs_base"] = list(stats.paired_bootstrap_diff(tokens[n], tokens["base"], samples=b,
+                                                                            seed=5))
+        results["policies"][n] = entry
+    results["training_curves"] = {n: summarize_metrics(read_jsonl(policy_dirs[n] / METRICS_FILE))
+                                  for n in policy_dirs}
+    results["examples"] = [{"prompt": prompts[i], **{n: responses[n][i] for n in names},
+                            **{f"{n}_reward": float(rewards[n][i]) for n in names}} for i in range(min(5, len(prompts)))]
+    results["per_prompt"] = {n: {"reward": rewards[n].round(4).tolist(), "tokens": tokens[n]} for n in names}
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = RatingsStore(cfg.ratings_db)
+    k = min(cfg.num_rating_prompts, len(prompts))
+    store.replace_items([{"prompt_index": i, "prompt": prompts[i], "policy": n, "response": responses[n][i]}
+                         for i in range(k) for n in names])
+    results["rating_items"] = {"prompts": k, "policies": names, "db": str(cfg.ratings_db)}
+    results["seconds"] = timer.elapsed_s
+    write_json(out / RESULTS_FILE, results)
+    _write_figures(out, policy_dirs, results)
+    (out / REPORT_FILE).write_text(render_report(results, store), encoding="utf-8")
+    progress(f"evaluation written to {out} ({timer.elapsed_s:.0f} s)")
+    return out
+
+
+def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> None:
+    from rlhflab.plots import reward_comparison_figure, training_curves_figure
+
+    figs = out / "figures"
+    figs.mkdir(exist_ok=True)
+    runs = {f"ppo-{n}": read_jsonl(d / METRICS_FILE) for n, d in policy_dirs.items()}
+    for fig, name in ((training_curves_figure(runs), "kl_per_token"),
+                      (training_curves_figure(runs, per_sequence=True), "kl_per_sequence"),
+                      (reward_comparison_figure(results), "reward_by_policy")):
+        (figs / f"{name}.json").write_text(fig.to_json(), encoding="utf-8")
+        fig.write_html(figs / f"{name}.html", include_plotlyjs=True, full_html=True)
+
+
+def _ci(v, digits=3, pct=False):
+    if pct:
+        return stats.fmt_ci(*[100 * x for x in v], 1, "%")
+    return stats.fmt_ci(*v, digits)
+
+
+def render_report(results: dict, store: RatingsStore | None = None) -> str:
+    n = results["num_prompts"]
+    pols = results["policies"]
+    g = results["generation"]
+    lines = [f"# Evaluation report\n",
+             f"Held-out prompts: **{n}** from `{results['prompt_source']}` (never used in PPO training). "
+             f"Generation: {'greedy' if g['greedy'] else 'sampling'}, temperature {g['temperature']}, top-k {g['top_k']}, "
+             f"top-p {g['top_p']}, repetition penalty {g['repetition_penalty']}, max {g['max_new_tokens']} new tokens, "
+             f"seed {g['seed']} — identical for every policy.\n",
+             "Intervals are 95 % bootstrap intervals over prompts (paired for gains), Wilson intervals for win rates. "
+             "Reward = reward-model score (logit); KL in nats per token, k1 estimate on the policy's own responses.\n",
+             "## Reward before and after PPO\n"]
+    rows = []
+    for name, e in pols.items():
+        rows.append([name, _ci(e["reward_mean"]), _ci(e["gain_vs_base"]) if "gain_vs_base" in e else "—",
+                     _ci(e["win_rate_vs_base"], pct=True) if "win_rate_vs_base" in e else "—",
+                     _ci(e["response_tokens_mean"], 1), f"{e['reward_length_pearson_r']:.2f}",
+                     _ci(e["kl_per_token_to_base"], 4) if "kl_per_token_to_base" in e else "—", e["n"]])
+    lines.append(markdown_table(["policy", "mean reward", "gain vs base", "win rate vs base", "response tokens",
+                                 "r(reward, length)", "KL to base (nats/token)", "n prompts"], rows))
+    lines.append("\nIs the gain only length? Compare the gain with the length change and the reward–length "
+                 "correlation: " + "; ".join(
+                     f"{name}: length change {_ci(e['length_gain_vs_base'], 1)} tokens" for name, e in pols.items()
+                     if "length_gain_vs_base" in e) + ".\n")
+    lines.append("![reward by policy](figures/reward_by_policy.html)\n")
+    lines.append("## KL and reward during PPO\n")
+    lo, hi = KL_BAND
+    rows = []
+    for name, s in results.get("training_curves", {}).items():
+        if s:
+            rows.append([name, s["steps_logged"], f"{s['kl_per_token_final']:.4f}",
+                         "yes" if lo <= s["kl_per_token_final"] <= hi else "no",
+                         f"{s['score_first']:.3f} → {s['score_last']:.3f} (means of {s['window_steps']} steps)",
+                         f"{s['kl_coef_final']:.4f}"])
+    lines.append(markdown_table(["run", "PPO steps", f"final KL (nats/token)", f"in {lo}–{hi} band",
+                                 "reward-model score first → last", "final β"], rows) if rows else "No PPO logs.")
+    lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
+                 "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")
+    lines.append("## Example responses\n")
+    for ex in results["examples"][:3]:
+        lines.append(f"**Prompt:** {ex['prompt']}\n")
+        for name in pols:
+            text = ex[name].replace("\n", " ")
+            lines.append(f"- *{name}* (reward {ex[f'{name}_reward']:.2f}): {text}")
+        lines.append("")
+    lines.append("## Human evaluation (blind)\n")
+    ri = results.get("rating_items", {})
+    lines.append(f"{ri.get('prompts', 0)} prompts × {len(ri.get('policies', []))} policies stored for blind rating "
+                 f"(app → Human evaluation tab). Current aggregate:\n")
+    lines.append(aggregate_markdown(store.aggregate()) if store else "No ratings yet.")
+    lines.append(f"\n---\nProduced by `{results['command']}` in {results.get('seconds', 0):.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def ratings_report(cfg: EvalConfig) -> str:
+    store = RatingsStore(cfg.ratings_db)
+    table = aggregate_markdown(store.aggregate())
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ratings.md").write_text("# Blind human ratings\n\n" + table + "\n", encoding="utf-8")
+    (out / "ratings.csv").write_text(store.csv_text(), encoding="utf-8")
+    return table

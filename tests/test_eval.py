@@ -1,0 +1,106 @@
+"""Evaluation: interval coverage, held-out discipline, KL of a policy to itself, rating aggregates, a tiny run."""
+import json
+
+import numpy as np
+import pytest
+
+from rlhflab import stats
+from rlhflab.config import EvalConfig, build_config
+from rlhflab.errors import UserError
+from rlhflab.ratings import CRITERIA, RatingsStore
+
+
+def test_bootstrap_interval_covers_true_mean_at_nominal_rate():
+    rng = np.random.default_rng(0)
+    hits = 0
+    trials = 200
+    for t in range(trials):
+        x = rng.exponential(scale=2.0, size=60)  # skewed, true mean 2.0
+        _, lo, hi = stats.bootstrap_ci(x, samples=400, seed=t)
+        hits += lo <= 2.0 <= hi
+    assert 0.88 <= hits / trials <= 0.99
+
+
+def test_paired_bootstrap_and_wilson():
+    a = np.arange(50, dtype=float)
+    est, lo, hi = stats.paired_bootstrap_diff(a + 1.0, a, samples=200)
+    assert est == lo == hi == 1.0  # a constant paired difference has no spread
+    p, lo, hi = stats.wilson_interval(8, 10)
+    assert p == 0.8 and lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+
+
+def test_kl_of_a_policy_to_itself_is_zero(tiny_llama_dir):
+    from rlhflab.kl import kl_per_token, response_logprobs
+    from rlhflab.models import load_causal_lm
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    prompts, responses = ["Hi there", "Tell me a story"], ["Hello, friend.", "Once upon a time"]
+    lp = response_logprobs(model, tok, prompts, responses)
+    assert [len(x) for x in lp] == [len(tok(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    assert all((x < 0).all() for x in lp)
+    assert kl_per_token(lp, lp) == [0.0, 0.0]
+    # batched (left-padded prompts) and one-at-a-time give the same log-probs
+    single = [response_logprobs(model, tok, [p], [r])[0] for p, r in zip(prompts, responses)]
+    for a, b in zip(lp, single):
+        assert np.allclose(a.numpy(), b.numpy(), atol=1e-4)
+
+
+def test_rating_aggregate_matches_hand_computed_means(tmp_path):
+    store = RatingsStore(tmp_path / "r.sqlite")
+    store.replace_items([{"prompt_index": i, "prompt": f"p{i}", "policy": pol, "response": f"{pol}{i}"}
+                         for i in range(2) for pol in ("base", "full", "lora")])
+    items = {(r["prompt_index"], r["policy"]): r["item_id"] for r in store.items()}
+    fixture = [((0, "base"), [1, 2, 3, 4, 5]), ((1, "base"), [3, 2, 1, 2, 5]), ((0, "full"), [5, 5, 4, 4, 5]),
+               ((0, "lora"), [2, 2, 2, 2, 2]), ((1, "lora"), [4, 4, 4, 4, 4]), ((1, "lora"), [3, 3, 3, 3, 1])]
+    for key, scores in fixture:
+        store.add_rating(items[key], dict(zip(CRITERIA, scores)), rater="t")
+    agg = {r["policy"]: r for r in store.aggregate()}
+    assert agg["base"]["n"] == 2 and agg["base"]["coherence"] == 2.0 and agg["base"]["helpfulness"] == 2.0
+    assert agg["full"]["n"] == 1 and agg["full"]["harmlessness"] == 5.0
+    assert agg["lora"]["n"] == 3 and agg["lora"]["coherence"] == pytest.approx(3.0)
+    assert agg["lora"]["harmlessness"] == pytest.approx(7 / 3)
+    csv = store.csv_text().splitlines()
+    assert len(csv) == 7 and csv[0].startswith("rating_id,created,rater,policy")
+    with pytest.raises(UserError, match="coherence"):
+        store.add_rating(items[(0, "base")], {**dict(zip(CRITERIA, [1] * 5)), "coherence": 6})
+    task = store.blind_task("someone-new", seed=0)
+    assert len(task["responses"]) == 3 and "policy" not in task["responses"][0]
+
+
+def test_heldout_prompts_never_overlap_training(tmp_path):
+    from rlhflab.evaluation import heldout_prompts
+    from rlhflab.data.oasst1 import save_prompts
+    run = tmp_path / "ppo-full"
+    run.mkdir()
+    save_prompts(run / "train_prompts.jsonl", ["a", "b", "c"])
+    save_prompts(run / "heldout_prompts.jsonl", ["d", "e"])
+    cfg = build_config(EvalConfig, "demo", num_prompts=50)
+    prompts, source = heldout_prompts(cfg, {"full": run})
+    assert prompts == ["d", "e"] and source.endswith("heldout_prompts.jsonl")
+    leaky = tmp_path / "leaky.jsonl"
+    save_prompts(leaky, ["d", "b"])
+    cfg = build_config(EvalConfig, "demo", prompts=str(leaky))
+    with pytest.raises(UserError, match="used in PPO training"):
+        heldout_prompts(cfg, {"full": run})
+
+
+def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run, lora_run):
+    from rlhflab.evaluation import run_evaluation
+    cfg = build_config(EvalConfig, "demo", base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir),
+                       full_model=str(full_run), lora_model=str(lora_run), num_prompts=4, num_rating_prompts=2,
+                       max_new_tokens=6, batch_size=4, bootstrap_samples=200, output_dir=str(tmp_path / "eval"),
+                       ratings_db=str(tmp_path / "eval" / "ratings.sqlite"))
+    out = run_evaluation(cfg, progress=lambda *_: None)
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_prompts"] == 4 and set(results["policies"]) == {"base", "full", "lora"}
+    for name in ("full", "lora"):
+        e = results["policies"][name]
+        assert e["gain_vs_base"][1] <= e["gain_vs_base"][0] <= e["gain_vs_base"][2]
+        assert 0 <= e["win_rate_vs_base"][0] <= 1 and "kl_per_token_to_base" in e
+    base = results["policies"]["base"]
+    rewards = results["per_prompt"]["base"]["reward"]
+    assert base["reward_mean"][0] == pytest.approx(np.mean(rewards), abs=1e-3)
+    report = (out / "report.md").read_text()
+    assert "nats per token" in report and "95 % bootstrap" in report and "n prompts" in report
+    assert (out / "figures" / "kl_per_token.json").is_file()
+    store = RatingsStore(cfg.ratings_db)
+    assert len(store.items()) == 2 * 3
