@@ -102,16 +102,17 @@ class _ResponseLengthProbe:
         finally:
             trainer_module.get_reward = original
 
-    def pop_mean(self) -> float:
-        if not self.lengths:
-            return float("nan")
-        mean = torch.cat(self.lengths).float().mean().item()
+    def pop_mean(self, accelerator=None) -> float:
+        """Mean response length of the step, averaged over all processes (same value on each)."""
+        mean = torch.cat(self.lengths).float().mean() if self.lengths else torch.tensor(float("nan"))
         self.lengths.clear()
-        return mean
+        if accelerator is not None and accelerator.num_processes > 1:
+            mean = accelerator.reduce(mean.to(accelerator.device), reduction="mean").cpu()
+        return float(mean)
 
 
 def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: AdaptiveKLController | None,
-                      step_offset: int, episode_offset: int, on_step=None):
+                      step_offset: int, episode_offset: int, on_step=None, accelerator=None):
     from transformers import TrainerCallback
 
     class PPOMetricsLog(TrainerCallback):
@@ -124,7 +125,7 @@ def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: A
                 return
             now = time.perf_counter()
             seconds, self.last_time = now - self.last_time, now
-            length = max(probe.pop_mean(), 1.0)
+            length = max(probe.pop_mean(accelerator), 1.0)
             kl_seq = float(logs["objective/kl"])
             record = {
                 "step": state.global_step + step_offset,
@@ -146,6 +147,8 @@ def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: A
             if controller is not None:
                 args.kl_coef = controller.update(record["kl_per_token"], args.batch_size)
                 record["kl_coef_next"] = args.kl_coef
+            if not state.is_world_process_zero:  # every process moves beta; one writes
+                return
             append_jsonl(log_path, record)
             if on_step is not None:
                 on_step(record)
@@ -193,8 +196,10 @@ def train_ppo(cfg: PPOConfig, on_step=None) -> Path:
         raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {cfg.base_model}; "
                         f"train the reward model on the same base (--base-model).")
     train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer)
+    import os
+
     plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(train_prompts), cfg.epochs,
-                          max_steps=cfg.max_steps)
+                          world_size=int(os.environ.get("WORLD_SIZE", "1")), max_steps=cfg.max_steps)
 
     # Resume: continue from the last saved step's weights, metrics and KL coefficient.
     state = json.loads((work / "state.json").read_text()) if cfg.resume and (work / "state.json").is_file() else None
@@ -274,10 +279,13 @@ def train_ppo(cfg: PPOConfig, on_step=None) -> Path:
             on_step(record)
 
     trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
-                                           state["episode"] if state else 0, after_step))
+                                           state["episode"] if state else 0, after_step, trainer.accelerator))
     if remaining:
         with probe.installed(trainer_module, trainer.reward_model):
             trainer.train()
+    if not trainer.accelerator.is_main_process:
+        trainer.accelerator.wait_for_everyone()
+        return out
 
     if base_snapshot is not None:
         changed = [n for n, p in policy_model.named_parameters()
@@ -309,6 +317,7 @@ def train_ppo(cfg: PPOConfig, on_step=None) -> Path:
     save_atomically(out, write)
     print(f"PPO ({cfg.mode}) checkpoint saved to {out} ({timer.elapsed_s:.0f} s)", flush=True)
     report_push(out, cfg.push_to_hub)
+    trainer.accelerator.wait_for_everyone()
     return out
 
 

@@ -201,6 +201,8 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     trainer.train(resume_from_checkpoint=bool(cfg.resume and has_state))
     if interrupt_after_epochs:
         return work  # a simulated interruption: training state saved, no final checkpoint
+    if not trainer.is_world_process_zero():  # under torchrun/accelerate only rank 0 evaluates and saves
+        return out
 
     history = [h for h in trainer.state.log_history if "eval_loss" in h]
     best = min(history, key=lambda h: h["eval_loss"])

@@ -73,6 +73,7 @@ class Registry:
         self.load_errors: dict[str, str] = {}  # key -> last loading failure
         self._locks = {key: threading.Lock() for key in (*KINDS, "policies", "ratings")}
         self._policies = None
+        self._lora_tried = False
         self._reward = None
         self._generator = None
         self._ratings = None
@@ -208,6 +209,14 @@ class Registry:
             policies.load(name)
         except Exception as exc:
             raise self.unavailable(res, exc) from None
+        if name == "base" and policies.lora_path and not policies._lora_attached and not self._lora_tried:
+            self._lora_tried = True
+            # Attach the adapter now, before the shared weights serve any generation: attaching later
+            # would change the model under a base generation running in another session.
+            try:
+                policies.load("lora")
+            except Exception as exc:
+                self.unavailable(self.resolve("lora"), exc)  # recorded; LoRA's own requests report it
         self.loaded_from[name] = res.detail
         self.load_errors.pop(name, None)
         if name in ("base", "lora"):

@@ -194,6 +194,9 @@ def train_dcgan(config: DCGANConfig) -> Path:
     torch.manual_seed(config.seed)
     device = best_device()
     out = Path(config.output_dir)
+    if config.resume and not (out / STATE_DIR / "state.json").is_file():  # before spending time on the data
+        raise UserError(f"--resume: {out} holds no training state ({STATE_DIR}/state.json); "
+                        f"run without --resume to start from scratch.")
     data = load_xray_dataset(config.data_root, allow_phantom=config.allow_phantom, download=config.download,
                              max_train_images=config.max_train_images, seed=config.seed)
     print(f"data: {data.source} — {len(data.train_images):,} training images" +

@@ -1,0 +1,62 @@
+"""Reward-model tab: score a prompt + response, or compare two responses as P(A preferred) = σ(r_A − r_B)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from rlhflab.errors import UserError
+from rlhflab.scoring import preference_probability, score_responses
+from space.registry import Registry
+
+REWARD_CONCURRENCY = 2
+
+
+def _scores(registry: Registry, prompt: str, responses: list[str]) -> list[float]:
+    if not all((r or "").strip() for r in responses):
+        raise gr.Error("Type a response to score (an empty response has no reward).")
+    try:
+        model, tokenizer = registry.reward_model()
+    except UserError as exc:
+        raise gr.Error(str(exc)) from None
+    return score_responses(model, tokenizer, [prompt or ""] * len(responses), list(responses))
+
+
+def build_reward_tab(registry: Registry) -> gr.Markdown:
+    """The Reward model tab; returns its notice box."""
+    with gr.Tab("Reward model", id="reward"):
+        notice = gr.Markdown(registry.notice("reward"), elem_id="reward-notice")
+        gr.Markdown("The reward model gives a scalar score to a prompt + response (higher = preferred). Scores are "
+                    "only meaningful relative to each other, for the same prompt.")
+        prompt = gr.Textbox(label="Prompt", lines=3, value="How do I keep basil fresh?")
+        with gr.Row():
+            with gr.Column():
+                response_a = gr.Textbox(label="Response A", lines=5, value="Trim the stems and keep it in a glass of "
+                                        "water at room temperature, loosely covered with a plastic bag.")
+                score_btn = gr.Button("Score response A", variant="primary")
+                score_out = gr.Number(label="Reward-model score of A", precision=4, interactive=False)
+            with gr.Column():
+                response_b = gr.Textbox(label="Response B", lines=5, value="Basil is a plant.")
+                compare_btn = gr.Button("Compare A and B", variant="primary")
+        with gr.Row():
+            score_a = gr.Number(label="score A", precision=4, interactive=False)
+            score_b = gr.Number(label="score B", precision=4, interactive=False)
+            prob = gr.Number(label="P(A preferred over B) = σ(r_A − r_B)", precision=4, interactive=False)
+        verdict = gr.Markdown()
+
+    def score(prompt, response):
+        """Reward-model score of one response to a prompt."""
+        return _scores(registry, prompt, [response])[0]
+
+    def compare_responses(prompt, response_a, response_b):
+        """Scores of two responses to the same prompt and P(A preferred over B) under Bradley–Terry."""
+        r_a, r_b = _scores(registry, prompt, [response_a, response_b])
+        p = preference_probability(r_a, r_b)
+        winner = "A" if p > 0.5 else "B" if p < 0.5 else "neither"
+        text = (f"The reward model prefers **{winner}**: P(A ≻ B) = σ({r_a:+.3f} − ({r_b:+.3f})) = **{p:.3f}**."
+                if winner != "neither" else "The reward model scores both responses the same (P = 0.5).")
+        return r_a, r_b, p, text
+
+    common = dict(concurrency_id="reward", concurrency_limit=REWARD_CONCURRENCY)
+    gr.on([score_btn.click], score, [prompt, response_a], [score_out], api_name="score", **common)
+    gr.on([compare_btn.click], compare_responses, [prompt, response_a, response_b], [score_a, score_b, prob, verdict],
+          api_name="compare_responses", **common)
+    return notice
