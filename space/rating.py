@@ -1,0 +1,187 @@
+"""Human-evaluation tab: blind 1–5 ratings of the stored responses (policy hidden, order shuffled), saved in the
+SQLite RatingsStore, a live aggregate table and a CSV export.
+
+On a Space the disk is not persistent: with RLHFLAB_RATINGS_REPO and HF_TOKEN set, every rating is also appended
+to a JSONL file that huggingface_hub's CommitScheduler pushes to that Hub dataset repo every few minutes.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gradio as gr
+
+from rlhflab.errors import UserError
+from rlhflab.ratings import CRITERIA, CRITERIA_LABELS, aggregate_markdown
+from space.registry import Registry
+
+MAX_RESPONSES = 3
+SCORES = [1, 2, 3, 4, 5]
+SYNC_FOLDER = "ratings-hub"
+SYNC_EVERY_MINUTES = 5
+AGGREGATE_REFRESH_S = 15
+
+
+class RatingsSync:
+    """Appends one JSON record per rating to this process's own file in a folder CommitScheduler uploads.
+
+    Append-only files written under `scheduler.lock` are the pattern the scheduler is built for: it uploads
+    each file up to the size it saw under the lock, so a record is never half-uploaded.
+    """
+
+    def __init__(self, folder: str | Path, repo_id: str, token: str, every_minutes: float = SYNC_EVERY_MINUTES,
+                 scheduler_cls=None):
+        if scheduler_cls is None:
+            from huggingface_hub import CommitScheduler as scheduler_cls
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.repo_id = repo_id
+        self.scheduler = scheduler_cls(repo_id=repo_id, repo_type="dataset", folder_path=self.folder,
+                                       every=every_minutes, token=token)
+        self.path = self.folder / f"ratings-{uuid.uuid4().hex[:12]}.jsonl"
+
+    def append(self, record: dict) -> None:
+        with self.scheduler.lock:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def make_sync(registry: Registry, scheduler_cls=None) -> tuple[RatingsSync | None, str]:
+    """(sync or None, one line saying where ratings go)."""
+    repo = (registry.env.get("RLHFLAB_RATINGS_REPO") or "").strip()
+    token = (registry.env.get("HF_TOKEN") or "").strip()
+    if not repo or not token:
+        return None, ("Ratings are kept in the local SQLite store; set RLHFLAB_RATINGS_REPO and HF_TOKEN to also "
+                      "sync them to a Hub dataset repo.")
+    res = registry.resolve("eval")
+    if res.origin != "local":
+        return None, f"Hub sync to `{repo}` is off: there is no local evaluation folder to keep ratings in."
+    try:
+        sync = RatingsSync(Path(res.source) / SYNC_FOLDER, repo, token, scheduler_cls=scheduler_cls)
+    except Exception as exc:  # no network, bad token, no write access: rating still works locally
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return None, f"⚠️ Hub sync to `{repo}` is off ({type(exc).__name__}: {detail}); ratings stay local."
+    return sync, f"Every rating is also synced to the Hub dataset `{repo}` (every {SYNC_EVERY_MINUTES} minutes)."
+
+
+def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) -> None:
+    """The Human evaluation tab."""
+    sync, sync_text = make_sync(registry, scheduler_cls)
+    export_dir = Path(tempfile.mkdtemp(prefix="rlhflab-ratings-"))
+    with gr.Tab("Human evaluation", id="rating"):
+        notice = gr.Markdown(elem_id="rating-notice")
+        gr.Markdown("Rate each response 1–5 on every criterion (5 = best; for hallucination/toxicity 5 = none). "
+                    "Which policy wrote a response is hidden and the order is shuffled. " + sync_text)
+        with gr.Row():
+            rater = gr.Textbox(label="Your name or initials (optional)", max_lines=1, scale=3)
+            next_btn = gr.Button("Next prompt", size="sm", scale=1)
+        task = gr.State(None)
+        prompt = gr.Markdown(elem_id="rating-prompt")
+        groups, texts, radios = [], [], []
+        for i in range(MAX_RESPONSES):
+            with gr.Group(visible=False) as group:
+                texts.append(gr.Markdown(elem_id=f"rating-response-{i}", padding=True))
+                with gr.Row():
+                    for c in CRITERIA:
+                        radios.append(gr.Radio(SCORES, label=f"{chr(65 + i)} · {CRITERIA_LABELS[c]}", min_width=150))
+            groups.append(group)
+        submit = gr.Button("Submit ratings", variant="primary", elem_id="rate-btn")
+        status = gr.Markdown(elem_id="rating-status")
+        gr.Markdown("### Aggregate (all raters)")
+        aggregate = gr.Markdown(elem_id="rating-aggregate")
+        with gr.Row():
+            refresh = gr.Button("Refresh table", size="sm")
+            export = gr.Button("Export CSV", size="sm")
+        csv_file = gr.File(label="ratings.csv", interactive=False)
+        timer = gr.Timer(AGGREGATE_REFRESH_S)
+
+    def store():
+        try:
+            return registry.ratings_store()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def show_task(new_task: dict | None, message: str):
+        """Outputs for one blind task: prompt, the responses, cleared radios, visible groups, state, notice."""
+        responses = new_task["responses"][:MAX_RESPONSES] if new_task else []
+        prompt_md = (f"**Prompt #{new_task['prompt_index']}**\n\n{new_task['prompt']}"
+                     + ("\n\n*You have rated this prompt before; all prompts are rated equally often so far.*"
+                        if new_task["rated_before"] else "")) if new_task else ""
+        text_out = [f"**Response {chr(65 + i)}**\n\n{responses[i]['response']}" if i < len(responses) else ""
+                    for i in range(MAX_RESPONSES)]
+        group_out = [gr.Group(visible=i < len(responses)) for i in range(MAX_RESPONSES)]
+        state = {"prompt_index": new_task["prompt_index"],
+                 "item_ids": [r["item_id"] for r in responses]} if new_task else None
+        return prompt_md, *text_out, *[None] * len(radios), *group_out, state, message
+
+    def next_item(rater):
+        """A blind rating task: one stored prompt and its responses, shuffled, policies hidden."""
+        res = registry.resolve("eval")
+        if not res.available:
+            return show_task(None, f"⚠️ {registry.missing_message(res)} It stores the items to rate.")
+        try:
+            new_task = registry.ratings_store().blind_task(rater or "anonymous")
+        except UserError as exc:
+            return show_task(None, f"⚠️ {exc}")
+        if new_task is None:
+            return show_task(None, "⚠️ There is nothing to rate yet: the ratings store has no items. Create them with "
+                                   "`python eval/evaluate.py --profile demo`.")
+        return show_task(new_task, "")
+
+    def ratings_table():
+        """The model × criterion table of mean ratings."""
+        if not registry.resolve("eval").available:
+            return "No ratings yet (no evaluation folder)."
+        try:
+            return aggregate_markdown(registry.ratings_store().aggregate())
+        except UserError as exc:
+            return f"⚠️ {exc}"
+
+    def rate(rater, *values):
+        """Store the ratings of the shown responses (each response: five scores 1–5), then show the next prompt."""
+        *scores, current = values
+        if not current or not current.get("item_ids"):
+            raise gr.Error("Load a prompt to rate first (Next prompt).")
+        ratings_store = store()
+        saved, problems = [], []
+        chosen: list[tuple[str, dict]] = []
+        for i, item_id in enumerate(current["item_ids"]):
+            row = dict(zip(CRITERIA, scores[i * len(CRITERIA):(i + 1) * len(CRITERIA)]))
+            given = [c for c, v in row.items() if v not in (None, "")]
+            if not given:
+                continue
+            if len(given) < len(CRITERIA):
+                missing = [CRITERIA_LABELS[c] for c in CRITERIA if c not in given]
+                problems.append(f"response {chr(65 + i)} is missing {', '.join(missing)}")
+            chosen.append((item_id, row))
+        if problems:
+            raise gr.Error("Rate every criterion of a response (or none of it): " + "; ".join(problems) + ".")
+        if not chosen:
+            raise gr.Error("Rate at least one response on all five criteria before submitting.")
+        for item_id, row in chosen:
+            try:
+                saved.append(ratings_store.add_rating(item_id, row, rater or "anonymous"))
+            except UserError as exc:
+                raise gr.Error(str(exc)) from None
+            if sync is not None:
+                sync.append({"rating_id": saved[-1], "item_id": item_id, "rater": rater or "anonymous",
+                             "prompt_index": current["prompt_index"], **row,
+                             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        message = f"Saved {len(saved)} rating(s) for prompt #{current['prompt_index']}. Here is the next prompt."
+        return ratings_table(), *next_item(rater)[:-1], message
+
+    def ratings_csv():
+        """All ratings as a CSV file (one row per rating, with the policy revealed)."""
+        path = export_dir / f"ratings-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.csv"
+        path.write_text(store().csv_text(), encoding="utf-8")
+        return str(path)
+
+    task_outputs = [prompt, *texts, *radios, *groups, task, notice]
+    gr.on([demo.load, next_btn.click], next_item, [rater], task_outputs, api_name="next_item")
+    submit.click(rate, [rater, *radios, task], [aggregate, *task_outputs[:-1], status], api_name="rate")
+    gr.on([demo.load, refresh.click, timer.tick], ratings_table, None, [aggregate], api_name="ratings_table",
+          show_progress="hidden")
+    export.click(ratings_csv, None, [csv_file], api_name="ratings_csv")
