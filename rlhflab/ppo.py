@@ -181,7 +181,7 @@ def output_dir_for(cfg: PPOConfig) -> Path:
     return Path(cfg.output_dir or CHECKPOINTS_DIR / f"ppo-{cfg.mode}")
 
 
-def train_ppo(cfg: PPOConfig, on_step=None) -> Path:
+def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -> Path:
     """Run PPO (full or LoRA) against the frozen reward model; write the checkpoint; return its path."""
     import datasets
     from peft import LoraConfig
@@ -236,6 +236,8 @@ def train_ppo(cfg: PPOConfig, on_step=None) -> Path:
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
         dataset_num_proc=None, disable_tqdm=False,
     )
+    for key, value in (trl_overrides or {}).items():  # benchmarks compare against TRL's own defaults
+        setattr(args, key, value)
     peft_config = None
     if cfg.mode == "lora":
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -104,9 +104,13 @@ def side_stream(registry: Registry, name: str, messages: list[dict], settings: G
             if n > 1 and settings.greedy:
                 result["notes"].append(f"Best-of-{n} skipped: greedy decoding would give {n} identical answers.")
                 n = 1
-            if n > 1 and not registry.reward_available():
-                result["notes"].append(f"Best-of-{n} skipped: reranking needs the reward model, which is missing.")
-                n = 1
+            if n > 1:
+                try:
+                    registry.reward_model()
+                except UserError:
+                    result["notes"].append(f"Best-of-{n} skipped: reranking needs the reward model, which is "
+                                           f"unavailable (see the note at the top of the tab).")
+                    n = 1
             if n > 1:
                 yield f"*sampling {n} candidates to rerank with the reward model…*"
                 generations = generate_batch(model, tokenizer, [messages] * n, settings, batch_size=n,
@@ -132,7 +136,7 @@ def side_stream(registry: Registry, name: str, messages: list[dict], settings: G
     best = max(range(len(texts)), key=lambda i: scores[i]) if scores else 0
     result.update(answer=texts[best], tokens=generations[best].num_tokens,
                   reward=scores[best] if scores else None)
-    if n > 1:
+    if n > 1 and scores:
         result["candidates"] = [{"answer": t, "reward": s, "chosen": i == best}
                                 for i, (t, s) in enumerate(zip(texts, scores))]
     yield result["answer"]
@@ -283,14 +287,14 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
         text = _clean_message(message)
         if not text.strip():
             gr.Warning(EMPTY_MESSAGE)
-            yield to_chatbot(hists[policy]), {"error": EMPTY_MESSAGE}, message, hists
+            yield to_chatbot(hists[policy]), {"error": EMPTY_MESSAGE}, hists
             return
         _start_turn(hists[policy], text)
-        yield to_chatbot(hists[policy]), gr.skip(), "", hists
+        yield to_chatbot(hists[policy]), gr.skip(), hists
         results = {}
         for results in _stream_sides(registry, hists, [policy], settings):
-            yield to_chatbot(hists[policy]), gr.skip(), gr.skip(), gr.skip()
-        yield to_chatbot(hists[policy]), results.get(policy), gr.skip(), hists
+            yield to_chatbot(hists[policy]), gr.skip(), gr.skip()
+        yield to_chatbot(hists[policy]), results.get(policy), hists
 
     def compare(message, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, max_new_tokens,
                 seed, greedy, best_of_n, hists):
@@ -302,15 +306,15 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
         text = _clean_message(message)
         if not text.strip():
             gr.Warning(EMPTY_MESSAGE)
-            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], {"error": EMPTY_MESSAGE}, message, hists
+            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], {"error": EMPTY_MESSAGE}, hists
             return
         for name in POLICY_KEYS:
             _start_turn(hists[name], text)
-        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), "", hists
+        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), hists
         results = {}
         for results in _stream_sides(registry, hists, list(POLICY_KEYS), settings):
-            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), gr.skip(), gr.skip()
-        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], results, gr.skip(), hists
+            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), gr.skip()
+        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], results, hists
 
     def regenerate(policy, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, max_new_tokens,
                    seed, greedy, best_of_n, hists):
@@ -323,7 +327,7 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
         sides = [n for n in sides if any(m["role"] == "user" for m in hists[n])]
 
         def views():
-            single = to_chatbot(hists[policy]) if policy in POLICY_KEYS else gr.skip()
+            single = to_chatbot(hists[policy]) if policy in POLICY_KEYS else []  # hidden side by side
             return single, *[to_chatbot(hists[n]) for n in POLICY_KEYS]
 
         if not sides:
@@ -354,10 +358,13 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
                 api_name="select_policy", queue=False)
     # preprocess=False: out-of-range settings reach GenerationSettings.validate(), whose message names the
     # setting (the slider's own check would only say "Value 5 is greater than maximum value 2").
-    send.click(chat, [msg, mode, *settings_inputs, histories], [single_cb, details, msg, histories],
+    send.click(chat, [msg, mode, *settings_inputs, histories], [single_cb, details, histories],
                api_name="chat", preprocess=False, **generation)
-    send_all.click(compare, [msg, *settings_inputs, histories], [*all_cbs, details, msg, histories],
+    send_all.click(compare, [msg, *settings_inputs, histories], [*all_cbs, details, histories],
                    api_name="compare", preprocess=False, **generation)
+    # Registered after the events above, so they read the message before this browser-side listener clears it.
+    for button in (send, send_all):
+        button.click(None, None, [msg], js="() => ''")
     # Enter sends through whichever button the chosen policy shows.
     msg.submit(None, None, None, js="() => { for (const id of ['send-btn', 'compare-btn']) {"
                                     " const b = document.getElementById(id);"

@@ -86,7 +86,8 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
                 texts.append(gr.Markdown(elem_id=f"rating-response-{i}", padding=True))
                 with gr.Row():
                     for c in CRITERIA:
-                        radios.append(gr.Radio(SCORES, label=f"{chr(65 + i)} · {CRITERIA_LABELS[c]}", min_width=150))
+                        radios.append(gr.Radio(SCORES, label=f"{chr(65 + i)} · {CRITERIA_LABELS[c]}", min_width=150,
+                                                elem_classes="rating-radio"))
             groups.append(group)
         submit = gr.Button("Submit ratings", variant="primary", elem_id="rate-btn")
         status = gr.Markdown(elem_id="rating-status")

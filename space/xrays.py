@@ -59,6 +59,7 @@ def build_xrays_tab(registry: Registry, demo: gr.Blocks) -> None:
             with gr.Column(scale=3):
                 grid = gr.Image(label="Generated samples (8×4)", type="pil", format="png", interactive=False,
                                 buttons=["download", "fullscreen"], elem_id="xray-grid")
+                caption = gr.Markdown(elem_id="xray-caption")
                 grid_file = gr.File(label="Grid PNG (28-pixel tiles, full resolution)", interactive=False)
                 interp = gr.Image(label="Latent interpolation", type="pil", format="png", interactive=False,
                                   buttons=["download", "fullscreen"], elem_id="xray-interp")
@@ -78,8 +79,10 @@ def build_xrays_tab(registry: Registry, demo: gr.Blocks) -> None:
         images = sample_images(gen, seed, GRID_IMAGES)
         path = png_dir / f"xray-grid-seed{seed}.png"
         make_grid_png(images, nrow=GRID_COLUMNS).save(path)
-        label = f"Generated samples, seed {seed}" + (" — PHANTOM-trained, not real X-rays" if is_phantom(gen) else "")
-        return gr.Image(make_grid_png(images, nrow=GRID_COLUMNS, scale=DISPLAY_SCALE), label=label), str(path)
+        text = f"Seed {seed}: {GRID_IMAGES} samples, 28×28 each, shown {DISPLAY_SCALE}× enlarged."
+        if is_phantom(gen):
+            text = f"⚠️ **PHANTOM-trained generator — these are not chest X-rays.** {text}"
+        return make_grid_png(images, nrow=GRID_COLUMNS, scale=DISPLAY_SCALE), str(path), text
 
     def interpolate(seed_a, seed_b, steps):
         """Images along the latent path from seed_a to seed_b."""
@@ -105,6 +108,6 @@ def build_xrays_tab(registry: Registry, demo: gr.Blocks) -> None:
         return f"{data_label(gen)}\n\nLoaded from {registry.loaded_from.get('dcgan', res.detail)}.", text
 
     common = dict(concurrency_id="dcgan", concurrency_limit=GAN_CONCURRENCY)
-    sample_btn.click(sample_xrays, [seed], [grid, grid_file], api_name="sample_xrays", **common)
+    sample_btn.click(sample_xrays, [seed], [grid, grid_file, caption], api_name="sample_xrays", **common)
     interp_btn.click(interpolate, [seed_a, seed_b, steps], [interp], api_name="interpolate", **common)
     gr.on([demo.load], xray_card, None, [notice, card], api_name="xray_card")

@@ -110,9 +110,18 @@ def load_training_state(out: Path, generator, discriminator, opt_g, opt_d, confi
 # ---------------------------------------------------------------- model card
 
 
+def _shown_path(path: str) -> str:
+    """A path as a reader of the card would type it: relative to the current folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def write_card(folder: Path, config: DCGANConfig, data: XrayDataset, generator, discriminator,
                history: list[dict], epoch: int, diagnostics: dict | None, train_seconds: float) -> None:
     finished = epoch >= config.epochs
+    where = config.push_to_hub or _shown_path(config.output_dir)
     hyper = dict(epochs=config.epochs, epochs_trained=epoch, batch_size=config.batch_size, lr=config.lr,
                  betas=[config.beta1, config.beta2], loss="BCE (non-saturating generator loss)",
                  latent_dim=config.latent_dim, generator_width=config.generator_width,
@@ -153,10 +162,10 @@ def write_card(folder: Path, config: DCGANConfig, data: XrayDataset, generator, 
         "Diagnostics": (diagnostics_table(diagnostics) + f"\n\n{diagnostics['frechet']['note']} Measured on "
                         f"{diagnostics['num_generated']} generated and {diagnostics['num_real_heldout']} held-out "
                         f"(test split) images; `{DIAGNOSTICS_FILE}` has every number. Re-run: "
-                        f"`python eval/gan.py --checkpoint {config.output_dir}`."
+                        f"`python eval/gan.py --checkpoint {where}`."
                         if diagnostics else "Not computed yet (they run when training finishes), or skipped."),
         "Use": ("```python\nfrom rlhflab.gan import load_generator, sample_images, make_grid_png\n"
-                f"generator = load_generator(\"{config.output_dir}\")  # or a Hub repo id\n"
+                f"generator = load_generator(\"{where}\")  # a checkpoint folder or a Hub repo id\n"
                 "make_grid_png(sample_images(generator, seed=0, n=32), nrow=8).save(\"grid.png\")\n```"),
         "Limitations": ("28×28 images: no diagnostic detail survives at this size. Not for clinical use, "
                         "diagnosis or data augmentation of medical models without validation."),

@@ -1,0 +1,51 @@
+"""One PPO step with this project's defaults against plain TRL (fp32, TRL's defaults) on the same batch.
+
+`python bench/bench_ppo.py [--steps 3]` — needs checkpoints/reward (python training/reward.py --profile demo).
+Reports the median seconds per step after the first (warm-up) step, and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command, machine  # noqa: E402
+
+
+def run(steps: int = 3, mode: str = "full", reward_model: str | None = None) -> dict:
+    from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
+    from rlhflab.ppo import train_ppo
+
+    reward_model = reward_model or str(CHECKPOINTS_DIR / "reward")
+    variants = {
+        "plain TRL (fp32, gradient checkpointing on: TRL's defaults)":
+            ({"bf16": False}, {"gradient_checkpointing": True}),
+        "rlhflab defaults (bf16 autocast, no gradient checkpointing)": ({"bf16": True}, {}),
+    }
+    out = {}
+    for name, (cfg_kw, trl_kw) in variants.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = build_config(PPOConfig, "demo", mode=mode, reward_model=reward_model, max_steps=steps,
+                               output_dir=str(Path(tmp) / "ppo"), **cfg_kw)
+            train_ppo(cfg, trl_overrides=trl_kw)
+            records = [json.loads(line) for line in (Path(tmp) / "ppo" / "metrics.jsonl").read_text().splitlines()]
+        times = [r["seconds_per_step"] for r in records[1:]] or [records[0]["seconds_per_step"]]
+        out[name] = statistics.median(times)
+    (base_name, base), (ours_name, ours) = list(out.items())
+    result = {"benchmark": f"PPO step ({mode}, demo batch: 8 rollouts x 32 tokens, 1 PPO epoch)",
+              "baseline": base_name, "baseline_s_per_step": base, "ours": ours_name, "ours_s_per_step": ours,
+              "speedup": base / ours, "steps_timed": steps - 1, "machine": machine(), "command": command()}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--mode", default="full", choices=("full", "lora"))
+    args = parser.parse_args()
+    run(args.steps, args.mode)

@@ -1,0 +1,51 @@
+"""build_demo(registry): the whole app as one gr.Blocks, one builder function per tab, with its queue configured."""
+from __future__ import annotations
+
+import gradio as gr
+
+from space.about import build_about_tab
+from space.chat import build_chat_tab, chat_notice
+from space.curves import build_curves_tab
+from space.evaluation import build_evaluation_tab
+from space.rating import build_rating_tab
+from space.registry import Registry
+from space.reward import build_reward_tab
+from space.xrays import build_xrays_tab
+
+TITLE = "RLHF + GAN checkpoint lab"
+DEFAULT_CONCURRENCY = 4  # light events (files, SQLite, plots); model events set their own limits
+CSS = """
+#chat-notice, #reward-notice, #curves-notice, #eval-notice, #rating-notice, #xrays-notice { color: #b45309; }
+footer { display: none !important; }
+"""
+
+
+def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> gr.Blocks:
+    """The app. `registry` decides where checkpoints come from (default: the environment, see space.registry)."""
+    registry = registry or Registry()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nChat with the base, full-PPO and LoRA-PPO policies, score text with the reward "
+                    "model, follow PPO's KL and reward, read the evaluation, rate answers blind, and sample "
+                    "synthetic chest X-rays. Checkpoints load on first use.")
+        with gr.Tabs():
+            chat_box = build_chat_tab(registry)
+            reward_box = build_reward_tab(registry)
+            build_curves_tab(registry, demo)
+            build_evaluation_tab(registry, demo)
+            build_rating_tab(registry, demo, scheduler_cls=rating_scheduler_cls)
+            build_xrays_tab(registry, demo)
+            build_about_tab(registry, demo)
+
+        def checkpoint_status():
+            """Re-check which checkpoints exist (one appearing while the app runs is picked up)."""
+            return chat_notice(registry), registry.notice("reward")
+
+        demo.load(checkpoint_status, None, [chat_box, reward_box], api_name="checkpoint_status")
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    return demo
+
+
+def launch_kwargs(registry: Registry) -> dict:
+    """Arguments of demo.launch() the app needs whoever launches it (app.py, tests, benchmarks)."""
+    # show_error: an unexpected failure reaches the user as its message rather than a generic "error".
+    return dict(css=CSS, allowed_paths=[str(registry.checkpoints_dir / "eval")], show_error=True)

@@ -1,0 +1,117 @@
+"""The app in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright): a streamed chat answer,
+the three policies side by side, a rendered training-curves plot and an X-ray grid. Screenshots go to
+test-artifacts/ (git-ignored)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_app import running_app, write_tiny_checkpoints
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                "(apt-get install -y chromium chromium-driver); Playwright's own download fails here")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, tiny_llama_dir):
+    store = write_tiny_checkpoints(tmp_path_factory.mktemp("browser-checkpoints"), tiny_llama_dir)
+    env = {"RLHFLAB_CHECKPOINTS": str(store), "RLHFLAB_BASE_MODEL": str(tiny_llama_dir), "HF_HUB_OFFLINE": "1"}
+    with running_app(env) as (_, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_url)
+        page.wait_for_selector("#chat-input textarea")
+        yield page
+        browser.close()
+
+
+def _open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+# Records every distinct text the last answer bubble shows, to see the answer grow token by token.
+_WATCH = """(selector) => {
+  window.__states = [];
+  const root = document.querySelector(selector);
+  const record = () => {
+    const bots = root.querySelectorAll('.bot, [data-testid="bot"]');
+    const text = bots.length ? bots[bots.length - 1].innerText : '';
+    if (window.__states[window.__states.length - 1] !== text) window.__states.push(text);
+  };
+  new MutationObserver(record).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_chat_answer_streams_in(page):
+    page.evaluate(_WATCH, "#chat-single")
+    page.fill("#chat-input textarea", "Hello! What can you do?")
+    page.click("#send-btn")
+    page.wait_for_function("() => document.querySelector('#chat-single').innerText.includes('reward-model score')")
+    states = [s for s in page.evaluate("window.__states") if s.strip()]
+    partial = [s for s in states if "reward-model score" not in s]
+    assert partial, f"no partial answer was ever shown: {states}"
+    assert page.input_value("#chat-input textarea") == "", "the message box is cleared after sending"
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+
+
+def test_side_by_side_shows_three_answers(page):
+    page.get_by_label("All three side by side").check()
+    page.wait_for_selector("#compare-btn", state="visible")
+    page.fill("#chat-input textarea", "Tell me a fact about the moon.")
+    page.press("#chat-input textarea", "Enter")  # Enter goes through the visible button
+    page.wait_for_function("() => ['base', 'full', 'lora'].every(n => "
+                           "document.querySelector('#chat-' + n).innerText.includes('reward-model score'))")
+    page.screenshot(path=str(ARTIFACTS / "side_by_side.png"), full_page=True)
+    page.get_by_label("Base model").check()
+
+
+def test_training_curves_plot_renders(page):
+    _open_tab(page, "Training curves")
+    page.wait_for_selector("#curves-plot .js-plotly-plot .main-svg")
+    assert page.locator("#curves-plot .scatterlayer .trace").count() >= 6  # KL, score, β for two runs
+    assert "ppo-full" in page.inner_text("#curves-summary")
+    page.screenshot(path=str(ARTIFACTS / "curves.png"), full_page=True)
+
+
+def test_xray_grid_image_appears(page):
+    _open_tab(page, "Chest X-rays")
+    page.click("#sample-btn")
+    page.wait_for_function("() => { const img = document.querySelector('#xray-grid img');"
+                           " return img && img.complete && img.naturalWidth > 0; }")
+    width = page.evaluate("document.querySelector('#xray-grid img').naturalWidth")
+    assert width == (8 * 30 + 2) * 4
+    assert "PHANTOM" in page.inner_text("#xray-caption")
+    page.screenshot(path=str(ARTIFACTS / "xrays.png"), full_page=True)
+
+
+def test_other_tabs_render(page):
+    _open_tab(page, "Evaluation")
+    page.wait_for_selector("#eval-plot .js-plotly-plot")
+    page.screenshot(path=str(ARTIFACTS / "evaluation.png"), full_page=True)
+    _open_tab(page, "Human evaluation")
+    page.wait_for_function("() => document.querySelector('#rating-prompt').innerText.includes('Prompt #')")
+    page.screenshot(path=str(ARTIFACTS / "rating.png"), full_page=True)
+    _open_tab(page, "Reward model")
+    page.get_by_role("button", name="Compare A and B").click()
+    page.wait_for_function("() => document.body.innerText.includes('The reward model prefers')")
+    page.screenshot(path=str(ARTIFACTS / "reward.png"), full_page=True)
+    _open_tab(page, "About")
+    page.wait_for_function("() => document.querySelector('#about-text').innerText.includes('loaded')")
+    page.screenshot(path=str(ARTIFACTS / "about.png"), full_page=True)
