@@ -1,7 +1,6 @@
 """Text generation: validated settings, batched generation (left padding), and token streaming."""
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -140,42 +139,69 @@ def _stop_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def logits_processors(settings: GenerationSettings):
+    """The same processing `generate()` applies for these settings (transformers' public processors)."""
+    from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    procs = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if settings.no_repeat_ngram_size:
+        procs.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    if not settings.greedy:
+        procs.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            procs.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            procs.append(TopPLogitsWarper(settings.top_p))
+    return procs
+
+
+@torch.inference_mode()
+def decode_tokens(model, input_ids: torch.Tensor, settings: GenerationSettings, stop_ids: list[int]):
+    """Yield new token ids one at a time for a single prompt (batch 1), with a KV cache.
+
+    A lean loop over model.forward: at batch 1 on a CPU, generate()'s per-token bookkeeping
+    and the streamer thread are a measurable share of the time (see BENCHMARKS.md).
+    """
+    from transformers import DynamicCache
+
+    procs = logits_processors(settings)
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    device = next(model.parameters()).device
+    seq = input_ids.to(device)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    logits = model(input_ids=seq, past_key_values=cache, use_cache=True).logits[:, -1, :]
+    for _ in range(settings.max_new_tokens):
+        scores = procs(seq, logits.float())
+        if settings.greedy:
+            token = scores.argmax(-1, keepdim=True)
+        else:
+            token = torch.multinomial(torch.softmax(scores, -1).cpu(), 1, generator=generator).to(device)
+        tid = int(token)
+        if tid in stop_ids:
+            return
+        yield tid
+        seq = torch.cat([seq, token], dim=1)
+        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+
 def stream_generate(model, tokenizer, prompt, settings: GenerationSettings, max_prompt_tokens: int | None = None):
     """Yield the response text so far as tokens arrive (one prompt or chat history).
 
-    The first item is a `Generation` header-free string; `prompt_truncated` is reported through
-    the final `Generation` returned by StopIteration.value.
+    The generator's return value (StopIteration.value) is the final `Generation`, which says
+    whether the prompt had to be truncated to fit the model's context.
     """
-    from transformers import TextIteratorStreamer
-
     settings.validate()
-    device = next(model.parameters()).device
     limit = max_prompt_tokens or prompt_token_limit(tokenizer, model, settings.max_new_tokens)
     batch, truncated = encode_prompts(tokenizer, [prompt], limit)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-    generator = torch.Generator().manual_seed(settings.seed)
-    result: dict = {}
-
-    def run():
-        try:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            with torch.no_grad():
-                result["seqs"] = model.generate(**batch, **settings.generate_kwargs(), streamer=streamer,
-                                                pad_token_id=tokenizer.pad_token_id,
-                                                eos_token_id=_stop_ids(tokenizer, model))
-        except Exception as exc:  # surface in the consumer, never kill the worker silently
-            result["error"] = exc
-            streamer.end()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    ids: list[int] = []
     text = ""
-    for piece in streamer:
-        text += piece
-        yield text
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    n_tokens = int(result["seqs"].shape[1] - batch["input_ids"].shape[1])
-    return Generation(text.strip(), n_tokens, truncated[0], True)
+    for tid in decode_tokens(model, batch["input_ids"], settings, _stop_ids(tokenizer, model)):
+        ids.append(tid)
+        new_text = tokenizer.decode(ids, skip_special_tokens=True)
+        if new_text != text and not new_text.endswith("\ufffd"):  # wait for complete UTF-8 characters
+            text = new_text
+            yield text
+    return Generation(text.strip(), len(ids), truncated[0], len(ids) < settings.max_new_tokens)

@@ -17,6 +17,9 @@ DEFAULT_CONCURRENCY = 4  # light events (files, SQLite, plots); model events set
 CSS = """
 #chat-notice, #reward-notice, #curves-notice, #eval-notice, #rating-notice, #xrays-notice { color: #b45309; }
 footer { display: none !important; }
+.rating-radio .wrap { gap: 3px !important; }
+.rating-radio label { padding: 3px 6px !important; }
+.rating-radio input { margin-right: 3px !important; }
 """
 
 

@@ -96,7 +96,7 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         with gr.Row():
             refresh = gr.Button("Refresh table", size="sm")
             export = gr.Button("Export CSV", size="sm")
-        csv_file = gr.File(label="ratings.csv", interactive=False)
+        csv_file = gr.File(label="ratings.csv", interactive=False, height=90)
         timer = gr.Timer(AGGREGATE_REFRESH_S)
 
     def store():

@@ -57,3 +57,30 @@ def test_lora_targets_per_architecture(tiny_llama_dir, tiny_gpt2_dir):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(UserError):
         load_causal_lm("definitely/not-a-cached-model")
+
+
+def test_streaming_decoder_matches_generate_greedy(tiny_model_dir):
+    from rlhflab.generation import stream_generate
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    settings = GenerationSettings(greedy=True, max_new_tokens=8, repetition_penalty=1.3, no_repeat_ngram_size=2)
+    expected = generate_batch(model, tok, ["Tell me about cats."], settings)[0]
+    gen = stream_generate(model, tok, "Tell me about cats.", settings)
+    pieces = []
+    try:
+        while True:
+            pieces.append(next(gen))
+    except StopIteration as stop:
+        final = stop.value
+    assert final.text == expected.text and final.num_tokens == expected.num_tokens
+    assert pieces and pieces[-1].strip() == expected.text
+
+
+def test_long_prompt_is_truncated_and_reported(tiny_llama_dir):
+    from rlhflab.generation import stream_generate
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    gen = stream_generate(model, tok, "word " * 5000, GenerationSettings(max_new_tokens=2), max_prompt_tokens=64)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        assert stop.value.prompt_truncated
