@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as `python bench/bench_dcgan.py`
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command, machine  # noqa: E402  (also puts the repository root on sys.path)
 
-import torch
+import torch  # noqa: E402
 
-from rlhflab.checkpoints import command_line
-from rlhflab.data.chestmnist import NPZ_NAME, read_chestmnist_npz, to_unit_range, write_chestmnist_npz
-from rlhflab.gan import Discriminator, Generator, dcgan_weights_init, hardware_description, train_step
+from rlhflab.data.chestmnist import NPZ_NAME, read_chestmnist_npz, to_unit_range, write_chestmnist_npz  # noqa: E402
+from rlhflab.gan import Discriminator, Generator, dcgan_weights_init, train_step  # noqa: E402
 
 
 def _models(width: int, seed: int, device):
@@ -123,8 +123,9 @@ def run(steps: int = 20, rounds: int = 2, batch_size: int = 128, width: int = 32
                   "dataloader_num_workers": num_workers, "device": str(device),
                   "npz_write_s": round(t1 - t0, 2), "npz_load_to_tensor_s": round(load_s, 3),
                   "data": "synthetic ChestMNIST-format npz (PHANTOM images)"},
-        "command": command_line(),
-        "hardware": hardware_description(),
+        "torch_threads": torch.get_num_threads(),
+        "command": command(),
+        "machine": machine(),
         "python": platform.python_version(),
     }
 
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"(data alone {result['data_only_images_per_s']['ours']:.0f}/s)")
     print(f"baseline (medmnist PIL + DataLoader, {args.num_workers} workers): {result['baseline_images_per_s']:>9.1f} "
           f"images/s (data alone {result['data_only_images_per_s']['baseline']:.0f}/s)")
-    print(f"speedup: {result['speedup']:.2f}x  |  {result['command']}  |  {result['hardware']}")
+    print(f"speedup: {result['speedup']:.2f}x  |  {result['command']}  |  {result['machine']}, "
+          f"{result['torch_threads']} torch threads")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result

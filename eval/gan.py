@@ -30,6 +30,11 @@ def evaluate_checkpoint(checkpoint: str, data_root: str | None = None, num_sampl
     data: XrayDataset = dataset_from_description(description, root=data_root)
     print(f"generator {generator.checkpoint_path}; data {data.source} ({len(data.train_images):,} training images)",
           flush=True)
+    recorded, rebuilt = description.get("train_fingerprint"), data.description.get("train_fingerprint")
+    if recorded and recorded != rebuilt:
+        print(f"warning: these training images differ from the ones the generator saw (fingerprint {rebuilt}, "
+              f"recorded {recorded}): the data file or the phantom code changed; the memorisation numbers "
+              f"refer to the images loaded now.", file=sys.stderr, flush=True)
     return gan_diagnostics(generator, data, num_samples=num_samples, seed=seed), generator.checkpoint_path
 
 

@@ -143,7 +143,7 @@ def push_folder(folder: str | Path, repo_id: str, api=None, private: bool = Fals
         step = "uploading the files"
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload {folder.name} from rlhflab",
-                                 ignore_patterns=["trainer_state/*", "*.tmp*"])
+                                 ignore_patterns=["trainer_state/*", "training_state/*", "*.tmp*"])
         url = getattr(info, "commit_url", None) or str(info)
         return PushResult(True, repo_id, f"pushed {folder} to https://huggingface.co/{repo_id}", url)
     except Exception as exc:
@@ -153,11 +153,13 @@ def push_folder(folder: str | Path, repo_id: str, api=None, private: bool = Fals
 
 
 def report_push(folder: str | Path, repo_id: str | None) -> PushResult | None:
-    """Push when asked and print the outcome in one line (scripts call this last)."""
+    """Push when asked; print the outcome, or raise UserError on failure (scripts call this last)."""
     if not repo_id:
         return None
     result = push_folder(folder, repo_id)
-    print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    if not result.ok:  # the script exits non-zero with this one sentence; the checkpoint stays
+        raise UserError(result.message)
+    print(result.message)
     return result
 
 

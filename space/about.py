@@ -27,7 +27,7 @@ def status_line(registry: Registry, key: str) -> str:
         text += f"; **failed to load**: {registry.load_errors[key]}"
     else:
         text += "; not loaded yet (loads on first use)"
-    if kind.env_var and res.origin == "local":
+    if key != "base" and kind.env_var and res.origin == "local" and registry.env.get(kind.env_var):
         text += f" (the local folder wins over {kind.env_var})"
     return text
 
@@ -36,7 +36,8 @@ def card_body(card: str | None) -> str:
     if not card:
         return "*No model card.*"
     body = _FRONT_MATTER.sub("", card, count=1).strip()
-    return re.sub(r"^(#{1,5}) ", r"#\1 ", body, flags=re.M)  # one level down: cards sit under a heading here
+    # Two levels down (# -> ###): each card sits under this page's "##" heading for its checkpoint.
+    return re.sub(r"^(#{1,4}) ", r"##\1 ", body, flags=re.M)
 
 
 def about_markdown(registry: Registry) -> str:
@@ -45,13 +46,13 @@ def about_markdown(registry: Registry) -> str:
     for key in KINDS:
         if key == "eval":
             continue
-        parts += ["", f"### {KINDS[key].title}", "", card_body(registry.card(key))]
+        parts += ["", f"## {KINDS[key].title}", "", card_body(registry.card(key))]
     return "\n".join(parts)
 
 
 def build_about_tab(registry: Registry, demo: gr.Blocks) -> None:
     """The About tab (refreshed on page load and on demand: "loaded from" fills in as models load)."""
-    with gr.Tab("About", id="about"):
+    with gr.Tab("About", id="about") as tab:
         refresh = gr.Button("Refresh", size="sm")
         text = gr.Markdown(elem_id="about-text")
 
@@ -59,4 +60,4 @@ def build_about_tab(registry: Registry, demo: gr.Blocks) -> None:
         """Each checkpoint: where it resolves to, where it was loaded from, and its model card."""
         return about_markdown(registry)
 
-    gr.on([demo.load, refresh.click], about, None, [text], api_name="about")
+    gr.on([demo.load, refresh.click, tab.select], about, None, [text], api_name="about")

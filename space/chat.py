@@ -6,6 +6,8 @@ full policy streams alongside. Every finished answer is scored by the reward mod
 """
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from rlhflab.errors import UserError
@@ -23,6 +25,7 @@ EMPTY_MESSAGE = "Please type a message first — an empty message has nothing to
 DISPLAY_CHARS = 2000  # longer user messages are shortened on screen (the model still gets what fits)
 MAX_MESSAGE_CHARS = 200_000  # hard cap before tokenizing, so an absurd paste cannot stall a worker
 SHARED_WEIGHTS = (("full",), ("base", "lora"))  # sides in one group run one after the other
+STREAM_INTERVAL_S = 0.05  # at most ~20 screen updates a second: each costs Gradio far more than a token costs us
 GENERATION_CONCURRENCY = 2  # generation events admitted at once; PolicySet's locks allow one per model
 
 
@@ -47,10 +50,10 @@ def to_chatbot(history: list[dict]) -> list[dict]:
     return out
 
 
-def parse_settings(values: dict) -> GenerationSettings:
-    """Validated settings; a bad value is rejected with a message naming the setting."""
+def parse_settings(*values) -> GenerationSettings:
+    """Validated settings from values in SETTING_NAMES order; a bad value is rejected naming the setting."""
     try:
-        return GenerationSettings(**values).validate()
+        return GenerationSettings(**dict(zip(SETTING_NAMES, values, strict=True))).validate()
     except UserError as exc:
         raise gr.Error(str(exc)) from None
 
@@ -133,6 +136,8 @@ def side_stream(registry: Registry, name: str, messages: list[dict], settings: G
         scores = score_responses(reward_model, reward_tokenizer, [messages] * len(texts), texts)
     except UserError as exc:
         result["reward_error"] = str(exc)
+    except Exception as exc:  # a scoring failure costs the score, not the answer
+        result["reward_error"] = f"scoring failed ({type(exc).__name__}: {exc})"
     best = max(range(len(texts)), key=lambda i: scores[i]) if scores else 0
     result.update(answer=texts[best], tokens=generations[best].num_tokens,
                   reward=scores[best] if scores else None)
@@ -207,15 +212,34 @@ def _clean_message(message) -> str:
 def _stream_sides(registry: Registry, histories: dict, sides: list[str], settings: GenerationSettings):
     """Stream `sides` (whose histories end with a user turn and an empty reply); yields after every update."""
     replies = {name: histories[name][-1] for name in sides}
-    streams = {name: side_stream(registry, name, model_messages(histories[name][:-1]), settings) for name in sides}
     results: dict[str, dict] = {}
+    for name in sides:  # a missing checkpoint is reported at once, not after its turn comes
+        res = registry.resolve(name)
+        if not res.available:
+            results[name] = {"policy": name, "answer": "", "tokens": 0, "reward": None, "notes": [],
+                             "candidates": None, "error": registry.missing_message(res), "reward_error": None}
+            _finish_turn(histories[name], replies[name], results[name])
+    live = [name for name in sides if name not in results]
+    for group in SHARED_WEIGHTS:
+        queued = [name for name in group if name in live]
+        for i, name in enumerate(queued):
+            replies[name]["content"] = "…" if i == 0 else (
+                f"*waiting: {POLICY_LABELS[name]} shares its weights with {POLICY_LABELS[queued[0]]}, "
+                f"so it answers once that answer is done…*")
+    if results:
+        yield results
+    streams = {name: side_stream(registry, name, model_messages(histories[name][:-1]), settings) for name in live}
+    last_yield = 0.0
     for name, text, result in interleave(streams):
         if result is None:
             replies[name]["content"] = text
         else:
             _finish_turn(histories[name], replies[name], result)
             results[name] = result
-        yield results
+        now = time.monotonic()
+        if result is not None or now - last_yield >= STREAM_INTERVAL_S:
+            last_yield = now
+            yield results
 
 
 def build_chat_tab(registry: Registry) -> gr.Markdown:
@@ -259,7 +283,8 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
                 no_repeat = slider("no_repeat_ngram_size", "No-repeat n-gram size", 1, "0 = off")
                 max_new = slider("max_new_tokens", "Max new tokens", 1)
                 seed = gr.Number(value=settings_defaults.seed, precision=0, label="Seed")
-                greedy = gr.Checkbox(value=settings_defaults.greedy, label="Greedy decoding (ignores sampling settings)")
+                greedy = gr.Checkbox(value=settings_defaults.greedy,
+                                     label="Greedy decoding (ignores sampling settings)")
                 best_of_n = slider("best_of_n", "Best-of-n", 1, "n samples reranked by the reward model")
         settings_inputs = [temperature, top_k, top_p, repetition_penalty, no_repeat, max_new, seed, greedy, best_of_n]
 
@@ -277,9 +302,8 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
     def chat(message, policy, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
              max_new_tokens, seed, greedy, best_of_n, hists):
         """Send a message to one policy (base, full or lora); streams the answer, then its reward score."""
-        settings = parse_settings(dict(zip(SETTING_NAMES, (temperature, top_k, top_p, repetition_penalty,
-                                                           no_repeat_ngram_size, max_new_tokens, seed, greedy,
-                                                           best_of_n))))
+        settings = parse_settings(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                                  max_new_tokens, seed, greedy, best_of_n)
         if policy not in POLICY_KEYS:
             raise gr.Error(f"policy must be one of {', '.join(POLICY_KEYS)} (use /compare for all three), "
                            f"got {policy!r}.")
@@ -287,41 +311,39 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
         text = _clean_message(message)
         if not text.strip():
             gr.Warning(EMPTY_MESSAGE)
-            yield to_chatbot(hists[policy]), {"error": EMPTY_MESSAGE}, hists
+            yield to_chatbot(hists[policy]), {"error": EMPTY_MESSAGE}, message, hists
             return
         _start_turn(hists[policy], text)
-        yield to_chatbot(hists[policy]), gr.skip(), hists
+        yield to_chatbot(hists[policy]), gr.skip(), "", hists
         results = {}
         for results in _stream_sides(registry, hists, [policy], settings):
-            yield to_chatbot(hists[policy]), gr.skip(), gr.skip()
-        yield to_chatbot(hists[policy]), results.get(policy), hists
+            yield to_chatbot(hists[policy]), gr.skip(), gr.skip(), gr.skip()
+        yield to_chatbot(hists[policy]), results.get(policy), "", hists
 
     def compare(message, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, max_new_tokens,
                 seed, greedy, best_of_n, hists):
         """Send the same message to all three policies and stream their answers side by side."""
-        settings = parse_settings(dict(zip(SETTING_NAMES, (temperature, top_k, top_p, repetition_penalty,
-                                                           no_repeat_ngram_size, max_new_tokens, seed, greedy,
-                                                           best_of_n))))
+        settings = parse_settings(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                                  max_new_tokens, seed, greedy, best_of_n)
         hists = hists or new_histories()
         text = _clean_message(message)
         if not text.strip():
             gr.Warning(EMPTY_MESSAGE)
-            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], {"error": EMPTY_MESSAGE}, hists
+            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], {"error": EMPTY_MESSAGE}, message, hists
             return
         for name in POLICY_KEYS:
             _start_turn(hists[name], text)
-        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), hists
+        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), "", hists
         results = {}
         for results in _stream_sides(registry, hists, list(POLICY_KEYS), settings):
-            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), gr.skip()
-        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], results, hists
+            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), gr.skip(), gr.skip()
+        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], results, "", hists
 
     def regenerate(policy, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, max_new_tokens,
                    seed, greedy, best_of_n, hists):
         """Answer the last message again (the shown policy, or all three side by side) with the current settings."""
-        settings = parse_settings(dict(zip(SETTING_NAMES, (temperature, top_k, top_p, repetition_penalty,
-                                                           no_repeat_ngram_size, max_new_tokens, seed, greedy,
-                                                           best_of_n))))
+        settings = parse_settings(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                                  max_new_tokens, seed, greedy, best_of_n)
         hists = hists or new_histories()
         sides = list(POLICY_KEYS) if policy == ALL else [policy] if policy in POLICY_KEYS else []
         sides = [n for n in sides if any(m["role"] == "user" for m in hists[n])]
@@ -353,26 +375,39 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
         single = to_chatbot(hists[policy]) if policy in POLICY_KEYS else []
         return single, *[to_chatbot(hists[n]) for n in POLICY_KEYS], None, hists
 
+    def clear_side(name):
+        def clear(hists):
+            hists = hists or new_histories()
+            hists[name] = []
+            return hists
+        clear.__doc__ = f"Forget the {POLICY_LABELS[name]} side's conversation (its chatbot's trash button)."
+        return clear
+
     generation = dict(concurrency_id="generate", concurrency_limit=GENERATION_CONCURRENCY)
     mode.change(select_policy, [mode, histories], [single_panel, compare_panel, send, send_all, single_cb, *all_cbs],
                 api_name="select_policy", queue=False)
     # preprocess=False: out-of-range settings reach GenerationSettings.validate(), whose message names the
     # setting (the slider's own check would only say "Value 5 is greater than maximum value 2").
-    send.click(chat, [msg, mode, *settings_inputs, histories], [single_cb, details, histories],
+    # The message box is an output too: emptied when the question is taken (a separate clearing listener
+    # only takes effect once the answer is complete, as Gradio holds updates to a running event's inputs).
+    send.click(chat, [msg, mode, *settings_inputs, histories], [single_cb, details, msg, histories],
                api_name="chat", preprocess=False, **generation)
-    send_all.click(compare, [msg, *settings_inputs, histories], [*all_cbs, details, histories],
+    send_all.click(compare, [msg, *settings_inputs, histories], [*all_cbs, details, msg, histories],
                    api_name="compare", preprocess=False, **generation)
-    # Registered after the events above, so they read the message before this browser-side listener clears it.
-    for button in (send, send_all):
-        button.click(None, None, [msg], js="() => ''")
-    # Enter sends through whichever button the chosen policy shows.
-    msg.submit(None, None, None, js="() => { for (const id of ['send-btn', 'compare-btn']) {"
-                                    " const b = document.getElementById(id);"
-                                    " if (b && b.offsetParent !== null) { b.click(); return; } } }")
+    # Enter sends through the button of the chosen mode (read from the radio itself, not from which button is
+    # visible yet: pressing Enter right after switching mode must not reach the other event).
+    msg.submit(None, None, None, js="() => { const m = document.querySelector('#chat-mode input:checked');"
+                                    " const b = document.getElementById(m && m.value === 'all' ? 'compare-btn'"
+                                    " : 'send-btn'); if (b) b.click(); }")
     regen.click(regenerate, [mode, *settings_inputs, histories], [single_cb, *all_cbs, details, histories],
                 api_name="regenerate", preprocess=False, **generation)
     clear.click(clear_chat, [mode, histories], [single_cb, *all_cbs, details, histories], api_name="clear",
                 preprocess=False)
+    # A chatbot's own trash button empties what it shows; forget that conversation too.
+    single_cb.clear(clear_chat, [mode, histories], [single_cb, *all_cbs, details, histories],
+                    api_name="clear_shown", preprocess=False)
+    for name in POLICY_KEYS:
+        side_cbs[name].clear(clear_side(name), [histories], [histories], api_name=f"clear_{name}")
     return notice
 
 

@@ -36,7 +36,7 @@ def load_runs(registry: Registry) -> tuple[dict[str, list[dict]], list[str]]:
             continue
         good = [r for r in records if all(_is_number(r.get(k)) for k in REQUIRED_KEYS)]
         if not records:
-            notes.append(f"The {KINDS[key].title.lower()} ({res.detail}) has no {METRICS_FILE}; re-run "
+            notes.append(f"The {KINDS[key].noun} ({res.detail}) has no {METRICS_FILE}; re-run "
                          f"`{KINDS[key].command}` to log its curves.")
         elif len(good) < len(records):
             notes.append(f"{len(records) - len(good)} of {len(records)} records in {name}/{METRICS_FILE} lack "
@@ -83,11 +83,8 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         if kl_units not in ("token", "sequence"):
             raise gr.Error(f"kl_units must be 'token' or 'sequence', got {kl_units!r}.")
         runs, notes = load_runs(registry)
-        fig = training_curves_figure(runs, x=x_axis, per_sequence=kl_units == "sequence")
-        if not runs:
-            fig.add_annotation(text="No PPO metrics yet — see the note above.", showarrow=False,
-                               xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=16))
-        note = "\n".join(f"⚠️ {n}" for n in notes)
+        fig = training_curves_figure(runs, x=x_axis, per_sequence=kl_units == "sequence") if runs else None
+        note = "\n\n".join(f"⚠️ {n}" for n in notes)
         return fig, summary_markdown(runs), note
 
     gr.on([demo.load, refresh.click, x_axis.change, kl_units.change], kl_curves, [x_axis, kl_units],

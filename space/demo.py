@@ -17,9 +17,12 @@ DEFAULT_CONCURRENCY = 4  # light events (files, SQLite, plots); model events set
 CSS = """
 #chat-notice, #reward-notice, #curves-notice, #eval-notice, #rating-notice, #xrays-notice { color: #b45309; }
 footer { display: none !important; }
-.rating-radio .wrap { gap: 3px !important; }
-.rating-radio label { padding: 3px 6px !important; }
-.rating-radio input { margin-right: 3px !important; }
+/* Gradio's hover rule outranks its checked rule, so a chosen radio under the pointer looked unchosen. */
+input[type=radio]:checked:hover { background-color: var(--checkbox-background-color-selected) !important;
+  border-color: var(--checkbox-border-color-selected) !important; }
+.rating-radio .wrap { gap: 2px !important; }
+.rating-radio label { padding: 2px 5px !important; }
+.rating-radio input { margin-right: 2px !important; width: 13px !important; height: 13px !important; }
 """
 
 

@@ -93,10 +93,10 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         status = gr.Markdown(elem_id="rating-status")
         gr.Markdown("### Aggregate (all raters)")
         aggregate = gr.Markdown(elem_id="rating-aggregate")
-        with gr.Row():
-            refresh = gr.Button("Refresh table", size="sm")
+        refresh = gr.Button("Refresh table", size="sm")
+        with gr.Accordion("Export all ratings (CSV, policies revealed)", open=False):
             export = gr.Button("Export CSV", size="sm")
-        csv_file = gr.File(label="ratings.csv", interactive=False, height=90)
+            csv_file = gr.File(label="ratings.csv", interactive=False)
         timer = gr.Timer(AGGREGATE_REFRESH_S)
 
     def store():

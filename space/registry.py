@@ -26,24 +26,28 @@ RATINGS_FILE = "ratings.sqlite"
 class CheckpointKind:
     key: str
     title: str
+    noun: str  # the title inside a sentence
     folder: str | None  # name under the checkpoint store (None: not a store checkpoint)
     env_var: str | None  # environment variable holding a Hub repo id (or, for the base, any model name)
     command: str | None  # what produces it
 
 
 KINDS: dict[str, CheckpointKind] = {k.key: k for k in (
-    CheckpointKind("base", "Base policy", None, "RLHFLAB_BASE_MODEL", None),
-    CheckpointKind("reward", "Reward model", "reward", "RLHFLAB_REWARD_REPO",
+    CheckpointKind("base", "Base policy", "base policy", None, "RLHFLAB_BASE_MODEL", None),
+    CheckpointKind("reward", "Reward model", "reward model", "reward", "RLHFLAB_REWARD_REPO",
                    "python training/reward.py --profile demo"),
-    CheckpointKind("full", "Full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO",
+    CheckpointKind("full", "Full-parameter PPO policy", "full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO",
                    "python training/ppo.py --mode full --profile demo"),
-    CheckpointKind("lora", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO",
+    CheckpointKind("lora", "LoRA PPO policy", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO",
                    "python training/ppo.py --mode lora --profile demo"),
-    CheckpointKind("dcgan", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO",
+    CheckpointKind("dcgan", "DCGAN chest X-ray generator", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO",
                    "python training/dcgan.py --profile demo"),
-    CheckpointKind("eval", "Evaluation results", "eval", None, "python eval/evaluate.py --profile demo"),
+    CheckpointKind("eval", "Evaluation results", "evaluation output (results, report, rating items)", "eval", None,
+                   "python eval/evaluate.py --profile demo"),
 )}
 POLICY_KEYS = ("base", "full", "lora")
+# Where a LoRA run names its base, most portable first (file, field).
+LORA_BASE_FIELDS = (("ppo_info.json", "base_model"), ("adapter_config.json", "base_model_name_or_path"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Registry:
         self._locks = {key: threading.Lock() for key in (*KINDS, "policies", "ratings")}
         self._policies = None
         self._lora_tried = False
+        self._lora_files: dict[tuple[str, str], Path | None] = {}
         self._reward = None
         self._generator = None
         self._ratings = None
@@ -113,20 +118,42 @@ class Registry:
         return Resolution(kind, "hub", name, f"Hub repo `{name}` ({why})")
 
     def _adapter_base(self) -> tuple[str, str] | None:
-        local = self.local_folder("lora")
-        try:
-            cfg = json.loads((local / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        """The base model the LoRA run was trained on: ppo_info.json's user-facing name, else the adapter's own
+        base_model_name_or_path (often a local cache path, which only helps on the machine that trained it)."""
+        from rlhflab.models import EMBEDDED_MODELS
+
+        res = self.resolve("lora")
+        if not res.available:
             return None
-        name = cfg.get("base_model_name_or_path")
-        return (str(name), "the base named by the LoRA adapter") if name else None
+        for filename, field_name in LORA_BASE_FIELDS:
+            if res.origin == "hub":
+                key = (res.source, filename)
+                if key not in self._lora_files:  # one Hub look-up per file, not one per page view
+                    self._lora_files[key] = self.checkpoint_file("lora", filename)
+                path = self._lora_files[key]
+            else:
+                path = self.checkpoint_file("lora", filename)
+            try:
+                name = str(json.loads(path.read_text(encoding="utf-8")).get(field_name) or "")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if not name:
+                continue
+            looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+            if looks_like_path and not Path(name).expanduser().is_dir():
+                embedded = Path(name).name
+                if embedded in EMBEDDED_MODELS:  # the embedded model's cache folder on the training machine
+                    return embedded, "the base of the LoRA run"
+                continue
+            return name, "the base of the LoRA run"
+        return None
 
     def missing_message(self, res: Resolution) -> str:
         kind = res.kind
         where = f"there is no checkpoint at `{self.local_folder(kind.key)}`"
         if kind.env_var:
             where += f" and {kind.env_var} is not set"
-        text = f"The {kind.title.lower()} is missing: {where}. Create it with `{kind.command}`"
+        text = f"The {kind.noun} is missing: {where}. Create it with `{kind.command}`"
         if kind.env_var:
             text += f", or set {kind.env_var} to a Hub repo id that holds it"
         return text + "."
@@ -135,7 +162,7 @@ class Registry:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, UserError):
             reason = f"{type(exc).__name__}: {reason}"
-        text = f"The {res.kind.title.lower()} from {res.detail} could not be loaded ({reason.rstrip('.')})."
+        text = f"The {res.kind.noun} from {res.detail} could not be loaded ({reason.rstrip('.')})."
         if res.kind.command:
             text += f" Re-create it with `{res.kind.command}`."
         self.load_errors[res.kind.key] = text
@@ -203,8 +230,6 @@ class Registry:
             policies.full_path = res.source
         if name == "lora" and policies.lora_path is None:
             policies.lora_path = res.source
-        if name == "lora":
-            self.require("base")
         try:
             policies.load(name)
         except Exception as exc:

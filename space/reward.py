@@ -32,14 +32,14 @@ def build_reward_tab(registry: Registry) -> gr.Markdown:
                 response_a = gr.Textbox(label="Response A", lines=5, value="Trim the stems and keep it in a glass of "
                                         "water at room temperature, loosely covered with a plastic bag.")
                 score_btn = gr.Button("Score response A", variant="primary")
-                score_out = gr.Number(label="Reward-model score of A", precision=4, interactive=False)
+                score_out = gr.Number(value=None, label="Reward-model score of A", precision=4, interactive=False)
             with gr.Column():
                 response_b = gr.Textbox(label="Response B", lines=5, value="Basil is a plant.")
                 compare_btn = gr.Button("Compare A and B", variant="primary")
         with gr.Row():
-            score_a = gr.Number(label="score A", precision=4, interactive=False)
-            score_b = gr.Number(label="score B", precision=4, interactive=False)
-            prob = gr.Number(label="P(A preferred over B) = σ(r_A − r_B)", precision=4, interactive=False)
+            score_a = gr.Number(value=None, label="score A", precision=4, interactive=False)
+            score_b = gr.Number(value=None, label="score B", precision=4, interactive=False)
+            prob = gr.Number(value=None, label="P(A preferred over B) = σ(r_A − r_B)", precision=4, interactive=False)
         verdict = gr.Markdown()
 
     def score(prompt, response):

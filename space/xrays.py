@@ -62,7 +62,7 @@ def build_xrays_tab(registry: Registry, demo: gr.Blocks) -> None:
                 caption = gr.Markdown(elem_id="xray-caption")
                 grid_file = gr.File(label="Grid PNG (28-pixel tiles, full resolution)", interactive=False)
                 interp = gr.Image(label="Latent interpolation", type="pil", format="png", interactive=False,
-                                  buttons=["download", "fullscreen"], elem_id="xray-interp")
+                                  buttons=["download", "fullscreen"], elem_id="xray-interp", height=180)
         with gr.Accordion("Generator model card", open=False):
             card = gr.Markdown(elem_id="xray-card")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import socket
 import threading
 from contextlib import contextmanager
@@ -21,8 +20,8 @@ RATING_PROMPTS = ["Name a fruit.", "What is two plus two?"]
 
 
 def _metrics(n: int, kl0: float) -> list[dict]:
-    return [{"step": i + 1, "episode": 8 * (i + 1), "kl_per_token": kl0 * (i + 1), "kl_per_sequence": kl0 * (i + 1) * 30,
-             "kl_coef": 0.1 - 0.005 * i, "score": 0.1 * i, "response_tokens_mean": 30.0} for i in range(n)]
+    return [{"step": i + 1, "episode": 8 * (i + 1), "kl_per_token": kl0 * (i + 1),
+             "kl_per_sequence": kl0 * (i + 1) * 30, "kl_coef": 0.1 - 0.005 * i, "score": 0.1 * i, "response_tokens_mean": 30.0} for i in range(n)]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -211,10 +210,11 @@ def test_every_required_endpoint_is_named(client):
 
 
 def test_chat_streams_an_answer_with_its_reward(client):
-    job = client.submit(*chat_args("Hello, who are you?", max_new_tokens=16), api_name="/chat")
-    chatbot, details = job.result(timeout=60)
+    job = client.submit(*chat_args("Hello, who are you?", max_new_tokens=64), api_name="/chat")
+    chatbot, details, message_box = job.result(timeout=60)
     updates = job.outputs()
     assert len(updates) >= 3, "the answer should arrive in several streamed updates"
+    assert message_box == ""
     assert [m["role"] for m in chatbot] == ["user", "assistant"]
     assert details["answer"].strip() and details["error"] is None
     assert isinstance(details["reward"], float) and math.isfinite(details["reward"])
@@ -225,7 +225,7 @@ def test_chat_streams_an_answer_with_its_reward(client):
 def test_chat_keeps_history_regenerates_and_clears(app):
     c = make_client(app[1])
     c.predict(*chat_args("First question?"), api_name="/chat")
-    chatbot, details = c.predict(*chat_args("And a follow-up?", seed=1), api_name="/chat")
+    chatbot, details, _ = c.predict(*chat_args("And a follow-up?", seed=1), api_name="/chat")
     assert [m["role"] for m in chatbot] == ["user", "assistant"] * 2
     assert text_of(chatbot[2]).startswith("And a follow-up?")
     single, base_cb, full_cb, lora_cb, regen = c.predict("base", *{**BASE_SETTINGS, "seed": 7}.values(),
@@ -240,7 +240,7 @@ def test_chat_keeps_history_regenerates_and_clears(app):
 
 def test_compare_streams_three_answers(client):
     job = client.submit(*compare_args("Tell me a fact."), api_name="/compare")
-    base_cb, full_cb, lora_cb, details = job.result(timeout=90)
+    base_cb, full_cb, lora_cb, details, _ = job.result(timeout=90)
     assert len(job.outputs()) > 3
     answers = {}
     for name, cb in (("base", base_cb), ("full", full_cb), ("lora", lora_cb)):
@@ -252,7 +252,7 @@ def test_compare_streams_three_answers(client):
 
 
 def test_best_of_n_reranks_by_reward(client):
-    _, details = client.predict(*chat_args("Give me advice.", best_of_n=3), api_name="/chat")
+    _, details, _ = client.predict(*chat_args("Give me advice.", best_of_n=3), api_name="/chat")
     candidates = details["candidates"]
     assert len(candidates) == 3 and sum(c["chosen"] for c in candidates) == 1
     best = max(candidates, key=lambda c: c["reward"])
@@ -326,7 +326,8 @@ def test_rate_is_stored_visible_in_aggregate_and_synced(app):
     synced = list((Path(registry.resolve("eval").source) / "ratings-hub").glob("ratings-*.jsonl"))
     records = [json.loads(line) for f in synced for line in f.read_text().splitlines()]
     assert len(records) == 2 and {r["rater"] for r in records} == {"tester"}
-    assert FakeScheduler.instances[-1].repo_type == "dataset" and FakeScheduler.instances[-1].repo_id == "someone/ratings"
+    scheduler = FakeScheduler.instances[-1]
+    assert scheduler.repo_type == "dataset" and scheduler.repo_id == "someone/ratings"
 
 
 def test_rate_rejects_half_rated_response(client):
@@ -349,16 +350,16 @@ def test_evaluation_and_about(client):
 
 
 def test_empty_message_is_refused_politely(client):
-    chatbot, details = client.predict(*chat_args("   "), api_name="/chat")
+    chatbot, details, _ = client.predict(*chat_args("   "), api_name="/chat")
     assert "Please type a message" in details["error"]
-    _, _, _, details = client.predict(*compare_args(""), api_name="/compare")
+    _, _, _, details, _ = client.predict(*compare_args(""), api_name="/compare")
     assert "Please type a message" in details["error"]
 
 
 def test_long_message_is_truncated_and_says_so(client):
     message = "Please summarise this. " + "lorem ipsum dolor sit amet " * 1900  # > 50,000 characters
     assert len(message) > 50_000
-    chatbot, details = client.predict(*chat_args(message, max_new_tokens=8), api_name="/chat")
+    chatbot, details, _ = client.predict(*chat_args(message, max_new_tokens=8), api_name="/chat")
     assert details["error"] is None and details["answer"]
     assert any("truncated" in note for note in details["notes"])
     assert "truncated" in text_of(chatbot[-1])
@@ -380,7 +381,7 @@ def test_concurrent_clients_are_all_answered(app):
 
     def worker(i, policy):
         try:
-            _, details = make_client(url).predict(*chat_args(f"Question {i}?", policy, seed=i), api_name="/chat")
+            _, details, _ = make_client(url).predict(*chat_args(f"Question {i}?", policy, seed=i), api_name="/chat")
             results[i] = details
         except Exception as exc:  # collected, asserted below
             errors.append(exc)
@@ -411,17 +412,17 @@ def degraded_app(tmp_path_factory, tiny_llama_dir):
 
 def test_missing_policy_explains_and_others_still_work(degraded_app):
     registry, c = degraded_app
-    chatbot, details = c.predict(*chat_args("Hi?", "full"), api_name="/chat")
+    chatbot, details, _ = c.predict(*chat_args("Hi?", "full"), api_name="/chat")
     assert "python training/ppo.py --mode full --profile demo" in details["error"]
     assert "RLHFLAB_FULL_REPO" in text_of(chatbot[-1])
-    chatbot, details = c.predict(*chat_args("Hi?", "lora"), api_name="/chat")
+    chatbot, details, _ = c.predict(*chat_args("Hi?", "lora"), api_name="/chat")
     assert details["error"] is None and details["answer"]
     assert details["reward"] is None and "could not be loaded" in details["reward_error"]
     assert "no reward score" in text_of(chatbot[-1])
-    base_cb, full_cb, lora_cb, details = c.predict(*compare_args("Hello"), api_name="/compare")
+    base_cb, full_cb, lora_cb, details, _ = c.predict(*compare_args("Hello"), api_name="/compare")
     assert details["full"]["error"] and details["base"]["answer"] and details["lora"]["answer"]
     # best-of-n without a usable reward model falls back to one answer and says why
-    _, details = c.predict(*chat_args("Hi?", "base", best_of_n=3), api_name="/chat")
+    _, details, _ = c.predict(*chat_args("Hi?", "base", best_of_n=3), api_name="/chat")
     assert details["answer"] and details["candidates"] is None
 
 
@@ -447,3 +448,40 @@ def test_missing_dcgan_eval_and_curves_explain(degraded_app):
     assert "python eval/evaluate.py --profile demo" in task[-1]
     assert "python training/dcgan.py --profile demo" in c.predict(api_name="/about")
     assert not (Path(registry.checkpoints_dir) / "eval").exists(), "browsing must not create an empty eval folder"
+
+
+# ---------------------------------------------------------------- pieces without a server
+
+
+def test_hub_repo_ids_resolve_after_the_local_store_and_fail_gracefully_offline(tmp_path, tiny_llama_dir):
+    from space.registry import CheckpointUnavailable, Registry
+
+    env = {"RLHFLAB_CHECKPOINTS": str(tmp_path), "RLHFLAB_BASE_MODEL": str(tiny_llama_dir),
+           "RLHFLAB_FULL_REPO": "someone/ppo-full", "RLHFLAB_DCGAN_REPO": "someone/dcgan"}
+    registry = Registry(env=env)
+    assert registry.resolve("full").origin == "hub" and registry.resolve("reward").origin == "missing"
+    assert "python training/reward.py --profile demo" in registry.notice("reward")
+    with pytest.raises(CheckpointUnavailable, match=r"Hub repo `someone/ppo-full`.*could not be loaded"):
+        with registry.policy("full"):
+            pass
+    with registry.policy("base") as (model, tokenizer):  # the failure stays with its own checkpoint
+        assert model is not None and tokenizer is not None
+    write_dcgan(tmp_path / "dcgan")  # a local folder wins over the Hub id
+    assert registry.resolve("dcgan").origin == "local"
+    assert registry.generator().config["is_phantom"] is True
+
+
+def test_side_by_side_order_shares_weights_in_turn():
+    from space.chat import interleave
+
+    def stream(name, n):
+        for i in range(n):
+            yield f"{name}{i}"
+        return {"policy": name}
+
+    events = list(interleave({"base": stream("base", 3), "full": stream("full", 3), "lora": stream("lora", 2)}))
+    order = [(side, text) for side, text, _ in events if text]
+    assert order[:2] == [("full", "full0"), ("base", "base0")], "full streams alongside base"
+    first_lora = next(i for i, (side, _) in enumerate(order) if side == "lora")
+    assert all(side != "base" for side, _ in order[first_lora:]), "LoRA starts only after base is done"
+    assert {side for side, _, result in events if result} == {"base", "full", "lora"}

@@ -100,6 +100,7 @@ def test_one_epoch_writes_the_checkpoint(trained):
     assert 0 < losses[0]["d_x"] < 1 and 0 < losses[0]["d_g_z"] < 1
     config = json.loads((trained / "config.json").read_text())
     assert config["latent_dim"] == 100 and config["image_size"] == 28 and "ChestMNIST" in config["data_source"]
+    assert len(config["data"]["train_fingerprint"]) == 16  # eval/gan.py checks it rebuilt the same images
     grid = Image.open(trained / "grid.png")
     assert grid.size == ((8 * 30 + 2) * 2, (4 * 30 + 2) * 2)  # 8×4 images of 28 px, 2 px padding, shown 2×
     assert (trained / "samples" / "epoch_0001.png").is_file()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from rlhflab.checkpoints import (append_jsonl, command_line, markdown_table, read_jsonl, report_push,
                                  save_atomically, write_json, write_model_card)
 from rlhflab.config import DCGANConfig, as_dict, parse_config
-from rlhflab.data.chestmnist import PHANTOM_NOTICE, XrayDataset, load_xray_dataset
+from rlhflab.data.chestmnist import NPZ_NAME, PHANTOM_NOTICE, XrayDataset, load_xray_dataset
 from rlhflab.errors import UserError, cli_main
 from rlhflab.gan import (DIAGNOSTICS_FILE, GENERATOR_FILE, GRID_FILE, GRID_IMAGES, Discriminator, Generator,
                          count_parameters, dcgan_weights_init, diagnostics_table, gan_diagnostics, generate,
@@ -208,8 +208,10 @@ def train_dcgan(config: DCGANConfig) -> Path:
                         f"run without --resume to start from scratch.")
     data = load_xray_dataset(config.data_root, allow_phantom=config.allow_phantom, download=config.download,
                              max_train_images=config.max_train_images, seed=config.seed)
-    print(f"data: {data.source} — {len(data.train_images):,} training images" +
-          ("  [PHANTOM: synthetic stand-in, not medical data]" if data.is_phantom else ""), flush=True)
+    print(f"data: {data.source} — {len(data.train_images):,} training images", flush=True)
+    if data.is_phantom:
+        print(f"      (no {NPZ_NAME} in {Path(config.data_root).resolve()}: training on the PHANTOM set, "
+              f"synthetic and not medical data; put the file there to train on ChestMNIST)", flush=True)
 
     generator = Generator(config.latent_dim, config.generator_width)
     discriminator = Discriminator(config.discriminator_width)

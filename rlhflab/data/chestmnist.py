@@ -5,6 +5,7 @@ chestmnist.npz is absent; everything that shows it says so. It is NOT medical da
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,6 @@ SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 28
 LABEL_NAMES = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
                "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")
-CHESTMNIST_SIZES = {"train": 78468, "val": 11219, "test": 22433}
 CHESTMNIST_URL = "https://zenodo.org/records/10519652/files/chestmnist.npz"
 PHANTOM_SOURCE = "PHANTOM: procedurally generated stand-in, not real X-rays"
 PHANTOM_NOTICE = "PHANTOM — procedurally generated stand-in, not real chest X-rays"
@@ -196,24 +196,35 @@ def _phantom_chunk(rng: np.random.Generator, n: int, res: int) -> tuple[np.ndarr
         if len(idx):
             opacity[idx] += draw(x[idx], y[idx], centre[idx], side[idx], ly[idx] + lh[idx], len(idx))
 
-    add(2, lambda x, y, c, sd, base, k: 0.6 * _sigmoid((y - base + u(0.25, 0.45, k)) / 0.06) * _sigmoid(x * sd / 0.1))  # effusion: basal meniscus on one side
-    add(3, lambda x, y, c, sd, base, k: 0.28 * (_blob(x, y, c, u(-0.2, 0.3, k), 0.14, 0.2) + _blob(x, y, -c, u(-0.2, 0.3, k), 0.12, 0.16)))  # infiltration
-    add(4, lambda x, y, c, sd, base, k: u(0.5, 0.75, k) * _blob(x, y, c + u(-0.08, 0.08, k), u(-0.3, 0.3, k), 0.10, 0.10))  # mass
-    add(5, lambda x, y, c, sd, base, k: 0.7 * _blob(x, y, -c + u(-0.1, 0.1, k), u(-0.35, 0.25, k), 0.05, 0.05))  # nodule
-    add(6, lambda x, y, c, sd, base, k: 0.5 * _blob(x, y, c, u(0.15, 0.35, k), 0.16, 0.14))  # pneumonia, lower zone
-    add(7, lambda x, y, c, sd, base, k: -0.3 * _sigmoid((np.abs(x - c) - 0.10) / 0.05) * _sigmoid(-(y + 0.1) / 0.1) * (x * sd > 0))  # pneumothorax
-    add(8, lambda x, y, c, sd, base, k: 0.55 * _blob(x, y, -c, u(-0.1, 0.3, k), 0.12, 0.18))  # consolidation
-    add(9, lambda x, y, c, sd, base, k: 0.35 * (_blob(x, y, -0.24, 0.05, 0.18, 0.22) + _blob(x, y, 0.24, 0.05, 0.18, 0.22)))  # edema, perihilar
-    add(11, lambda x, y, c, sd, base, k: 0.25 * np.clip(np.sin(18 * x) * np.sin(18 * y), 0, 1) * _sigmoid((y - 0.1) / 0.1))  # fibrosis
-    add(12, lambda x, y, c, sd, base, k: 0.35 * _sigmoid((np.abs(x) - (np.abs(c) + 0.18)) / 0.04))  # pleural thickening, lateral rim
+    # effusion: a basal meniscus on one side
+    add(2, lambda x, y, c, sd, base, k: 0.6 * _sigmoid((y - base + u(0.25, 0.45, k)) / 0.06) * _sigmoid(x * sd / 0.1))
+    # infiltration: patchy, both sides
+    add(3, lambda x, y, c, sd, base, k: 0.28 * (_blob(x, y, c, u(-0.2, 0.3, k), 0.14, 0.2)
+                                                 + _blob(x, y, -c, u(-0.2, 0.3, k), 0.12, 0.16)))
+    # mass and nodule: round, large and small
+    add(4, lambda x, y, c, sd, base, k: u(0.5, 0.75, k) * _blob(x, y, c + u(-0.08, 0.08, k), u(-0.3, 0.3, k), 0.1, 0.1))
+    add(5, lambda x, y, c, sd, base, k: 0.7 * _blob(x, y, -c + u(-0.1, 0.1, k), u(-0.35, 0.25, k), 0.05, 0.05))
+    # pneumonia (lower zone); pneumothorax (the lateral upper lung loses its markings); consolidation
+    add(6, lambda x, y, c, sd, base, k: 0.5 * _blob(x, y, c, u(0.15, 0.35, k), 0.16, 0.14))
+    add(7, lambda x, y, c, sd, base, k: -0.3 * _sigmoid((np.abs(x - c) - 0.10) / 0.05)
+        * _sigmoid(-(y + 0.1) / 0.1) * (x * sd > 0))
+    add(8, lambda x, y, c, sd, base, k: 0.55 * _blob(x, y, -c, u(-0.1, 0.3, k), 0.12, 0.18))
+    # edema: bilateral perihilar haze
+    add(9, lambda x, y, c, sd, base, k: 0.35 * (_blob(x, y, -0.24, 0.05, 0.18, 0.22) + _blob(x, y, 0.24, 0.05, 0.18, 0.22)))
+    # fibrosis: a reticular pattern at the bases
+    add(11, lambda x, y, c, sd, base, k: 0.25 * np.clip(np.sin(18 * x) * np.sin(18 * y), 0, 1) * _sigmoid((y - 0.1) / 0.1))
+    # pleural thickening: a lateral rim
+    add(12, lambda x, y, c, sd, base, k: 0.35 * _sigmoid((np.abs(x) - (np.abs(c) + 0.18)) / 0.04))
     img -= soft * u(0.62, 0.80) * lungs * (1 - np.clip(opacity, -0.4, 0.9))
     hernia = np.flatnonzero(labels[:, 13])
     img[hernia] += 0.25 * _blob(x[hernia], y[hernia], 0.0, 0.5, 0.1, 0.08)  # retrocardiac density
 
     # bones over everything: spine down the middle, upper mediastinum, clavicles across the top
-    img += u(0.10, 0.18) * _sigmoid((0.07 - ax) / 0.025) + 0.05 * _sigmoid((0.15 - ax) / 0.05) * _sigmoid(-(y + 0.05) / 0.2)
+    img += (u(0.10, 0.18) * _sigmoid((0.07 - ax) / 0.025)
+            + 0.05 * _sigmoid((0.15 - ax) / 0.05) * _sigmoid(-(y + 0.05) / 0.2))
     clav_y = u(-0.74, -0.62) - 0.22 * (ax - 0.1)
-    img += u(0.10, 0.20) * np.exp(-0.5 * ((y - clav_y) / 0.04) ** 2) * _sigmoid((ax - 0.08) / 0.03) * _sigmoid((0.70 - ax) / 0.05)
+    img += (u(0.10, 0.20) * np.exp(-0.5 * ((y - clav_y) / 0.04) ** 2)
+            * _sigmoid((ax - 0.08) / 0.03) * _sigmoid((0.70 - ax) / 0.05))
 
     # exposure: gamma, contrast, brightness, grain
     img = np.clip(img, 0, 1) ** u(0.8, 1.25)
@@ -227,7 +238,7 @@ def make_phantom_xrays(n: int, seed: int = 0, chunk: int = 2000) -> tuple[np.nda
 
     Procedurally generated stand-ins, NOT medical data: dark lung fields, heart, bright spine and
     mediastinum, rib arcs, clavicles, pose/size/exposure variation, and opacity "findings" that set
-    the labels at about ChestMNIST's prevalence. Deterministic per seed; about 20,000 images a second.
+    the labels at about ChestMNIST's prevalence. Deterministic per seed; thousands of images a second.
     """
     rng = np.random.default_rng(seed)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
@@ -241,6 +252,11 @@ def make_phantom_xrays(n: int, seed: int = 0, chunk: int = 2000) -> tuple[np.nda
 
 
 # ---------------------------------------------------------------- one entry point for training, eval and the app
+
+
+def fingerprint(images: np.ndarray) -> str:
+    """A short hash of uint8 images, so a checkpoint can tell whether rebuilt training data is the same."""
+    return hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int):
@@ -273,14 +289,16 @@ def load_xray_dataset(root: str | Path, allow_phantom: bool = False, *, download
                 to_unit_range(arrays["test_images"]), torch.from_numpy(arrays["test_labels"].astype(np.float32)),
                 source=f"ChestMNIST (MedMNIST v2), {chestmnist_path(root)}", is_phantom=False,
                 description=dict(name="chestmnist", root=str(root.resolve()), num_train_images=len(tr_img),
-                                 max_train_images=max_train_images, subset_seed=seed))
+                                 max_train_images=max_train_images, subset_seed=seed,
+                                 train_fingerprint=fingerprint(tr_img)))
     n_train = max_train_images or PHANTOM_TRAIN_IMAGES
     splits = [make_phantom_xrays(n, seed + 1000 * i) for i, n in
               enumerate((n_train, PHANTOM_HELDOUT_IMAGES, PHANTOM_HELDOUT_IMAGES))]
     tensors = [t for images, labels in splits for t in (to_unit_range(images), torch.from_numpy(labels.astype(np.float32)))]
     return XrayDataset(*tensors, source=PHANTOM_SOURCE, is_phantom=True,
                        description=dict(name="phantom", num_train_images=n_train, max_train_images=n_train,
-                                        subset_seed=seed, notice=PHANTOM_NOTICE))
+                                        subset_seed=seed, train_fingerprint=fingerprint(splits[0][0]),
+                                        notice=PHANTOM_NOTICE))
 
 
 def dataset_from_description(description: dict, root: str | Path | None = None) -> XrayDataset:

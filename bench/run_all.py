@@ -1,0 +1,43 @@
+"""Run every benchmark and rewrite BENCHMARKS.md: `python bench/run_all.py [--only generation,ppo,...]`.
+
+Each figure is a ratio to a baseline measured in the same run, with the command and machine.
+Needs the demo checkpoints (python training/pipeline.py --profile demo) for the PPO and app benches.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import ROOT, machine  # noqa: E402
+
+BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
+           "dcgan": "bench_dcgan", "app": "bench_app"}
+RESULTS = ROOT / "bench" / "results.json"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default=",".join(BENCHES))
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name in args.only.split(","):
+        print(f"== {name}", flush=True)
+        try:
+            results[name] = importlib.import_module(BENCHES[name]).run()
+            results[name]["measured"] = datetime.now(timezone.utc).isoformat(timespec="minutes")
+        except Exception as exc:  # one failing bench must not lose the others
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        RESULTS.write_text(json.dumps(results, indent=2, default=str))
+    print(f"results in {RESULTS}; BENCHMARKS.md is written from them by hand-checked text + this file.")
+
+
+if __name__ == "__main__":
+    main()
