@@ -16,7 +16,7 @@ import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
-from rlhflab.models import is_adapter_checkpoint, load_causal_lm
+from rlhflab.models import best_device, is_adapter_checkpoint, load_causal_lm
 
 POLICY_NAMES = ("base", "full", "lora")
 
@@ -39,11 +39,15 @@ class PolicySet:
 
     def _load_base(self):
         if self._base is None:
-            self._base = load_causal_lm(self.base_model, self.dtype)
-            self._base[0].eval()
+            model, tok = load_causal_lm(self.base_model, self.dtype)
+            self._base = (model.to(best_device()).eval(), tok)
         return self._base
 
     def _attach_lora(self):
+        with self._base_lock:  # attaching changes the shared model: never under a running base generation
+            self._attach_lora_locked()
+
+    def _attach_lora_locked(self):
         if self._lora_attached:
             return
         from peft import PeftModel
@@ -62,8 +66,8 @@ class PolicySet:
     def _load_full(self):
         if self._full is None:
             path = resolve_checkpoint(self.full_path, required_file="config.json")
-            self._full = load_causal_lm(str(path), self.dtype)
-            self._full[0].eval()
+            model, tok = load_causal_lm(str(path), self.dtype)
+            self._full = (model.to(best_device()).eval(), tok)
         return self._full
 
     def load(self, name: str) -> None:

@@ -141,7 +141,7 @@ def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: A
                 "policy_loss": float(logs.get("loss/policy_avg", float("nan"))),
                 "value_loss": float(logs.get("loss/value_avg", float("nan"))),
                 "clipfrac": float(logs.get("policy/clipfrac_avg", float("nan"))),
-                "lr": float(kw["optimizer"].param_groups[0]["lr"]) if kw.get("optimizer") else float("nan"),
+                "lr": float(logs.get("lr", float("nan"))),
                 "seconds_per_step": seconds,
             }
             if controller is not None:
@@ -269,7 +269,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         write_json(work / "state.json", {"step": record["step"], "episode": record["episode"],
                                          "kl_coef": record.get("kl_coef_next", record["kl_coef"])})
 
-    save_every = max(1, plan["steps"] // 10)
+    save_every = max(1, plan["steps"] // 5)
 
     def after_step(record):
         print(f"step {record['step']}/{plan['steps']}: KL {record['kl_per_token']:.4f} nats/token "
@@ -307,8 +307,11 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
 
     def write(folder: Path):
         _save_policy(policy_model, tokenizer, folder)
-        if cfg.mode == "lora":  # the adapter names its base; record the user-facing name too
-            tokenizer.save_pretrained(folder)
+        if cfg.mode == "lora":  # name the base as the user did (not a local cache path), so it loads anywhere
+            adapter_cfg_path = folder / "adapter_config.json"
+            adapter_cfg = json.loads(adapter_cfg_path.read_text())
+            adapter_cfg["base_model_name_or_path"] = cfg.base_model
+            adapter_cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
         shutil.copy(log_path, folder / METRICS_FILE)
         save_prompts(folder / HELDOUT_FILE, heldout)
         save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)

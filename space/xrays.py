@@ -60,7 +60,8 @@ def build_xrays_tab(registry: Registry, demo: gr.Blocks) -> None:
                 grid = gr.Image(label="Generated samples (8×4)", type="pil", format="png", interactive=False,
                                 buttons=["download", "fullscreen"], elem_id="xray-grid")
                 caption = gr.Markdown(elem_id="xray-caption")
-                grid_file = gr.File(label="Grid PNG (28-pixel tiles, full resolution)", interactive=False)
+                with gr.Accordion("Grid PNG at full resolution (28-pixel tiles)", open=False):
+                    grid_file = gr.File(label="grid PNG", interactive=False)
                 interp = gr.Image(label="Latent interpolation", type="pil", format="png", interactive=False,
                                   buttons=["download", "fullscreen"], elem_id="xray-interp", height=180)
         with gr.Accordion("Generator model card", open=False):

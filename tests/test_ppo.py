@@ -49,6 +49,7 @@ def test_kl_at_step_zero_is_zero_and_log_has_one_record_per_step(run, request):
     assert abs(records[0]["kl_per_token"]) < 1e-3
     assert records[0]["kl_per_sequence"] == pytest.approx(records[0]["kl_per_token"] * records[0]["response_tokens_mean"])
     assert records[1]["episode"] == 8
+    assert records[0]["lr"] == pytest.approx(1e-3)  # the configured learning rate at step 1
     info = json.loads((path / "ppo_info.json").read_text())
     assert info["steps"] == 2
     assert (path / "heldout_prompts.jsonl").is_file() and "KL" in (path / "README.md").read_text()
