@@ -70,6 +70,7 @@ class PPOConfig:
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.1, "LoRA dropout")
+    lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr); adapters usually need a larger one")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses that do not finish")
     seed: int = _f(42, "random seed")
     output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/ppo-<mode>)")
@@ -137,8 +138,8 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     PPOConfig: {
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=200, num_heldout=50,
-                     batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=1, max_prompt_length=96,
-                     max_response_length=32, lr=3e-5, kl_coef=0.1, kl_horizon=160, max_steps=14),
+                     batch_size=8, mini_batch_size=8, ppo_epochs=3, epochs=1, max_prompt_length=96,
+                     max_response_length=32, lr=3e-5, lora_lr=3e-4, kl_coef=0.1, kl_horizon=16, max_steps=12),
     },
     DCGANConfig: {
         "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,

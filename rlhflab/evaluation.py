@@ -177,11 +177,11 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
     rows = []
     for name, s in results.get("training_curves", {}).items():
         if s:
-            rows.append([name, s["steps_logged"], f"{s['kl_per_token_final']:.4f}",
-                         "yes" if lo <= s["kl_per_token_final"] <= hi else "no",
+            rows.append([name, s["steps_logged"], f"{s['kl_per_token_last']:.4f}",
+                         "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
                          f"{s['score_first']:.3f} → {s['score_last']:.3f} (means of {s['window_steps']} steps)",
                          f"{s['kl_coef_final']:.4f}"])
-    lines.append(markdown_table(["run", "PPO steps", f"final KL (nats/token)", f"in {lo}–{hi} band",
+    lines.append(markdown_table(["run", "PPO steps", f"KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
                                  "reward-model score first → last", "final β"], rows) if rows else "No PPO logs.")
     lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
                  "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")

@@ -225,7 +225,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     bf16 = autocast_dtype(cfg.bf16) is not None
     remaining = max(plan["steps"] - done_steps, 0)
     args = TRLPPOConfig(
-        output_dir=str(work / "trl"), learning_rate=cfg.lr, num_ppo_epochs=cfg.ppo_epochs,
+        output_dir=str(work / "trl"),
+        learning_rate=cfg.lora_lr if cfg.mode == "lora" and cfg.lora_lr else cfg.lr, num_ppo_epochs=cfg.ppo_epochs,
         per_device_train_batch_size=plan["per_device_train_batch_size"],
         gradient_accumulation_steps=plan["gradient_accumulation_steps"],
         local_rollout_forward_batch_size=plan["local_rollout_forward_batch_size"],
@@ -341,7 +342,7 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
                 "tags": ["rlhf", "ppo", "trl", "rlhflab"] + (["lora"] if cfg.mode == "lora" else []),
                 "datasets": [cfg.dataset], "pipeline_tag": "text-generation"}
     lo, hi = KL_BAND
-    in_band = s and lo <= s["kl_per_token_final"] <= hi
+    in_band = s and lo <= s["kl_per_token_last"] <= hi
     results = markdown_table(["metric", "first steps", "last steps"], [
         ["mean reward-model score", f"{s.get('score_first', float('nan')):.3f}", f"{s.get('score_last', float('nan')):.3f}"],
         ["KL to reference (nats/token)", f"{s.get('kl_per_token_first', float('nan')):.4f}",
@@ -359,8 +360,8 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
             ["policy", f"{info['policy_trainable_params']:,}", f"{info['policy_total_params']:,}"],
             ["value model", f"{info['value_trainable_params']:,}", f"{info['value_total_params']:,}"]]),
         "Training result": (f"{info['steps']} PPO steps of {cfg.batch_size} rollouts (means over the first and last "
-                            f"{s.get('window_steps', 0)} steps):\n\n{results}\n\nFinal per-token KL "
-                            f"{s.get('kl_per_token_final', float('nan')):.4f} nats/token — "
+                            f"{s.get('window_steps', 0)} steps):\n\n{results}\n\nMean per-token KL over the last steps "
+                            f"{s.get('kl_per_token_last', float('nan')):.4f} nats/token — "
                             f"{'inside' if in_band else 'outside'} the target band {lo}–{hi}; KL coefficient "
                             f"{'adaptive' if not cfg.fixed_kl else 'fixed'}, final {s.get('kl_coef_final', float('nan')):.4f}."
                             f"\n\nPer-step metrics: `{METRICS_FILE}` (KL per token and per sequence, in nats)."),
