@@ -1,8 +1,6 @@
 """Shared helpers for the benchmarks: machine description and result records."""
 from __future__ import annotations
 
-import os
-import platform
 import shlex
 import sys
 import time
@@ -13,18 +11,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
-    import torch
+    from rlhflab.checkpoints import hardware_description
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {platform.system()}"
+    return hardware_description()
 
 
 def command() -> str:

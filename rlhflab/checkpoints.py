@@ -170,3 +170,24 @@ class Timer:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.start
+
+
+def hardware_description() -> str:
+    """One line naming the machine: CPU model and cores, GPU if any, torch version."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text

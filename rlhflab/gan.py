@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlhflab.checkpoints import markdown_table, resolve_checkpoint
+from rlhflab.checkpoints import hardware_description, markdown_table, resolve_checkpoint  # noqa: F401
 from rlhflab.errors import UserError
 
 GENERATOR_FILE = "model.safetensors"
@@ -477,21 +476,3 @@ def diagnostics_table(diag: dict) -> str:
          f"{f['floor_train_vs_heldout']:.3f}", f"floor = real train vs real held-out; classifier macro AUC {auc}"],
     ]
     return markdown_table(["diagnostic", "generated", "real (held-out)", "note"], rows)
-
-
-def hardware_description() -> str:
-    """One line naming the machine: CPU model and cores, GPU if any, torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rlhflab import stats
-from rlhflab.checkpoints import (Timer, command_line, markdown_table, report_push, save_atomically,
+from rlhflab.checkpoints import (Timer, command_line, hardware_description, markdown_table, report_push, save_atomically,
                                  write_json, write_model_card)
 from rlhflab.config import RewardConfig
 from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
@@ -268,18 +268,8 @@ def _write_card(folder, cfg, ev, trainable, total, train_set, seconds):
                                   "'longer wins' is about 55 %."),
         "Parameters": f"trainable {trainable:,} of {total:,}",
         "Hyperparameters": hp,
-        "How it was made": f"`{command_line()}` in {seconds:.0f} s on {_hardware()}.",
+        "How it was made": f"`{command_line()}` in {seconds:.0f} s on {hardware_description()}.",
         "Use": ("```python\nfrom rlhflab.models import load_reward_model\nfrom rlhflab.scoring import score_responses\n"
                 "model, tok = load_reward_model('PATH_OR_REPO')\nscore_responses(model, tok, ['Hi'], ['Hello!'])\n```"),
     }
     write_model_card(folder, metadata, f"Reward model ({Path(cfg.output_dir).name})", sections)
-
-
-def _hardware() -> str:
-    import platform
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    import os
-
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
