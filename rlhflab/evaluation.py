@@ -147,6 +147,10 @@ def _ci(v, digits=3, pct=False):
     return stats.fmt_ci(*v, digits)
 
 
+def _r(value: float) -> str:
+    return "n/a (lengths all equal)" if value != value else f"{value:.2f}"
+
+
 def render_report(results: dict, store: RatingsStore | None = None) -> str:
     n = results["num_prompts"]
     pols = results["policies"]
@@ -163,7 +167,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
     for name, e in pols.items():
         rows.append([name, _ci(e["reward_mean"]), _ci(e["gain_vs_base"]) if "gain_vs_base" in e else "—",
                      _ci(e["win_rate_vs_base"], pct=True) if "win_rate_vs_base" in e else "—",
-                     _ci(e["response_tokens_mean"], 1), f"{e['reward_length_pearson_r']:.2f}",
+                     _ci(e["response_tokens_mean"], 1), _r(e["reward_length_pearson_r"]),
                      _ci(e["kl_per_token_to_base"], 4) if "kl_per_token_to_base" in e else "—", e["n"]])
     lines.append(markdown_table(["policy", "mean reward", "gain vs base", "win rate vs base", "response tokens",
                                  "r(reward, length)", "KL to base (nats/token)", "n prompts"], rows))
