@@ -43,7 +43,7 @@ def _decode_rate(fn, tokens: int, reps: int = 3) -> float:
 def run(tokens: int = 64, prompts: int = 16, model_name: str = "smollm2-135m-instruct") -> dict:
     import torch
 
-    from rlhflab.generation import GenerationSettings, decode_tokens, encode_prompts, generate_batch, _stop_ids
+    from rlhflab.generation import GenerationSettings, decode_tokens, encode_prompts, generate_batch
     from rlhflab.models import load_causal_lm
 
     model, tok = load_causal_lm(model_name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import ROOT, machine  # noqa: E402
+from common import ROOT  # noqa: E402
 
 BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
            "dcgan": "bench_dcgan", "app": "bench_app"}

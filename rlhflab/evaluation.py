@@ -1,7 +1,6 @@
 """Evaluation of the policies: reward before/after PPO with intervals, KL to base, curves, rating items, report."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -155,7 +154,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
     n = results["num_prompts"]
     pols = results["policies"]
     g = results["generation"]
-    lines = [f"# Evaluation report\n",
+    lines = ["# Evaluation report\n",
              f"Held-out prompts: **{n}** from `{results['prompt_source']}` (never used in PPO training). "
              f"Generation: {'greedy' if g['greedy'] else 'sampling'}, temperature {g['temperature']}, top-k {g['top_k']}, "
              f"top-p {g['top_p']}, repetition penalty {g['repetition_penalty']}, max {g['max_new_tokens']} new tokens, "
@@ -185,7 +184,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
                          "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
                          f"{s['score_first']:.3f} → {s['score_last']:.3f} (means of {s['window_steps']} steps)",
                          f"{s['kl_coef_final']:.4f}"])
-    lines.append(markdown_table(["run", "PPO steps", f"KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
+    lines.append(markdown_table(["run", "PPO steps", "KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
                                  "reward-model score first → last", "final β"], rows) if rows else "No PPO logs.")
     lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
                  "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")

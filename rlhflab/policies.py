@@ -10,7 +10,6 @@ import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -196,8 +197,6 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {cfg.base_model}; "
                         f"train the reward model on the same base (--base-model).")
     train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer)
-    import os
-
     plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(train_prompts), cfg.epochs,
                           world_size=int(os.environ.get("WORLD_SIZE", "1")), max_steps=cfg.max_steps)
 
@@ -298,7 +297,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     metrics = read_jsonl(log_path)
     info = {
         "mode": cfg.mode, "base_model": cfg.base_model, "reward_model": cfg.reward_model,
-        "steps": plan["steps"], "rollout_batch": cfg.batch_size, "trl_args": {k: v for k, v in plan.items()},
+        "steps": plan["steps"], "rollout_batch": cfg.batch_size, "trl_args": dict(plan),
         "policy_trainable_params": trainable, "policy_total_params": total,
         "value_trainable_params": v_trainable, "value_total_params": v_total,
         "lora_target_modules": list(peft_config.target_modules) if peft_config else None,

@@ -1,7 +1,6 @@
 """Reward-model training on preference pairs with transformers' Trainer, and the reward model's evaluation."""
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -163,7 +162,7 @@ def reward_eval_markdown(ev: dict) -> str:
 
 def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = None) -> Path:
     """Train, keep the best-validation model, evaluate it, write the checkpoint folder; returns its path."""
-    from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments  # noqa: F401
+    from transformers import TrainingArguments
 
     timer = Timer()
     torch.manual_seed(cfg.seed)
@@ -191,7 +190,7 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     )
     trainer_cls = _trainer_class()
     trainer_cls.loss_kind, trainer_cls.margin = cfg.loss, cfg.margin
-    callbacks = [_StopAfterEpochs(interrupt_after_epochs)] if interrupt_after_epochs else []
+    callbacks = [_stop_after_epochs(interrupt_after_epochs)] if interrupt_after_epochs else []
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           data_collator=PairCollator(tokenizer.pad_token_id), compute_metrics=_accuracy_metrics,
                           callbacks=callbacks)
@@ -227,19 +226,17 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     return out
 
 
-class _StopAfterEpochs:
+def _stop_after_epochs(n: int):
     """Test hook: stop training after n epochs as an interruption would (state saved, no final save)."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, n):
-        from transformers import TrainerCallback
+    class StopAfterEpochs(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.epoch is not None and state.epoch >= n - 1e-6:
+                control.should_training_stop = True
+            return control
 
-        class Stop(TrainerCallback):
-            def on_save(self, args, state, control, **kw):
-                if state.epoch is not None and state.epoch >= n - 1e-6:
-                    control.should_training_stop = True
-                return control
-
-        return Stop()
+    return StopAfterEpochs()
 
 
 def _write_card(folder, cfg, ev, trainable, total, train_set, seconds):

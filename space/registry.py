@@ -79,8 +79,7 @@ class Registry:
         self._policies = None
         self._lora_tried = False
         self._lora_files: dict[tuple[str, str], Path | None] = {}
-        self._reward = None
-        self._generator = None
+        self._singletons: dict[str, object] = {}  # reward model and generator, loaded once
         self._ratings = None
 
     # ---------------------------------------------------------------- resolution
@@ -249,20 +248,24 @@ class Registry:
         with policies.use(name) as model_and_tokenizer:
             yield model_and_tokenizer
 
+    def _load_once(self, key: str, loader):
+        """Load checkpoint `key` with `loader(source)` on first use; later calls return the same object."""
+        with self._locks[key]:
+            if key not in self._singletons:
+                res = self.require(key)
+                try:
+                    self._singletons[key] = loader(res.source)
+                except Exception as exc:
+                    raise self.unavailable(res, exc) from None
+                self.loaded_from[key] = res.detail
+                self.load_errors.pop(key, None)
+            return self._singletons[key]
+
     def reward_model(self):
         """(model, tokenizer) of the reward model, loaded once."""
         from rlhflab.models import load_reward_model
 
-        with self._locks["reward"]:
-            if self._reward is None:
-                res = self.require("reward")
-                try:
-                    self._reward = load_reward_model(res.source)
-                except Exception as exc:
-                    raise self.unavailable(res, exc) from None
-                self.loaded_from["reward"] = res.detail
-                self.load_errors.pop("reward", None)
-            return self._reward
+        return self._load_once("reward", load_reward_model)
 
     def reward_available(self) -> bool:
         return self.resolve("reward").available
@@ -271,16 +274,7 @@ class Registry:
         """The DCGAN generator (its config.json as `.config`), loaded once."""
         from rlhflab.gan import load_generator
 
-        with self._locks["dcgan"]:
-            if self._generator is None:
-                res = self.require("dcgan")
-                try:
-                    self._generator = load_generator(res.source)
-                except Exception as exc:
-                    raise self.unavailable(res, exc) from None
-                self.loaded_from["dcgan"] = res.detail
-                self.load_errors.pop("dcgan", None)
-            return self._generator
+        return self._load_once("dcgan", load_generator)
 
     def ppo_metrics(self, key: str) -> list[dict]:
         """The per-step PPO log of the full or LoRA run ([] when the checkpoint has none)."""
