@@ -71,6 +71,8 @@ class PPOConfig:
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.1, "LoRA dropout")
     lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr); adapters usually need a larger one")
+    value_freeze_layers: int = _f(0, "value model: freeze its embeddings and this many lowest blocks (0 = train all); "
+                                      "the value model starts from the reward model, whose lower blocks already fit")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses that do not finish")
     seed: int = _f(42, "random seed")
     output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/ppo-<mode>)")
@@ -123,6 +125,7 @@ class EvalConfig:
     repetition_penalty: float = _f(1.0, "repetition penalty")
     max_new_tokens: int = _f(128, "tokens generated per response")
     batch_size: int = _f(16, "prompts per generation batch")
+    bf16: bool = _f(True, "bf16 autocast for generation, scoring and KL where the hardware supports it")
     seed: int = _f(1234, "generation seed")
     greedy: bool = _f(False, "greedy decoding instead of sampling")
     bootstrap_samples: int = _f(2000, "bootstrap resamples for 95 % intervals")

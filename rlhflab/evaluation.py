@@ -15,7 +15,7 @@ from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
 from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.kl import kl_per_token, response_logprobs
-from rlhflab.models import load_reward_model
+from rlhflab.models import autocast, load_reward_model
 from rlhflab.policies import PolicySet
 from rlhflab.ppo_metrics import KL_BAND, summarize_metrics
 from rlhflab.ratings import RatingsStore, aggregate_markdown
@@ -55,6 +55,11 @@ def _settings(cfg: EvalConfig) -> GenerationSettings:
 
 
 def run_evaluation(cfg: EvalConfig, progress=print) -> Path:
+    with autocast(cfg.bf16):  # every policy and the reward model under the same numerics
+        return _run_evaluation(cfg, progress)
+
+
+def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     timer = Timer()
     names = [n.strip() for n in cfg.policies.split(",") if n.strip()]
     paths = {"full": cfg.full_model, "lora": cfg.lora_model}
@@ -182,7 +187,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
         if s:
             rows.append([name, s["steps_logged"], f"{s['kl_per_token_last']:.4f}",
                          "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
-                         f"{s['score_first']:.3f} → {s['score_last']:.3f} (means of {s['window_steps']} steps)",
+                         f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', str(s['window_steps']) + ' steps each')})",
                          f"{s['kl_coef_final']:.4f}"])
     lines.append(markdown_table(["run", "PPO steps", "KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
                                  "reward-model score first → last", "final β"], rows) if rows else "No PPO logs.")

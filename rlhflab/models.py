@@ -198,6 +198,20 @@ def load_reward_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
+def freeze_lower_layers(model, n: int) -> None:
+    """Freeze the token embeddings and the n lowest transformer blocks (the head and upper blocks train)."""
+    backbone = getattr(model, model.base_model_prefix)
+    blocks = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    if blocks is None:
+        raise UserError(f"cannot find transformer blocks in {type(model).__name__} to freeze; use --freeze-layers 0.")
+    for p in backbone.get_input_embeddings().parameters():
+        p.requires_grad_(False)
+    for block in list(blocks)[:n]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+    # A tied LM head does not exist in a classification model, so nothing else shares these weights.
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -229,6 +243,15 @@ def autocast_dtype(want_bf16: bool, device: torch.device | str = "cpu") -> torch
     except OSError:
         return None
     return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+
+
+def autocast(want_bf16: bool, device: torch.device | str | None = None):
+    """A bf16 autocast context where `autocast_dtype` allows it, else a no-op context."""
+    import contextlib
+
+    device = torch.device(device) if device is not None else best_device()
+    dtype = autocast_dtype(want_bf16, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def best_device() -> torch.device:

@@ -22,8 +22,8 @@ from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
-from rlhflab.models import (autocast_dtype, count_parameters, format_prompt, load_causal_lm, load_reward_model,
-                            lora_target_modules, model_path)
+from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, format_prompt, freeze_lower_layers,
+                            load_causal_lm, load_reward_model, lora_target_modules, model_path)
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
@@ -80,12 +80,33 @@ def _trl():
     return TRLPPOConfig, PPOTrainer, trainer_module
 
 
-class _ResponseLengthProbe:
-    """Records the response length of every rollout as TRL scores it (TRL logs only summed KL)."""
+def close_unfinished(query_responses: torch.Tensor, context_length: int, pad_id: int, close_id: int) -> torch.Tensor:
+    """End every response that has no `close_id` (EOS) with one, in the first pad slot after it.
 
-    def __init__(self):
+    The reward model learned to score finished turns at their end token (rlhflab.scoring.response_suffix);
+    a rollout cut off at the length limit is scored the same way, as the evaluation and the app do.
+    """
+    responses = query_responses[:, context_length:]
+    unfinished = ~(responses == close_id).any(1)
+    if not unfinished.any():
+        return query_responses
+    pad_col = torch.full_like(query_responses[:, :1], pad_id)
+    closed = torch.cat([query_responses, pad_col], 1)
+    is_pad = torch.cat([responses == pad_id, torch.ones_like(pad_col, dtype=torch.bool)], 1)
+    first_pad = is_pad.int().argmax(1)  # first pad slot of each response (the added column if none)
+    rows = unfinished.nonzero().squeeze(1)
+    closed[rows, context_length + first_pad[rows]] = close_id
+    return closed
+
+
+class _RewardProbe:
+    """Sits in front of TRL's reward call: records each rollout's response length (TRL logs only
+    summed KL) and closes unfinished responses with EOS before the reward model scores them."""
+
+    def __init__(self, close_id: int | None = None):
         self.lengths: list[torch.Tensor] = []
         self.reward_model = None
+        self.close_id = close_id
 
     @contextlib.contextmanager
     def installed(self, trainer_module, reward_model):
@@ -95,6 +116,8 @@ class _ResponseLengthProbe:
         def get_reward(model, query_responses, pad_token_id, context_length):
             if model is self.reward_model:
                 self.lengths.append((query_responses[:, context_length:] != pad_token_id).sum(1).cpu())
+                if self.close_id is not None:
+                    query_responses = close_unfinished(query_responses, context_length, pad_token_id, self.close_id)
             return original(model, query_responses, pad_token_id, context_length)
 
         trainer_module.get_reward = get_reward
@@ -112,8 +135,49 @@ class _ResponseLengthProbe:
         return float(mean)
 
 
-def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: AdaptiveKLController | None,
-                      step_offset: int, episode_offset: int, on_step=None, accelerator=None):
+@contextlib.contextmanager
+def _consistent_logprobs(trainer_module, temperature: float):
+    """Make every log-prob TRL uses come from the same computation.
+
+    1. Rollout log-probs from a full forward pass, like the reference and training passes, instead
+       of from `generate()`'s incremental logits: under bf16 autocast those differ by ~1e-2 per
+       token, a spurious KL of a few 1e-3 nats/token at step 0 and PPO ratios != 1 before any
+       update. Costs one no-grad forward per rollout chunk; tokens are still sampled by `generate()`.
+    2. Logits upcast to fp32 before TRL divides them by the temperature and takes log-softmax
+       (under autocast the LM head returns bf16, and TRL would do that arithmetic in bf16).
+    With both, KL at step 0 is exactly 0 whenever policy and reference are the same weights.
+    """
+    original_generation, original_forward = trainer_module.batch_generation, trainer_module.forward
+
+    def forward(model, query_responses, pad_token_id):
+        out = original_forward(model, query_responses, pad_token_id)
+        policy_out = out[0] if isinstance(out, tuple) else out  # the policy+value wrapper returns a pair
+        policy_out.logits = policy_out.logits.float()
+        return out
+
+    @torch.no_grad()
+    def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
+        query_responses, _ = original_generation(model, queries, local_rollout_forward_batch_size, pad_token_id,
+                                                 generation_config)
+        context = queries.shape[1]
+        chunks = []
+        for i in range(0, query_responses.shape[0], local_rollout_forward_batch_size):
+            logits = forward(model, query_responses[i:i + local_rollout_forward_batch_size], pad_token_id).logits
+            logits = logits[:, context - 1:-1]
+            logits /= temperature + 1e-7  # exactly TRL's arithmetic for the reference and training logits
+            chunks.append(logits)
+        return query_responses, torch.cat(chunks, 0)
+
+    trainer_module.batch_generation, trainer_module.forward = batch_generation, forward
+    try:
+        yield
+    finally:
+        trainer_module.batch_generation, trainer_module.forward = original_generation, original_forward
+
+
+def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveKLController | None,
+                      step_offset: int, episode_offset: int, on_step=None, accelerator=None,
+                      steps_per_pass: int = 0):
     from transformers import TrainerCallback
 
     class PPOMetricsLog(TrainerCallback):
@@ -128,8 +192,10 @@ def _metrics_callback(log_path: Path, probe: _ResponseLengthProbe, controller: A
             seconds, self.last_time = now - self.last_time, now
             length = max(probe.pop_mean(accelerator), 1.0)
             kl_seq = float(logs["objective/kl"])
+            step = state.global_step + step_offset
             record = {
-                "step": state.global_step + step_offset,
+                "step": step,
+                "pass": (step - 1) // steps_per_pass + 1 if steps_per_pass else 1,  # pass over the prompts
                 "episode": int(logs.get("episode", state.episode)) + episode_offset,
                 "kl_per_token": kl_seq / length,
                 "kl_per_sequence": kl_seq,
@@ -174,6 +240,10 @@ def prepare_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[str], li
     if len(kept) < cfg.batch_size:
         raise UserError(f"only {len(kept)} usable training prompts but --batch-size is {cfg.batch_size}; "
                         f"lower the batch size or add prompts.")
+    # Whole batches only, so every pass over the prompts draws exactly the same prompts (TRL drops
+    # the incomplete last batch, a different one each pass) and first-vs-last pass compares like for like.
+    whole = len(kept) - len(kept) % cfg.batch_size
+    kept, queries = kept[:whole], queries[:whole]
     return kept, heldout, queries
 
 
@@ -217,11 +287,14 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     value_source = work / "value" if state else model_path(cfg.reward_model)
     value_model = AutoModelForSequenceClassification.from_pretrained(value_source, num_labels=1)
     value_model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.value_freeze_layers:
+        freeze_lower_layers(value_model, cfg.value_freeze_layers)
     if state and cfg.mode == "full":
         policy, _ = load_causal_lm(str(work / "policy"))
 
     TRLPPOConfig, PPOTrainer, trainer_module = _trl()
-    bf16 = autocast_dtype(cfg.bf16) is not None
+    amp_dtype = autocast_dtype(cfg.bf16, best_device())
+    bf16 = amp_dtype is not None
     remaining = max(plan["steps"] - done_steps, 0)
     args = TRLPPOConfig(
         output_dir=str(work / "trl"),
@@ -234,7 +307,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         kl_coef=kl_coef, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
         bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
-        dataset_num_proc=None, disable_tqdm=False,
+        dataset_num_proc=None, disable_tqdm=False, optim="adamw_torch_fused",
     )
     for key, value in (trl_overrides or {}).items():  # benchmarks compare against TRL's own defaults
         setattr(args, key, value)
@@ -261,7 +334,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
 
     log_path = work / METRICS_FILE
     controller = None if cfg.fixed_kl else AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
-    probe = _ResponseLengthProbe()
+    # Close unfinished rollouts with EOS exactly when the reward model's inputs end with it (chat models).
+    probe = _RewardProbe(tokenizer.eos_token_id if getattr(tokenizer, "chat_template", None) else None)
 
     def save_work(record):
         _save_policy(policy_model, tokenizer, work / "policy")
@@ -281,9 +355,13 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
             on_step(record)
 
     trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
-                                           state["episode"] if state else 0, after_step, trainer.accelerator))
+                                           state["episode"] if state else 0, after_step, trainer.accelerator,
+                                           steps_per_pass=len(train_prompts) // (cfg.batch_size)))
     if remaining:
-        with probe.installed(trainer_module, trainer.reward_model):
+        # TRL 1.12's PPOTrainer builds its Accelerator without a mixed-precision setting, so its
+        # `bf16=True` changes nothing; autocast here covers rollouts, scoring and the PPO updates.
+        with probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), \
+                _consistent_logprobs(trainer_module, cfg.temperature):
             trainer.train()
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
@@ -342,7 +420,7 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
                 "datasets": [cfg.dataset], "pipeline_tag": "text-generation"}
     lo, hi = KL_BAND
     in_band = s and lo <= s["kl_per_token_last"] <= hi
-    results = markdown_table(["metric", "first steps", "last steps"], [
+    results = markdown_table(["metric", "first window", "last window"], [
         ["mean reward-model score", f"{s.get('score_first', float('nan')):.3f}", f"{s.get('score_last', float('nan')):.3f}"],
         ["KL to reference (nats/token)", f"{s.get('kl_per_token_first', float('nan')):.4f}",
          f"{s.get('kl_per_token_last', float('nan')):.4f}"],
@@ -358,8 +436,8 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
         "Parameters": markdown_table(["model", "trainable", "total"], [
             ["policy", f"{info['policy_trainable_params']:,}", f"{info['policy_total_params']:,}"],
             ["value model", f"{info['value_trainable_params']:,}", f"{info['value_total_params']:,}"]]),
-        "Training result": (f"{info['steps']} PPO steps of {cfg.batch_size} rollouts (means over the first and last "
-                            f"{s.get('window_steps', 0)} steps):\n\n{results}\n\nMean per-token KL over the last steps "
+        "Training result": (f"{info['steps']} PPO steps of {cfg.batch_size} rollouts (means over "
+                            f"{s.get('window_label', 'no steps')}):\n\n{results}\n\nMean per-token KL over the last steps "
                             f"{s.get('kl_per_token_last', float('nan')):.4f} nats/token — "
                             f"{'inside' if in_band else 'outside'} the target band {lo}–{hi}; KL coefficient "
                             f"{'adaptive' if not cfg.fixed_kl else 'fixed'}, final {s.get('kl_coef_final', float('nan')):.4f}."

@@ -5,16 +5,30 @@ KL_BAND = (0.02, 0.1)  # target KL to the reference, nats per token
 
 
 def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
-    """Mean score and per-token KL over the first and last k steps (k = a quarter of the run, at least 1)."""
+    """Mean score and per-token KL over the first and last steps of a run.
+
+    When the run made two or more passes over its prompts, the windows are the first and the last
+    pass: the same prompts in both, so the comparison is not confounded by which prompts were drawn.
+    Otherwise (or when `k` is given) they are the first and last k steps (a quarter of the run).
+    """
     if not metrics:
         return {}
-    k = k or max(1, len(metrics) // 4)
-    first, last = metrics[:k], metrics[-k:]
+    passes = sorted({r["pass"] for r in metrics if "pass" in r})
+    if k is None and len(passes) >= 2:
+        first = [r for r in metrics if r.get("pass") == passes[0]]
+        last = [r for r in metrics if r.get("pass") == passes[-1]]
+        k, windows = min(len(first), len(last)), "passes"
+        first, last = first[:k], last[:k]
+    else:
+        k = k or max(1, len(metrics) // 4)
+        first, last, windows = metrics[:k], metrics[-k:], "steps"
 
     def mean(rows, key):
         return sum(r[key] for r in rows) / len(rows)
 
-    return {"steps_logged": len(metrics), "window_steps": k,
+    return {"steps_logged": len(metrics), "window_steps": k, "windows": windows,
+            "window_label": (f"first vs last pass over the same prompts ({k} steps each)" if windows == "passes"
+                             else f"first vs last {k} steps"),
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
             "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
             "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"]}

@@ -15,8 +15,7 @@ from rlhflab.checkpoints import (Timer, command_line, hardware_description, mark
                                  write_json, write_model_card)
 from rlhflab.config import RewardConfig
 from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
-from rlhflab.errors import UserError
-from rlhflab.models import autocast_dtype, count_parameters, load_tokenizer, model_path
+from rlhflab.models import autocast, autocast_dtype, count_parameters, freeze_lower_layers, load_tokenizer, model_path
 from rlhflab.scoring import encode_for_reward, left_pad, reward_forward, score_responses
 
 EVAL_FILE = "reward_eval.json"
@@ -97,20 +96,6 @@ def build_reward_model(base_model: str, freeze_layers: int = 0):
     if freeze_layers:
         freeze_lower_layers(model, freeze_layers)
     return model, tokenizer
-
-
-def freeze_lower_layers(model, n: int) -> None:
-    """Freeze the token embeddings and the n lowest transformer blocks (the head and upper blocks train)."""
-    backbone = getattr(model, model.base_model_prefix)
-    blocks = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
-    if blocks is None:
-        raise UserError(f"cannot find transformer blocks in {type(model).__name__} to freeze; use --freeze-layers 0.")
-    for p in backbone.get_input_embeddings().parameters():
-        p.requires_grad_(False)
-    for block in list(blocks)[:n]:
-        for p in block.parameters():
-            p.requires_grad_(False)
-    # A tied LM head does not exist in a classification model, so nothing else shares these weights.
 
 
 def evaluate_reward_model(model, tokenizer, pairs: list[PreferencePair], max_length: int = 512,
@@ -206,7 +191,7 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     history = [h for h in trainer.state.log_history if "eval_loss" in h]
     best = min(history, key=lambda h: h["eval_loss"])
     model = trainer.model.float().eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not torch.cuda.is_available()):
+    with autocast(cfg.bf16):
         ev = evaluate_reward_model(model, tokenizer, val_set.pairs, cfg.max_length, cfg.batch_size * 2)
     ev.update(best_epoch=best["epoch"], best_eval_loss=best["eval_loss"], eval_history=history,
               train_pairs=len(train_set.pairs), skipped_rows=dict(train_set.skipped), train_seconds=timer.elapsed_s)

@@ -55,7 +55,7 @@ def summary_markdown(runs: dict[str, list[dict]]) -> str:
         s = summarize_metrics(records)
         in_band = "yes" if lo <= s["kl_per_token_last"] <= hi else "no"
         rows.append([name, s["steps_logged"], f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f}",
-                     f"{s['kl_per_token_last']:.4f} ({in_band})", f"{s['score_first']:.3f} → {s['score_last']:.3f}",
+                     f"{s['kl_per_token_last']:.4f} ({in_band})", f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', '')})",
                      f"{s['kl_coef_final']:.4f}"])
     header = ["run", "steps logged", "KL nats/token, first → last quarter (mean)",
               f"final KL nats/token (in {lo}–{hi}?)", "score, first → last", "final β"]

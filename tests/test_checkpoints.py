@@ -1,5 +1,4 @@
 """Checkpoint store: atomic saves, model cards, offline Hub loading, pushes (recorded and failing)."""
-import os
 
 import pytest
 from huggingface_hub import HfApi

@@ -1,7 +1,6 @@
 """Scale-out: reward and PPO training under `torchrun --nproc_per_node 2` (gloo on CPU) with tiny models."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -1,6 +1,5 @@
 """Model loading, prompt formatting and the padding guard for Llama-style and GPT-2-style tokenizers."""
 import pytest
-import torch
 
 from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.errors import UserError

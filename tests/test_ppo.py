@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from conftest import oasst_rows, tiny_cfg, write_jsonl
-from rlhflab.config import PPOConfig, build_config
 from rlhflab.errors import UserError
 from rlhflab.models import load_causal_lm, load_policy
 from rlhflab.ppo import AdaptiveKLController, ppo_batch_plan, train_ppo
@@ -103,3 +102,42 @@ def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_d
     out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=2,
                              resume=True))
     assert [r["step"] for r in _metrics(out)] == [1, 2]
+
+
+def test_unfinished_rollouts_are_closed_with_eos_before_scoring():
+    from rlhflab.ppo import close_unfinished
+
+    pad, eos, ctx = 0, 2, 2
+    qr = torch.tensor([[5, 6, 7, 8, 9],     # unfinished, fills the width
+                       [5, 6, 7, 2, 0],     # finished: untouched
+                       [5, 6, 7, 0, 0]])    # unfinished, shorter
+    out = close_unfinished(qr, ctx, pad, eos)
+    assert out.tolist() == [[5, 6, 7, 8, 9, 2], [5, 6, 7, 2, 0, 0], [5, 6, 7, 2, 0, 0]]
+    finished = torch.tensor([[5, 6, 2, 0]])
+    assert close_unfinished(finished, ctx, pad, eos) is finished
+
+
+def test_first_and_last_pass_over_the_same_prompts_are_compared():
+    from rlhflab.ppo_metrics import summarize_metrics
+
+    rows = [{"step": s, "pass": (s - 1) // 3 + 1, "score": float(s), "kl_per_token": 0.01 * s, "kl_coef": 0.1}
+            for s in range(1, 10)]
+    s = summarize_metrics(rows)
+    assert s["windows"] == "passes" and s["window_steps"] == 3
+    assert s["score_first"] == pytest.approx(2.0) and s["score_last"] == pytest.approx(8.0)
+    no_pass = [{k: v for k, v in r.items() if k != "pass"} for r in rows[:8]]
+    s = summarize_metrics(no_pass)
+    assert s["windows"] == "steps" and s["window_steps"] == 2 and s["score_last"] == pytest.approx(7.5)
+
+
+def test_kl_at_step_zero_under_bf16_autocast(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    from rlhflab.models import autocast_dtype
+
+    if autocast_dtype(True) is None:
+        pytest.skip("this CPU has no fast bf16 (AMX/AVX512-bf16), so autocast is off")
+    out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1,
+                             bf16=True))
+    record = _metrics(out)[0]
+    # rollout log-probs and reference log-probs come from the same autocast forward: exactly 0 KL
+    assert abs(record["kl_per_token"]) < 1e-4
+    assert json.loads((out / "ppo_info.json").read_text())["bf16"] is True

