@@ -40,6 +40,33 @@ def _decode_rate(fn, tokens: int, reps: int = 3) -> float:
     return statistics.median(rates)
 
 
+def decode_profile(model, input_ids, settings, tokens: int, bandwidth_gb_s: float) -> dict:
+    """Where a batch-1 decode step goes: matmul kernels vs everything else (torch.profiler).
+
+    The matmuls read every weight once per token; dividing those bytes by the time spent inside
+    the matmul kernels gives the bandwidth the kernels achieve, to set against the measured
+    memory bandwidth. If the kernels alone are far from it, no Python-side change reaches the limit.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from rlhflab.generation import decode_tokens
+
+    matmul_ops = {"aten::mm", "aten::addmm", "aten::bmm"}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        n = sum(1 for _ in decode_tokens(model, input_ids, settings, stop_ids=[]))
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    mm_us = sum(e.self_cpu_time_total for e in events if e.key in matmul_ops)
+    linear_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                       if type(m).__name__ == "Linear")
+    per_token_mm_s = mm_us / 1e6 / (n + 1)  # n decode steps + the prefill
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+    return {"tokens": n, "ms_per_token": total_us / 1e3 / (n + 1), "matmul_ms_per_token": per_token_mm_s * 1e3,
+            "matmul_share": mm_us / total_us, "linear_weights_mb": linear_bytes / 1e6,
+            "matmul_achieved_gb_s": linear_bytes / per_token_mm_s / 1e9, "memory_bandwidth_gb_s": bandwidth_gb_s,
+            "top_ops_ms_per_token": {e.key: round(e.self_cpu_time_total / 1e3 / (n + 1), 2) for e in top}}
+
+
 def run(tokens: int = 64, prompts: int = 16, model_name: str = "smollm2-135m-instruct") -> dict:
     import torch
 
@@ -72,7 +99,8 @@ def run(tokens: int = 64, prompts: int = 16, model_name: str = "smollm2-135m-ins
               "speedup_fp32": ours_fp32 / base_rate, "speedup_bf16": ours_bf16 / base_rate,
               "bandwidth_gb_s": bw, "weights_mb_fp32": weight_bytes / 1e6,
               "bandwidth_limit_fp32_tok_s": limit_fp32, "bandwidth_limit_bf16_tok_s": limit_bf16,
-              "fraction_of_limit_fp32": ours_fp32 / limit_fp32, "fraction_of_limit_bf16": ours_bf16 / limit_bf16}
+              "fraction_of_limit_fp32": ours_fp32 / limit_fp32, "fraction_of_limit_bf16": ours_bf16 / limit_bf16,
+              "profile_fp32": decode_profile(model, batch["input_ids"], settings, tokens, bw)}
 
     from rlhflab.data.oasst1 import load_prompts
     from rlhflab.config import DEMO_DATA_DIR

@@ -22,9 +22,10 @@ def run(steps: int = 3, mode: str = "full", reward_model: str | None = None) -> 
 
     reward_model = reward_model or str(CHECKPOINTS_DIR / "reward")
     variants = {
-        "plain TRL (fp32, gradient checkpointing on: TRL's defaults)":
-            ({"bf16": False}, {"gradient_checkpointing": True}),
-        "rlhflab defaults (bf16 autocast, no gradient checkpointing)": ({"bf16": True}, {}),
+        "plain TRL (fp32, gradient checkpointing on, whole value model trains: TRL's defaults)":
+            ({"bf16": False, "value_freeze_layers": 0}, {"gradient_checkpointing": True}),
+        "rlhflab demo defaults (bf16 autocast, no gradient checkpointing, value model's lower blocks frozen)":
+            ({}, {}),
     }
     out = {}
     for name, (cfg_kw, trl_kw) in variants.items():
@@ -36,7 +37,11 @@ def run(steps: int = 3, mode: str = "full", reward_model: str | None = None) -> 
         times = [r["seconds_per_step"] for r in records[1:]] or [records[0]["seconds_per_step"]]
         out[name] = statistics.median(times)
     (base_name, base), (ours_name, ours) = list(out.items())
-    result = {"benchmark": f"PPO step ({mode}, demo batch: 8 rollouts x 32 tokens, 1 PPO epoch)",
+    from rlhflab.config import profile_defaults
+
+    demo = profile_defaults(PPOConfig, "demo")
+    result = {"benchmark": f"PPO step ({mode}, demo batch: {demo['batch_size']} rollouts x "
+                           f"{demo['max_response_length']} tokens, {demo['ppo_epochs']} PPO epochs)",
               "baseline": base_name, "baseline_s_per_step": base, "ours": ours_name, "ours_s_per_step": ours,
               "speedup": base / ours, "steps_timed": steps - 1, "machine": machine(), "command": command()}
     print(json.dumps(result, indent=2))

@@ -187,7 +187,9 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
         if s:
             rows.append([name, s["steps_logged"], f"{s['kl_per_token_last']:.4f}",
                          "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
-                         f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', str(s['window_steps']) + ' steps each')})",
+                         f"{s['score_first']:.3f} ± {s.get('score_first_se', float('nan')):.3f} → "
+                         f"{s['score_last']:.3f} ± {s.get('score_last_se', float('nan')):.3f} "
+                         f"({s.get('window_label', str(s['window_steps']) + ' steps each')}; ± SE over steps)",
                          f"{s['kl_coef_final']:.4f}"])
     lines.append(markdown_table(["run", "PPO steps", "KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
                                  "reward-model score first → last", "final β"], rows) if rows else "No PPO logs.")

@@ -354,14 +354,21 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         if on_step is not None:
             on_step(record)
 
+    if bf16:
+        # One autocast context spans the whole run, and autocast caches the bf16 casts of trainable
+        # weights until the outermost context exits: without a reset every forward after the first
+        # optimizer step would still see the step-0 weights (LoRA adapters stuck at zero).
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+        optimizer.register_step_post_hook(lambda *_: torch.clear_autocast_cache())
     trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
                                            state["episode"] if state else 0, after_step, trainer.accelerator,
                                            steps_per_pass=len(train_prompts) // (cfg.batch_size)))
     if remaining:
         # TRL 1.12's PPOTrainer builds its Accelerator without a mixed-precision setting, so its
         # `bf16=True` changes nothing; autocast here covers rollouts, scoring and the PPO updates.
-        with probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), \
-                _consistent_logprobs(trainer_module, cfg.temperature):
+        # Under fp32, generate()'s logits match a forward pass to ~1e-5 and TRL's arithmetic is fp32 already.
+        consistent = _consistent_logprobs(trainer_module, cfg.temperature) if bf16 else contextlib.nullcontext()
+        with probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), consistent:
             trainer.train()
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
@@ -421,7 +428,9 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
     lo, hi = KL_BAND
     in_band = s and lo <= s["kl_per_token_last"] <= hi
     results = markdown_table(["metric", "first window", "last window"], [
-        ["mean reward-model score", f"{s.get('score_first', float('nan')):.3f}", f"{s.get('score_last', float('nan')):.3f}"],
+        ["mean reward-model score (± standard error over steps)",
+         f"{s.get('score_first', float('nan')):.3f} ± {s.get('score_first_se', float('nan')):.3f}",
+         f"{s.get('score_last', float('nan')):.3f} ± {s.get('score_last_se', float('nan')):.3f}"],
         ["KL to reference (nats/token)", f"{s.get('kl_per_token_first', float('nan')):.4f}",
          f"{s.get('kl_per_token_last', float('nan')):.4f}"],
     ]) if s else "no steps logged"

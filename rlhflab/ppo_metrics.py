@@ -26,9 +26,16 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
     def mean(rows, key):
         return sum(r[key] for r in rows) / len(rows)
 
+    def se(rows, key):  # standard error of a window mean, over its steps
+        if len(rows) < 2:
+            return float("nan")
+        m = mean(rows, key)
+        return (sum((r[key] - m) ** 2 for r in rows) / (len(rows) - 1) / len(rows)) ** 0.5
+
     return {"steps_logged": len(metrics), "window_steps": k, "windows": windows,
             "window_label": (f"first vs last pass over the same prompts ({k} steps each)" if windows == "passes"
                              else f"first vs last {k} steps"),
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
+            "score_first_se": se(first, "score"), "score_last_se": se(last, "score"),
             "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
             "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"]}

@@ -141,3 +141,15 @@ def test_kl_at_step_zero_under_bf16_autocast(tmp_path, tiny_llama_dir, tiny_rewa
     # rollout log-probs and reference log-probs come from the same autocast forward: exactly 0 KL
     assert abs(record["kl_per_token"]) < 1e-4
     assert json.loads((out / "ppo_info.json").read_text())["bf16"] is True
+
+
+def test_lora_under_bf16_autocast_moves_the_adapters(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    from rlhflab.models import autocast_dtype
+
+    if autocast_dtype(True) is None:
+        pytest.skip("this CPU has no fast bf16 (AMX/AVX512-bf16), so autocast is off")
+    out = train_ppo(tiny_cfg(tmp_path, "lora", tiny_llama_dir, tiny_reward_dir, prompts_file, bf16=True))
+    policy, _ = load_policy(str(out))
+    assert any(p.abs().sum() > 0 for n, p in policy.named_parameters() if "lora_B" in n)
+    records = _metrics(out)
+    assert abs(records[0]["kl_per_token"]) < 1e-4 and records[1]["kl_per_token"] != 0.0
