@@ -17,7 +17,7 @@ from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.kl import kl_per_token, response_logprobs
 from rlhflab.models import autocast, load_reward_model
 from rlhflab.policies import PolicySet
-from rlhflab.ppo_metrics import KL_BAND, summarize_metrics
+from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
 from rlhflab.ratings import RatingsStore, aggregate_markdown
 from rlhflab.scoring import score_responses
 
@@ -190,9 +190,10 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
                          f"{s['score_first']:.3f} ± {s.get('score_first_se', float('nan')):.3f} → "
                          f"{s['score_last']:.3f} ± {s.get('score_last_se', float('nan')):.3f} "
                          f"({s.get('window_label', str(s['window_steps']) + ' steps each')}; ± SE over steps)",
-                         f"{s['kl_coef_final']:.4f}"])
+                         format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
     lines.append(markdown_table(["run", "PPO steps", "KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
-                                 "reward-model score first → last", "final β"], rows) if rows else "No PPO logs.")
+                                 "reward-model score first → last", "score gain, paired by prompt (95 % CI)",
+                                 "final β"], rows) if rows else "No PPO logs.")
     lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
                  "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")
     lines.append("## Example responses\n")

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from rlhflab.models import (autocast, autocast_dtype, best_device, count_paramet
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
 PPO_INFO_FILE = "ppo_info.json"
-from rlhflab.ppo_metrics import KL_BAND, summarize_metrics  # noqa: F401
+from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics  # noqa: F401
 
 
 # ---------------------------------------------------------------- KL controller
@@ -80,6 +81,11 @@ def _trl():
     return TRLPPOConfig, PPOTrainer, trainer_module
 
 
+def prompt_key(token_ids: list[int]) -> int:
+    """A stable key for a prompt (its token ids), to pair a prompt's rollouts across passes."""
+    return zlib.crc32(bytes(str(token_ids), "ascii"))
+
+
 def close_unfinished(query_responses: torch.Tensor, context_length: int, pad_id: int, close_id: int) -> torch.Tensor:
     """End every response that has no `close_id` (EOS) with one, in the first pad slot after it.
 
@@ -105,6 +111,8 @@ class _RewardProbe:
 
     def __init__(self, close_id: int | None = None):
         self.lengths: list[torch.Tensor] = []
+        self.scores: list[float] = []
+        self.prompt_keys: list[int] = []
         self.reward_model = None
         self.close_id = close_id
 
@@ -114,17 +122,27 @@ class _RewardProbe:
         self.reward_model = reward_model
 
         def get_reward(model, query_responses, pad_token_id, context_length):
-            if model is self.reward_model:
-                self.lengths.append((query_responses[:, context_length:] != pad_token_id).sum(1).cpu())
-                if self.close_id is not None:
-                    query_responses = close_unfinished(query_responses, context_length, pad_token_id, self.close_id)
-            return original(model, query_responses, pad_token_id, context_length)
+            if model is not self.reward_model:
+                return original(model, query_responses, pad_token_id, context_length)
+            self.lengths.append((query_responses[:, context_length:] != pad_token_id).sum(1).cpu())
+            self.prompt_keys.extend(prompt_key(q[q != pad_token_id].tolist()) for q in query_responses[:, :context_length])
+            if self.close_id is not None:
+                query_responses = close_unfinished(query_responses, context_length, pad_token_id, self.close_id)
+            out = original(model, query_responses, pad_token_id, context_length)
+            self.scores.extend(out[1].float().cpu().tolist())
+            return out
 
         trainer_module.get_reward = get_reward
         try:
             yield self
         finally:
             trainer_module.get_reward = original
+
+    def pop_rollouts(self) -> tuple[list[float], list[int]]:
+        """This process's rollout scores and prompt keys since the last call (for the paired gain)."""
+        scores, keys = self.scores, self.prompt_keys
+        self.scores, self.prompt_keys = [], []
+        return [round(x, 4) for x in scores], keys
 
     def pop_mean(self, accelerator=None) -> float:
         """Mean response length of the step, averaged over all processes (same value on each)."""
@@ -191,6 +209,7 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
             now = time.perf_counter()
             seconds, self.last_time = now - self.last_time, now
             length = max(probe.pop_mean(accelerator), 1.0)
+            rollout_scores, rollout_prompts = probe.pop_rollouts()
             kl_seq = float(logs["objective/kl"])
             step = state.global_step + step_offset
             record = {
@@ -210,6 +229,8 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
                 "clipfrac": float(logs.get("policy/clipfrac_avg", float("nan"))),
                 "lr": float(logs.get("lr", float("nan"))),
                 "seconds_per_step": seconds,
+                # this process's rollouts (all of them in a single-process run): score and prompt key each
+                "rollout_scores": rollout_scores, "rollout_prompts": rollout_prompts,
             }
             if controller is not None:
                 args.kl_coef = controller.update(record["kl_per_token"], args.batch_size)
@@ -446,7 +467,9 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
             ["policy", f"{info['policy_trainable_params']:,}", f"{info['policy_total_params']:,}"],
             ["value model", f"{info['value_trainable_params']:,}", f"{info['value_total_params']:,}"]]),
         "Training result": (f"{info['steps']} PPO steps of {cfg.batch_size} rollouts (means over "
-                            f"{s.get('window_label', 'no steps')}):\n\n{results}\n\nMean per-token KL over the last steps "
+                            f"{s.get('window_label', 'no steps')}):\n\n{results}\n\nReward-model score gain, paired by "
+                            f"prompt (last pass minus first pass, 95 % bootstrap interval): "
+                            f"**{format_gain(s.get('paired_score_gain'))}**.\n\nMean per-token KL over the last steps "
                             f"{s.get('kl_per_token_last', float('nan')):.4f} nats/token — "
                             f"{'inside' if in_band else 'outside'} the target band {lo}–{hi}; KL coefficient "
                             f"{'adaptive' if not cfg.fixed_kl else 'fixed'}, final {s.get('kl_coef_final', float('nan')):.4f}."

@@ -32,10 +32,44 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
         m = mean(rows, key)
         return (sum((r[key] - m) ** 2 for r in rows) / (len(rows) - 1) / len(rows)) ** 0.5
 
-    return {"steps_logged": len(metrics), "window_steps": k, "windows": windows,
+    gain = paired_pass_gain(metrics) if windows == "passes" else None
+    return {"steps_logged": len(metrics), "window_steps": k, "windows": windows, "paired_score_gain": gain,
             "window_label": (f"first vs last pass over the same prompts ({k} steps each)" if windows == "passes"
                              else f"first vs last {k} steps"),
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
             "score_first_se": se(first, "score"), "score_last_se": se(last, "score"),
             "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
             "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"]}
+
+
+def paired_pass_gain(metrics: list[dict], samples: int = 2000) -> dict | None:
+    """Score gain from the first to the last pass, paired by prompt: per prompt, its rollout's score
+    in the last pass minus in the first; mean with a 95 % bootstrap interval over prompts."""
+    passes = sorted({r["pass"] for r in metrics if "pass" in r})
+    if len(passes) < 2 or not all("rollout_scores" in r for r in metrics):
+        return None
+
+    def by_prompt(p):
+        out: dict[int, list[float]] = {}
+        for r in metrics:
+            if r.get("pass") == p:
+                for key, score in zip(r["rollout_prompts"], r["rollout_scores"]):
+                    out.setdefault(key, []).append(score)
+        return {k: sum(v) / len(v) for k, v in out.items()}
+
+    first, last = by_prompt(passes[0]), by_prompt(passes[-1])
+    common = sorted(set(first) & set(last))
+    if len(common) < 2:
+        return None
+    from rlhflab.stats import bootstrap_ci
+
+    mean, low, high = bootstrap_ci([last[k] - first[k] for k in common], samples=samples, seed=7)
+    return {"mean": mean, "low": low, "high": high, "n_prompts": len(common),
+            "label": "last pass minus first pass, same prompts, 95 % bootstrap over prompts"}
+
+
+def format_gain(gain: dict | None) -> str:
+    """'+0.28 [0.05, 0.51] (n = 48 prompts)' or 'n/a' when the run has no paired passes."""
+    if not gain:
+        return "n/a (needs two passes over the prompts)"
+    return f"{gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}] (n = {gain['n_prompts']} prompts)"

@@ -7,7 +7,7 @@ import gradio as gr
 from rlhflab.checkpoints import METRICS_FILE, markdown_table
 from rlhflab.errors import UserError
 from rlhflab.plots import training_curves_figure
-from rlhflab.ppo_metrics import KL_BAND, summarize_metrics
+from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
 from space.registry import KINDS, Registry
 
 RUNS = (("full", "ppo-full"), ("lora", "ppo-lora"))  # checkpoint key -> trace name (its suffix picks the colour)
@@ -56,9 +56,10 @@ def summary_markdown(runs: dict[str, list[dict]]) -> str:
         in_band = "yes" if lo <= s["kl_per_token_last"] <= hi else "no"
         rows.append([name, s["steps_logged"], f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f}",
                      f"{s['kl_per_token_last']:.4f} ({in_band})", f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', '')})",
-                     f"{s['kl_coef_final']:.4f}"])
-    header = ["run", "steps logged", "KL nats/token, first → last quarter (mean)",
-              f"final KL nats/token (in {lo}–{hi}?)", "score, first → last", "final β"]
+                     format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
+    header = ["run", "steps logged", "KL nats/token, first → last window (mean)",
+              f"final KL nats/token (in {lo}–{hi}?)", "score, first → last", "score gain, paired by prompt (95 % CI)",
+              "final β"]
     return markdown_table(header, rows)
 
 
