@@ -15,7 +15,7 @@ from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
 from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.kl import kl_per_token, response_logprobs
-from rlhflab.models import autocast, load_reward_model
+from rlhflab.models import autocast, autocast_dtype, best_device, load_reward_model
 from rlhflab.policies import PolicySet
 from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
 from rlhflab.ratings import RatingsStore, aggregate_markdown
@@ -65,8 +65,11 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     paths = {"full": cfg.full_model, "lora": cfg.lora_model}
     policy_dirs = {n: resolve_checkpoint(paths[n]) for n in names if n in paths}
     prompts, prompt_source = heldout_prompts(cfg, policy_dirs)
+    # Under bf16 autocast the policies' matmuls run in bf16 anyway; holding their weights in bf16 saves
+    # re-casting the frozen (LoRA-shared) base weights at every decode step.
+    dtype = torch.bfloat16 if autocast_dtype(cfg.bf16, best_device()) is not None else torch.float32
     policies = PolicySet(cfg.base_model, str(policy_dirs["full"]) if "full" in policy_dirs else None,
-                         str(policy_dirs["lora"]) if "lora" in policy_dirs else None)
+                         str(policy_dirs["lora"]) if "lora" in policy_dirs else None, dtype=dtype)
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
     settings = _settings(cfg)
     torch.manual_seed(cfg.seed)
@@ -94,6 +97,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
 
     b = cfg.bootstrap_samples
     results = {"command": command_line(), "settings": asdict(cfg), "generation": settings.as_dict(),
+               "policy_weights_dtype": str(dtype).replace("torch.", ""),
                "prompt_source": prompt_source, "num_prompts": len(prompts), "units": {
                    "reward": "reward-model score (logit, higher is better)", "kl": "nats per token",
                    "length": "response tokens"}, "policies": {}}

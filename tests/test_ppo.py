@@ -48,6 +48,10 @@ def test_kl_at_step_zero_is_zero_and_log_has_one_record_per_step(run, request):
     assert abs(records[0]["kl_per_token"]) < 1e-3
     assert records[0]["kl_per_sequence"] == pytest.approx(records[0]["kl_per_token"] * records[0]["response_tokens_mean"])
     assert records[1]["episode"] == 8
+    # every rollout's score is logged with its prompt, and the step's score is their mean
+    batch = json.loads((path / "ppo_info.json").read_text())["rollout_batch"]
+    assert len(records[0]["rollout_scores"]) == batch == len(records[0]["rollout_prompts"])
+    assert records[0]["score"] == pytest.approx(sum(records[0]["rollout_scores"]) / batch, abs=1e-3)
     assert records[0]["lr"] == pytest.approx(1e-3)  # the configured learning rate at step 1
     info = json.loads((path / "ppo_info.json").read_text())
     assert info["steps"] == 2
@@ -153,3 +157,17 @@ def test_lora_under_bf16_autocast_moves_the_adapters(tmp_path, tiny_llama_dir, t
     assert any(p.abs().sum() > 0 for n, p in policy.named_parameters() if "lora_B" in n)
     records = _metrics(out)
     assert abs(records[0]["kl_per_token"]) < 1e-4 and records[1]["kl_per_token"] != 0.0
+
+
+def test_paired_score_gain_matches_hand_computed_differences():
+    from rlhflab.ppo_metrics import paired_pass_gain
+
+    # two passes over prompts 1..4; prompt k scores k in pass 1 and k + 0.5 (k odd) or k + 1.5 (k even) in pass 2
+    rows = [{"step": 1, "pass": 1, "rollout_prompts": [1, 2], "rollout_scores": [1.0, 2.0]},
+            {"step": 2, "pass": 1, "rollout_prompts": [3, 4], "rollout_scores": [3.0, 4.0]},
+            {"step": 3, "pass": 2, "rollout_prompts": [4, 1], "rollout_scores": [5.5, 1.5]},
+            {"step": 4, "pass": 2, "rollout_prompts": [2, 3], "rollout_scores": [3.5, 3.5]}]
+    gain = paired_pass_gain(rows)
+    assert gain["n_prompts"] == 4 and gain["mean"] == pytest.approx(1.0)
+    assert gain["low"] >= 0.5 - 1e-9 and gain["high"] <= 1.5 + 1e-9
+    assert paired_pass_gain([dict(r, **{"pass": 1}) for r in rows]) is None  # one pass: nothing to pair
