@@ -341,6 +341,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
                          reward_model=reward_model, train_dataset=train_dataset, value_model=value_model,
                          peft_config=peft_config)
     policy_model = trainer.policy_model
+    if cfg.mode == "lora" and bf16:
+        _frozen_block_linears_to(policy_model, amp_dtype)
     if state and cfg.mode == "lora":
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -430,6 +432,24 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     report_push(out, cfg.push_to_hub)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def _frozen_block_linears_to(model, dtype: torch.dtype) -> int:
+    """Hold the frozen Linear weights of a LoRA policy's blocks in `dtype` (bf16 under autocast).
+
+    Autocast caches its bf16 copy only of weights that require grad, so a frozen base would be re-cast
+    at every decode step of every rollout (the largest cost of a LoRA step on a CPU). Autocast runs
+    these matmuls in bf16 anyway, so the results are the same; the tied LM head / embeddings stay
+    fp32, the adapters stay fp32 (they train), and the base on disk is untouched. Returns the count.
+    """
+    tied = model.get_input_embeddings().weight
+    n = 0
+    for module in model.modules():
+        if (isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
+                and module.weight is not tied and module.weight.dtype != dtype):
+            module.to(dtype)
+            n += 1
+    return n
 
 
 def _save_policy(policy_model, tokenizer, folder: Path):
