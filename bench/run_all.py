@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 from common import ROOT  # noqa: E402
 
 BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
-           "dcgan": "bench_dcgan", "app": "bench_app"}
+           "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul"}
 RESULTS = ROOT / "bench" / "results.json"
 
 
