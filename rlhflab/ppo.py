@@ -381,8 +381,15 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         # One autocast context spans the whole run, and autocast caches the bf16 casts of trainable
         # weights until the outermost context exits: without a reset every forward after the first
         # optimizer step would still see the step-0 weights (LoRA adapters stuck at zero).
-        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-        optimizer.register_step_post_hook(lambda *_: torch.clear_autocast_cache())
+        # (Wrapping the instance's step works for any optimizer object TRL holds, DeepSpeed's included.)
+        step = trainer.optimizer.step
+
+        def step_then_clear_cast_cache(*args, **kwargs):
+            result = step(*args, **kwargs)
+            torch.clear_autocast_cache()
+            return result
+
+        trainer.optimizer.step = step_then_clear_cast_cache
     trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
                                            state["episode"] if state else 0, after_step, trainer.accelerator,
                                            steps_per_pass=len(train_prompts) // (cfg.batch_size)))
