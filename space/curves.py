@@ -55,10 +55,10 @@ def summary_markdown(runs: dict[str, list[dict]]) -> str:
         s = summarize_metrics(records)
         in_band = "yes" if lo <= s["kl_per_token_last"] <= hi else "no"
         rows.append([name, s["steps_logged"], f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f}",
-                     f"{s['kl_per_token_last']:.4f} ({in_band})", f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', '')})",
+                     in_band, f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', '')})",
                      format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
     header = ["run", "steps logged", "KL nats/token, first → last window (mean)",
-              f"final KL nats/token (in {lo}–{hi}?)", "score, first → last", "score gain, paired by prompt (95 % CI)",
+              f"last-window KL in {lo}–{hi}?", "score, first → last", "score gain, paired by prompt (95 % CI)",
               "final β"]
     return markdown_table(header, rows)
 
