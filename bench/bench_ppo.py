@@ -9,16 +9,14 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine  # noqa: E402
+from common import command, demo_ppo_metrics, machine  # noqa: E402
 
 
 def run(steps: int = 3, mode: str = "full", reward_model: str | None = None) -> dict:
-    from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
-    from rlhflab.ppo import train_ppo
+    from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, profile_defaults
 
     reward_model = reward_model or str(CHECKPOINTS_DIR / "reward")
     variants = {
@@ -29,16 +27,10 @@ def run(steps: int = 3, mode: str = "full", reward_model: str | None = None) -> 
     }
     out = {}
     for name, (cfg_kw, trl_kw) in variants.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = build_config(PPOConfig, "demo", mode=mode, reward_model=reward_model, max_steps=steps,
-                               output_dir=str(Path(tmp) / "ppo"), **cfg_kw)
-            train_ppo(cfg, trl_overrides=trl_kw)
-            records = [json.loads(line) for line in (Path(tmp) / "ppo" / "metrics.jsonl").read_text().splitlines()]
+        records, _ = demo_ppo_metrics(trl_kw, mode=mode, reward_model=reward_model, max_steps=steps, **cfg_kw)
         times = [r["seconds_per_step"] for r in records[1:]] or [records[0]["seconds_per_step"]]
         out[name] = statistics.median(times)
     (base_name, base), (ours_name, ours) = list(out.items())
-    from rlhflab.config import profile_defaults
-
     demo = profile_defaults(PPOConfig, "demo")
     result = {"benchmark": f"PPO step ({mode}, demo batch: {demo['batch_size']} rollouts x "
                            f"{demo['max_response_length']} tokens, {demo['ppo_epochs']} PPO epochs)",

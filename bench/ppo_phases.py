@@ -10,13 +10,12 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine  # noqa: E402
+from common import command, demo_ppo_metrics, machine  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -60,18 +59,12 @@ def phase_timers(totals: dict):
 
 
 def run(steps: int = 2, mode: str = "full", ppo_epochs: int | None = None, bf16: bool = True, **overrides) -> dict:
-    from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
-    from rlhflab.ppo import train_ppo
-
     totals: dict[str, float] = defaultdict(float)
-    kw = dict(mode=mode, reward_model=str(CHECKPOINTS_DIR / "reward"), max_steps=steps, bf16=bf16, **overrides)
+    kw = dict(mode=mode, max_steps=steps, bf16=bf16, **overrides)
     if ppo_epochs:
         kw["ppo_epochs"] = ppo_epochs
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = build_config(PPOConfig, "demo", output_dir=str(Path(tmp) / "ppo"), **kw)
-        with phase_timers(totals):
-            train_ppo(cfg)
-        records = [json.loads(line) for line in (Path(tmp) / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    with phase_timers(totals):
+        records, cfg = demo_ppo_metrics(**kw)
     step_s = sum(r["seconds_per_step"] for r in records)
     phases = {k: round(v / len(records), 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     phases["other"] = round(step_s / len(records) - sum(phases.values()), 2)
