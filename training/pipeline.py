@@ -3,18 +3,20 @@ optionally serve the app: `python training/pipeline.py --profile demo|spec [--se
 
 Each step runs as its own process (its output goes to checkpoints/logs/<step>.log) under one
 progress display; a finished checkpoint is reused, and a failed step keeps the ones before it
-and names the command to re-run.
+and names the command to re-run. With `--jobs 2` (the default on a CPU-only machine) steps that
+do not depend on each other (the two PPO runs and the DCGAN) run side by side with the CPU
+threads split between them, which finishes sooner than running them one after another.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,22 +33,32 @@ class Step:
     output: str  # checkpoint folder name under checkpoints/
     done_file: str  # present when the step finished
     hub_suffix: str | None = None
+    after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
 
     def command(self, profile: str, extra: list[str]) -> list[str]:
         return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
 
 
+# In priority order. The DCGAN needs nothing, but waits for the reward model so that the reward
+# model (the step everything else waits for) gets the whole CPU.
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward"),
-    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full"),
-    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora"),
-    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan"),
-    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None),
+    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"]),
+    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"]),
+    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"]),
+    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None, ["reward", "ppo-full", "ppo-lora"]),
 ]
 
 
 def is_done(step: Step, checkpoints: Path) -> bool:
     return (checkpoints / step.output / step.done_file).is_file()
+
+
+def default_jobs() -> int:
+    """Side-by-side steps on a CPU-only machine with at least 2 cores; one at a time on a GPU."""
+    if shutil.which("nvidia-smi") or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return 1
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def _last_line(path: Path) -> str:
@@ -58,60 +70,113 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
-    return parts[-1][-90:] if parts else ""
+    return parts[-1][-70:] if parts else ""
+
+
+@dataclass
+class _Running:
+    step: Step
+    proc: subprocess.Popen
+    cmd: list[str]
+    log: Path
+    start: float
+    threads: int
+
+
+def _step_env(threads: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Two processes with two OpenMP threads each on two cores run many times slower than one
+    # (threads spin at barriers while descheduled); give each side-by-side step its share.
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
 
 
 def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix: str | None = None,
-                 only: list[str] | None = None) -> bool:
+                 only: list[str] | None = None, jobs: int = 1, steps: list[Step] | None = None,
+                 cores: int | None = None) -> bool:
+    """Run the missing steps (at most `jobs` at a time, dependencies first); True when all succeeded."""
     from tqdm import tqdm
 
     logs = checkpoints / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    steps = [s for s in STEPS if not only or s.output in only]
+    steps = [s for s in (steps or STEPS) if not only or s.output in only]
     todo = [s for s in steps if not is_done(s, checkpoints)]
     for s in steps:
         if s not in todo:
             print(f"reusing {checkpoints / s.output}")
     if not todo:
         return True
+    cores = cores or os.cpu_count() or 1
+    jobs = max(1, jobs)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="pipeline", unit="step", dynamic_ncols=True,
+    live = sys.stderr.isatty()  # a redrawn bar on a terminal; a status line every 30 s in a log
+    bar = tqdm(total=len(todo), desc="pipeline", unit="step", dynamic_ncols=True, disable=not live,
                bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| {elapsed} {postfix}")
-    for i, step in enumerate(todo, 1):
-        extra = []
-        if push_prefix and step.hub_suffix:
-            extra += ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"]
+    last_status = time.perf_counter()
+    pending, running, finished, failed = list(todo), [], set(), []
+    todo_outputs = {s.output for s in todo}
+
+    def ready(step: Step) -> bool:
+        # a dependency that is not part of this run (reused, or left out by --only) counts as met:
+        # the step itself says clearly if the checkpoint it needs is missing
+        return all(d in finished or d not in todo_outputs for d in step.after)
+
+    def launch(step: Step, threads: int):
+        extra = ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"] if push_prefix and step.hub_suffix else []
         cmd = step.command(profile, extra)
         log = logs / f"{step.output}.log"
-        bar.set_description_str(f"[{i}/{len(todo)}] {step.name}")
-        start = time.perf_counter()
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1"})
-            stop = threading.Event()
+        fh = open(log, "w")
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=_step_env(threads))
+        fh.close()  # the child holds its own handle
+        running.append(_Running(step, proc, cmd, log, time.perf_counter(), threads))
+        if not live:
+            print(f"started {step.name} ({threads} thread{'s' * (threads > 1)}), log: {log}", flush=True)
 
-            def watch():
-                while not stop.wait(1.0):
-                    bar.set_postfix_str(_last_line(log), refresh=True)
+    while pending or running:
+        if not failed:
+            startable = [s for s in pending if ready(s)]
+            # Everything that can start now starts now (up to `jobs`), sharing the cores evenly.
+            batch = startable[: max(0, jobs - len(running))]
+            if batch:
+                share = max(1, cores // (len(running) + len(batch)))
+                for step in batch:
+                    pending.remove(step)
+                    launch(step, share)
+        elif not running:
+            break
+        time.sleep(0.5)
+        for r in list(running):
+            rc = r.proc.poll()
+            if rc is None:
+                continue
+            running.remove(r)
+            seconds = time.perf_counter() - r.start
+            if rc != 0:
+                failed.append((r, rc, seconds))
+                continue
+            finished.add(r.step.output)
+            tqdm.write(f"{r.step.name}: done in {seconds:.0f} s ({r.threads} thread{'s' * (r.threads > 1)}) "
+                      f"-> {checkpoints / r.step.output}")
+            bar.update(1)
+        desc = " + ".join(r.step.name for r in running) or "pipeline"
+        status = " | ".join(_last_line(r.log) for r in running)[-110:]
+        if live:
+            bar.set_description_str(f"[{len(finished) + 1}/{len(todo)}] {desc}" if running else desc, refresh=False)
+            bar.set_postfix_str(status, refresh=True)
+        elif running and time.perf_counter() - last_status > 30:
+            last_status = time.perf_counter()
+            print(f"[{time.perf_counter() - t0:.0f} s] {desc}: {status}", flush=True)
 
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            rc = proc.wait()
-            stop.set()
-            watcher.join()
-        seconds = time.perf_counter() - start
-        if rc != 0:
-            bar.close()
-            pretty = " ".join(shlex.quote(c) for c in cmd)
-            print(f"\nstep '{step.name}' failed after {seconds:.0f} s (exit {rc}); the checkpoints before it are kept.\n"
-                  f"last lines of {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-8:]) +
-                  f"\nfix the cause, then re-run: {pretty}\n(or run the pipeline again: it reuses what exists)",
-                  file=sys.stderr)
-            return False
-        bar.write(f"{step.name}: done in {seconds:.0f} s -> {checkpoints / step.output}")
-        bar.update(1)
     bar.set_postfix_str("")
     bar.close()
+    for r, rc, seconds in failed:
+        pretty = " ".join(shlex.quote(c) for c in r.cmd)
+        print(f"\nstep '{r.step.name}' failed after {seconds:.0f} s (exit {rc}); the checkpoints before it are kept.\n"
+              f"last lines of {r.log}:\n" + "\n".join(r.log.read_text(errors="replace").splitlines()[-8:]) +
+              f"\nfix the cause, then re-run: {pretty}\n(or run the pipeline again: it reuses what exists)",
+              file=sys.stderr)
+    if failed:
+        return False
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
     return True
 
@@ -122,10 +187,14 @@ def main(argv=None):
     parser.add_argument("--push-to-hub-prefix", default=None,
                         help="push each checkpoint to PREFIX-reward, PREFIX-ppo-full, PREFIX-ppo-lora, PREFIX-dcgan")
     parser.add_argument("--only", default=None, help="comma-separated subset: reward,ppo-full,ppo-lora,dcgan,eval")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="steps run side by side, CPU threads split between them "
+                             "(default: 2 on a CPU-only machine with 2+ cores, 1 with a GPU)")
     parser.add_argument("--serve", action="store_true", help="start the app afterwards")
     args = parser.parse_args(argv)
     ok = run_pipeline(args.profile, CHECKPOINTS_DIR, args.push_to_hub_prefix,
-                      args.only.split(",") if args.only else None)
+                      args.only.split(",") if args.only else None,
+                      jobs=args.jobs if args.jobs is not None else default_jobs())
     if args.serve:
         if not ok:
             print("starting the app anyway: tabs whose checkpoints are missing say how to make them.")

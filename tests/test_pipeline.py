@@ -1,0 +1,87 @@
+"""The pipeline's scheduler on stand-in steps (tiny scripts): dependencies first, independent steps side by
+side with the CPU threads split, finished steps reused, a failure keeps what finished and names the command."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "training"))
+
+import pipeline  # noqa: E402
+
+STEP_SCRIPT = '''
+import argparse, json, os, sys, time
+from pathlib import Path
+p = argparse.ArgumentParser(); p.add_argument("--profile"); p.add_argument("--out"); p.add_argument("--sleep", type=float)
+p.add_argument("--fail", action="store_true"); a = p.parse_args()
+start = time.time(); time.sleep(a.sleep)
+if a.fail:
+    print("simulated failure: out of cheese"); sys.exit(3)
+Path(a.out).mkdir(parents=True, exist_ok=True)
+(Path(a.out) / "done.json").write_text(json.dumps({"start": start, "end": time.time(), "threads": os.environ["OMP_NUM_THREADS"]}))
+'''
+
+
+def _steps(tmp: Path, fail: str | None = None) -> list[pipeline.Step]:
+    script = tmp / "step.py"
+    script.write_text(STEP_SCRIPT)
+
+    def step(name, sleep, after=()):
+        args = ["--out", str(tmp / "store" / name), "--sleep", str(sleep)] + (["--fail"] if name == fail else [])
+        return pipeline.Step(name, str(script), args, name, "done.json", None, list(after))
+
+    return [step("reward", 0.3), step("ppo-full", 1.5, ["reward"]), step("ppo-lora", 1.5, ["reward"]),
+            step("eval", 0.2, ["reward", "ppo-full", "ppo-lora"])]
+
+
+def _record(tmp: Path, name: str) -> dict:
+    return json.loads((tmp / "store" / name / "done.json").read_text())
+
+
+def test_dependencies_first_and_independent_steps_side_by_side(tmp_path):
+    ok = pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=_steps(tmp_path), cores=2)
+    assert ok
+    reward, full, lora, ev = (_record(tmp_path, n) for n in ("reward", "ppo-full", "ppo-lora", "eval"))
+    assert full["start"] >= reward["end"] and lora["start"] >= reward["end"]
+    assert ev["start"] >= max(full["end"], lora["end"])
+    assert full["start"] < lora["end"] and lora["start"] < full["end"], "the two PPO steps should overlap"
+    # alone a step gets both cores; side by side one each
+    assert (reward["threads"], full["threads"], lora["threads"], ev["threads"]) == ("2", "1", "1", "2")
+
+
+def test_one_job_runs_steps_one_after_another(tmp_path):
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=1, steps=_steps(tmp_path), cores=2)
+    full, lora = _record(tmp_path, "ppo-full"), _record(tmp_path, "ppo-lora")
+    assert lora["start"] >= full["end"] and full["threads"] == lora["threads"] == "2"
+
+
+def test_finished_steps_are_reused(tmp_path, capsys):
+    steps = _steps(tmp_path)
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=steps, cores=2)
+    before = {n: _record(tmp_path, n) for n in ("reward", "ppo-full", "ppo-lora", "eval")}
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=steps, cores=2)
+    assert {n: _record(tmp_path, n) for n in before} == before
+    assert capsys.readouterr().out.count("reusing") == 4
+
+
+def test_failed_step_keeps_the_others_and_names_the_command(tmp_path, capsys):
+    ok = pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=_steps(tmp_path, fail="ppo-lora"), cores=2)
+    assert not ok
+    err = capsys.readouterr().err
+    assert "step 'ppo-lora' failed" in err and "exit 3" in err and "out of cheese" in err
+    assert "re-run:" in err and "--fail" in err
+    # the step that ran beside it finished and is kept; the step after it never started
+    assert (tmp_path / "store" / "reward" / "done.json").is_file()
+    assert (tmp_path / "store" / "ppo-full" / "done.json").is_file()
+    assert not (tmp_path / "store" / "eval").exists()
+    # a second run reuses what finished and only re-runs what failed or never ran
+    fixed = _steps(tmp_path)
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=fixed, cores=2)
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_default_jobs_is_one_with_a_gpu(monkeypatch):
+    monkeypatch.setattr(pipeline.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    assert pipeline.default_jobs() == 1
