@@ -76,7 +76,7 @@ def parse_pair(chosen: str, rejected: str) -> tuple[PreferencePair | None, str |
 def parse_rows(rows: list[dict], source: str = "") -> PairSet:
     result = PairSet([], Counter(), source)
     for row in rows:
-        if "chosen" not in row or "rejected" not in row:
+        if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
             result.skipped["missing chosen/rejected"] += 1
             continue
         pair, reason = parse_pair(row["chosen"], row["rejected"])
@@ -91,7 +91,7 @@ def load_pairs(source: str, split: str = "train") -> PairSet:
     """Pairs from a local hh-rlhf-format JSON/JSONL file or a Hub dataset split."""
     if is_local(source):
         rows = read_records(source)
-        if not any("chosen" in r and "rejected" in r for r in rows):
+        if not any(isinstance(r, dict) and "chosen" in r and "rejected" in r for r in rows):
             raise UserError(f"dataset file {source} has no 'chosen'/'rejected' fields; it is not in hh-rlhf format.")
     else:
         rows = load_hub_rows(source, split)

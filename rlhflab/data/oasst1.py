@@ -17,16 +17,18 @@ def _normalise(text: str) -> str:
 
 def prompter_texts(rows: list[dict], lang: str | None = None, source: str = "") -> list[str]:
     """Unique prompter texts in first-seen order (assistant messages and deleted rows dropped)."""
-    if rows and not all(c in rows[0] for c in REQUIRED_COLUMNS):
+    if rows and not (isinstance(rows[0], dict) and all(c in rows[0] for c in REQUIRED_COLUMNS)):
         raise UserError(f"dataset {source} lacks the oasst1 columns {REQUIRED_COLUMNS}; it is not in oasst1 format.")
     seen: set[str] = set()
     texts = []
     for row in rows:
-        if row.get("role") != "prompter" or row.get("deleted"):
+        if not isinstance(row, dict) or row.get("role") != "prompter" or row.get("deleted"):
             continue
         if lang and row.get("lang") != lang:
             continue
-        text = (row.get("text") or "").strip()
+        if not isinstance(row.get("text"), str):  # a malformed row (text null, a number, a list) is skipped
+            continue
+        text = row["text"].strip()
         key = _normalise(text)
         if key and key not in seen:
             seen.add(key)
@@ -41,8 +43,10 @@ def load_prompts(source: str, lang: str | None = None) -> list[str]:
         rows = load_hub_rows(source, "train")
     texts = prompter_texts(rows, lang, source)
     if not texts:
-        raise UserError(f"dataset {source} has no prompter messages"
-                        + (f" in language {lang!r}" if lang else "") + ".")
+        roles = sorted({str(r.get("role")) for r in rows if isinstance(r, dict)})[:5]
+        raise UserError(f"dataset {source} has no prompter messages with text"
+                        + (f" in language {lang!r}" if lang else "")
+                        + f" (role values seen: {roles}); oasst1 rows need role 'prompter' and a non-empty 'text'.")
     return texts
 
 
@@ -65,4 +69,5 @@ def save_prompts(path: str | Path, prompts: list[str]) -> None:
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts saved by save_prompts (or any JSONL with a 'prompt' or 'text' field)."""
     rows = read_records(path)
-    return [r.get("prompt") or r.get("text") for r in rows if (r.get("prompt") or r.get("text"))]
+    texts = (r.get("prompt") or r.get("text") for r in rows)
+    return [t for t in texts if isinstance(t, str) and t]
