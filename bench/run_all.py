@@ -1,7 +1,7 @@
 """Run every benchmark and rewrite BENCHMARKS.md: `python bench/run_all.py [--only generation,ppo,...]`.
 
 Each figure is a ratio to a baseline measured in the same run, with the command and machine.
-Needs the demo checkpoints (python training/pipeline.py --profile demo) for the PPO and app benches.
+Needs the demo checkpoints (python training/pipeline.py --profile demo) for the PPO, app and load benches.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 from common import ROOT  # noqa: E402
 
 BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
-           "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul"}
+           "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load"}
 RESULTS = ROOT / "bench" / "results.json"
 
 

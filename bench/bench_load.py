@@ -1,0 +1,339 @@
+"""The app under load: N concurrent gradio_client sessions alternate chat and reward-score requests for D seconds;
+reports failed and lost requests, latency per endpoint, throughput, and resident memory at the end against after
+warm-up.
+
+It starts `python app.py` as a separate process on a free 127.0.0.1 port, as bench_app.py does. Every session is
+its own gradio_client.Client in its own thread, so it has its own conversation state on the server; a session
+clears its conversation every few turns, as a user would, so prompts stay short. A request is *lost* when it was
+submitted but neither answered nor failed by the end of the run plus a grace period.
+
+    python bench/bench_load.py [--clients 20] [--duration-s 120] [--checkpoints DIR] [--policies base,full,lora]
+
+Exits with status 1 when any request failed or was lost, or memory grew more than --max-memory-growth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # runnable as `python bench/bench_load.py`
+sys.path.insert(0, str(HERE))
+from bench_app import SETTINGS, _free_port, _rss_mb, _wait_until_up  # noqa: E402
+
+RESULTS = HERE / "results.json"
+PROMPTS = ["Give me one tip for sleeping better.", "What is a good name for a cat?", "How do I boil an egg?",
+           "Say something kind.", "Name three colours.", "What should I cook tonight?"]
+RESPONSES = ["Go to bed at the same time every day.", "Whiskers.", "Put it in boiling water for eight minutes.",
+             "You are doing well.", "Red, green and blue.", "A vegetable soup with bread."]
+TURNS_PER_CONVERSATION = 4  # a session clears its chat after this many answers, so prompts stay short
+SEED = 0
+
+
+@dataclass
+class Request:
+    session: int
+    endpoint: str
+    start_s: float  # since the load phase began
+    latency_s: float | None = None
+    ok: bool | None = None  # None: submitted, no answer or error yet
+    error: str | None = None
+
+
+def _client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False, download_files=False)
+
+
+def _chat_args(prompt: str, policy: str, max_new_tokens: int) -> list:
+    return [prompt, policy, *{**SETTINGS, "max_new_tokens": max_new_tokens, "seed": SEED}.values()]
+
+
+def _check(endpoint: str, output) -> str | None:
+    """Why an answer that came back is still a failure (None when it is a good answer)."""
+    if endpoint == "chat":
+        details = output[1] if isinstance(output, (list, tuple)) and len(output) > 1 else None
+        if not isinstance(details, dict):
+            return f"chat answered without details: {output!r:.200}"
+        if details.get("error"):
+            return f"chat: {details['error']}"
+        if details.get("reward") is None:
+            return f"chat answer has no reward score: {details.get('reward_error')}"
+    elif endpoint == "score" and not (isinstance(output, float) and math.isfinite(output)):
+        return f"score is not a finite number: {output!r:.200}"
+    return None
+
+
+def _session_plan(session: int, policies: list[str]):
+    """An endless plan of (endpoint, args) for one session: chat and score alternate; /clear ends a conversation."""
+    i = session
+    conversation = session
+    while True:
+        policy = policies[conversation % len(policies)]
+        for _ in range(TURNS_PER_CONVERSATION):
+            yield "chat", policy, PROMPTS[i % len(PROMPTS)]
+            yield "score", PROMPTS[i % len(PROMPTS)], RESPONSES[(i + session) % len(RESPONSES)]
+            i += 1
+        yield "clear", policy
+        conversation += 1
+
+
+def _run_session(session: int, url: str, t0: float, stop_at: float, give_up_at: float, policies: list[str],
+                 max_new_tokens: int, records: list[Request], lock: threading.Lock) -> None:
+    def new_record(endpoint: str) -> Request:
+        rec = Request(session, endpoint, round(time.monotonic() - t0, 3))
+        with lock:
+            records.append(rec)
+        return rec
+
+    try:
+        client = _client(url)
+    except Exception as exc:  # the session could not even connect: one failed request
+        rec = new_record("connect")
+        with lock:
+            rec.ok, rec.error = False, f"{type(exc).__name__}: {exc}"
+        return
+    for endpoint, *args in _session_plan(session, policies):
+        if time.monotonic() >= stop_at:
+            return
+        rec = new_record(endpoint)
+        started = time.perf_counter()
+        try:
+            if endpoint == "chat":
+                job = client.submit(*_chat_args(args[1], args[0], max_new_tokens), api_name="/chat")
+            elif endpoint == "score":
+                job = client.submit(*args, api_name="/score")
+            else:
+                job = client.submit(*args, api_name="/clear")
+            output = job.result(timeout=max(0.0, give_up_at - time.monotonic()))
+            error = _check(endpoint, output)
+        except TimeoutError:
+            return  # no answer within the grace period: the record stays unanswered and counts as lost
+        except Exception as exc:  # gr.Error, a dropped connection, a full queue...: a failed request
+            error = f"{type(exc).__name__}: {exc}".strip()
+        with lock:
+            rec.latency_s = round(time.perf_counter() - started, 4)
+            rec.ok, rec.error = error is None, error
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)], 3)
+
+
+def _latency_table(records: list[Request]) -> dict:
+    table = {}
+    for endpoint in sorted({r.endpoint for r in records}):
+        ok = [r.latency_s for r in records if r.endpoint == endpoint and r.ok]
+        table[endpoint] = {"requests": sum(r.endpoint == endpoint for r in records), "answered": len(ok),
+                           "p50_s": _percentile(ok, 50), "p95_s": _percentile(ok, 95),
+                           "max_s": round(max(ok), 3) if ok else None}
+    return table
+
+
+def _warm_up(url: str, policies: list[str], max_new_tokens: int) -> None:
+    """One chat per policy (so every model the load uses is loaded) and one score; raises when any fails."""
+    client = _client(url)
+    for policy in policies:
+        error = _check("chat", client.predict(*_chat_args(PROMPTS[0], policy, max_new_tokens), api_name="/chat"))
+        if error:
+            raise RuntimeError(f"warm-up chat with the {policy} policy failed ({error}); build the checkpoints "
+                               f"(python training/pipeline.py --profile demo) or leave it out with --policies.")
+    try:
+        error = _check("score", client.predict(PROMPTS[0], RESPONSES[0], api_name="/score"))
+    except Exception as exc:  # the app's own message says what is missing
+        error = str(exc)
+    if error:
+        raise RuntimeError(f"warm-up score request failed ({error}); the load needs the reward model.")
+
+
+def _load(url: str, clients: int, duration_s: float, grace_s: float, policies: list[str], max_new_tokens: int,
+          sample) -> tuple[list[Request], float]:
+    """`clients` concurrent sessions for `duration_s`; the records as they stand at the deadline (+ grace)."""
+    records: list[Request] = []
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    stop_at, give_up_at = t0 + duration_s, t0 + duration_s + grace_s
+    sampling = threading.Event()
+
+    def sample_every_second():
+        while not sampling.wait(1.0):
+            sample(round(time.monotonic() - t0, 1))
+
+    if sample:
+        threading.Thread(target=sample_every_second, daemon=True).start()
+    threads = [threading.Thread(target=_run_session, daemon=True, name=f"session-{i}",
+                                args=(i, url, t0, stop_at, give_up_at, policies, max_new_tokens, records, lock))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, give_up_at - time.monotonic()))
+    with lock:  # a straggler may still finish after this; what counts is the state at the deadline
+        snapshot = [Request(**asdict(r)) for r in records]
+    sampling.set()
+    return snapshot, time.monotonic() - t0
+
+
+def run(clients: int = 20, duration_s: float = 120, checkpoints: str | None = None, base_model: str | None = None,
+        policies: tuple[str, ...] = ("base", "full", "lora"), max_new_tokens: int = 16, grace_s: float = 60,
+        max_memory_growth: float = 0.10, start_timeout_s: float = 600, warm_up_s: float = 20) -> dict:
+    """Start app.py, warm it up, load it, stop it; returns the measurements (`passed` says whether it held)."""
+    from rlhflab.checkpoints import hardware_description
+
+    policies = list(policies)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    if checkpoints:
+        env["RLHFLAB_CHECKPOINTS"] = str(Path(checkpoints).resolve())
+    if base_model:
+        env["RLHFLAB_BASE_MODEL"] = base_model
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-load-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rss_samples: list[tuple[float, float]] = []  # (seconds since the load began, MB), one a second
+    try:
+        _wait_until_up(url, proc, start_timeout_s)
+        _warm_up(url, policies, max_new_tokens)
+        # Memory steps up during the first seconds of concurrent load (allocator arenas, one per serving
+        # thread, and torch's per-thread buffers) and then stays flat; the baseline is taken after the same
+        # load has run for warm_up_s, so the check measures growth under sustained load, not that first step.
+        warm_records, _ = _load(url, clients, warm_up_s, grace_s, policies, max_new_tokens, None)
+        rss_warm_mb = _rss_mb(proc.pid)
+        snapshot, wall_s = _load(url, clients, duration_s, grace_s, policies, max_new_tokens,
+                                 lambda t: rss_samples.append((t, _rss_mb(proc.pid))))
+        rss_end_mb = _rss_mb(proc.pid)
+        server_alive = proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    warm_bad = [r for r in warm_records if not r.ok]
+    failed = [r for r in snapshot if r.ok is False]
+    lost = [r for r in snapshot if r.ok is None]
+    answered = [r for r in snapshot if r.ok]
+    load_s = max((r.start_s + r.latency_s for r in answered), default=wall_s)
+    growth = rss_end_mb / rss_warm_mb - 1
+    return {
+        "benchmark": "app_under_load",
+        "clients": clients,
+        "duration_s": duration_s,
+        "grace_s": grace_s,
+        "policies": policies,
+        "max_new_tokens": max_new_tokens,
+        "warm_up_s": warm_up_s,
+        "warm_up_requests": len(warm_records),
+        "warm_up_failed_or_lost": len(warm_bad),
+        "requests": len(snapshot),
+        "answered": len(answered),
+        "failed": len(failed),
+        "lost": len(lost),
+        "errors": dict(Counter((r.error or "").splitlines()[0][:200] for r in failed).most_common(5)),
+        "latency_s": _latency_table(snapshot),
+        "throughput_req_s": round(len(answered) / load_s, 2) if load_s else None,
+        "rss_after_warm_up_mb": rss_warm_mb,
+        "rss_end_mb": rss_end_mb,
+        "rss_peak_mb": max([mb for _, mb in rss_samples] + [rss_end_mb]),
+        "rss_samples_mb": rss_samples,  # to tell a leak (steady climb) from a one-off step up
+        "rss_end_over_warm_up": round(rss_end_mb / rss_warm_mb, 3),
+        "max_memory_growth": max_memory_growth,
+        "server_alive_at_end": server_alive,
+        "passed": not failed and not lost and not warm_bad and growth <= max_memory_growth and server_alive,
+        "server_log": log.name,
+        "hardware": hardware_description(),
+        "python": platform.python_version(),
+    }
+
+
+def markdown_row(result: dict, command: str) -> str:
+    """A row for BENCHMARKS.md's table (what | command | baseline | ours | ratio | goal / limited by)."""
+    lat = result["latency_s"]
+
+    def pcts(endpoint):
+        e = lat.get(endpoint, {})
+        return f"{endpoint} p50 {e.get('p50_s')} s / p95 {e.get('p95_s')} s / max {e.get('max_s')} s"
+
+    verdict = "met" if result["passed"] else "**not met**"
+    return (f"| App under load: {result['clients']} sessions × {result['duration_s']:g} s, chat "
+            f"({','.join(result['policies'])}, {result['max_new_tokens']} tokens) + score | `{command}` | "
+            f"RSS after warm-up {result['rss_after_warm_up_mb']:.0f} MB | {result['requests']} requests, "
+            f"{result['failed']} failed, {result['lost']} lost, {result['throughput_req_s']} req/s; "
+            f"{pcts('chat')}; {pcts('score')} | RSS at end {result['rss_end_mb']:.0f} MB "
+            f"(**{result['rss_end_over_warm_up']:.3f}×**) | no failed or lost request, memory within "
+            f"{result['max_memory_growth']:.0%}: {verdict} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20, help="concurrent client sessions")
+    parser.add_argument("--duration-s", type=float, default=120, help="seconds during which requests are sent")
+    parser.add_argument("--grace-s", type=float, default=60,
+                        help="after the run, seconds to wait for outstanding answers before counting them lost")
+    parser.add_argument("--checkpoints", default=None, help="checkpoint store (default: checkpoints/ or "
+                                                            "RLHFLAB_CHECKPOINTS)")
+    parser.add_argument("--base-model", default=None, help="base policy (default: RLHFLAB_BASE_MODEL, the LoRA "
+                                                           "adapter's base, or the embedded SmolLM2-135M)")
+    parser.add_argument("--policies", default="base,full,lora", help="policies the chat requests rotate through")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--warm-up-s", type=float, default=20,
+                        help="seconds of the same concurrent load before the memory baseline is taken")
+    parser.add_argument("--max-memory-growth", type=float, default=0.10,
+                        help="largest allowed RSS growth from after warm-up to the end, as a fraction")
+    parser.add_argument("--results", default=str(RESULTS),
+                        help="merge the result into this JSON file under the key 'load' ('' to skip)")
+    args = parser.parse_args(argv)
+    command = " ".join(["python", "bench/bench_load.py", *(argv if argv is not None else sys.argv[1:])])
+    result = run(clients=args.clients, duration_s=args.duration_s, checkpoints=args.checkpoints,
+                 base_model=args.base_model, policies=tuple(p for p in args.policies.split(",") if p),
+                 max_new_tokens=args.max_new_tokens, grace_s=args.grace_s, max_memory_growth=args.max_memory_growth,
+                 warm_up_s=args.warm_up_s)
+    result["command"] = command
+    print(f"{result['requests']} requests from {result['clients']} sessions in {result['duration_s']:g} s: "
+          f"{result['answered']} answered, {result['failed']} failed, {result['lost']} lost; "
+          f"{result['throughput_req_s']} req/s")
+    for endpoint, e in result["latency_s"].items():
+        print(f"  {endpoint:6s} {e['answered']:5d} answered  p50 {e['p50_s']} s  p95 {e['p95_s']} s  "
+              f"max {e['max_s']} s")
+    for error, n in result["errors"].items():
+        print(f"  failed ×{n}: {error}")
+    print(f"resident memory: {result['rss_after_warm_up_mb']:.0f} MB after warm-up, {result['rss_end_mb']:.0f} MB "
+          f"at the end ({result['rss_end_over_warm_up']:.3f}×), peak {result['rss_peak_mb']:.0f} MB")
+    samples = result["rss_samples_mb"]
+    if samples:
+        step = max(1, len(samples) // 8)
+        print("  RSS over the run: " + ", ".join(f"{mb:.0f} MB at {t:g} s" for t, mb in samples[::step]))
+    print(f"{'PASSED' if result['passed'] else 'FAILED'}; server log {result['server_log']}; {result['hardware']}")
+    print(markdown_row(result, command))
+    if args.results:
+        path = Path(args.results)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results["load"] = {**result, "measured": datetime.now(timezone.utc).isoformat(timespec="minutes")}
+        path.write_text(json.dumps(results, indent=2, default=str))
+    if not result["passed"]:
+        sys.exit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
