@@ -16,12 +16,20 @@ from space.demo import build_demo, launch_kwargs
 from space.registry import Registry
 
 
+def launch_options(registry: Registry, env: dict | None = None) -> dict:
+    """demo.launch() arguments: loopback only, unless GRADIO_SERVER_NAME names another address (a Space sets
+    0.0.0.0). An empty GRADIO_SERVER_NAME also means loopback: passed on, it would listen on every interface."""
+    env = os.environ if env is None else env
+    return dict(server_name=(env.get("GRADIO_SERVER_NAME") or "").strip() or "127.0.0.1", share=False,
+                **launch_kwargs(registry))
+
+
 def main() -> None:
     registry = Registry()
     demo = build_demo(registry)
     if os.environ.get("RLHFLAB_PRELOAD", "").lower() in ("1", "true", "yes"):
         threading.Thread(target=registry.preload, daemon=True).start()
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), **launch_kwargs(registry))
+    demo.launch(**launch_options(registry))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ This is also the one place that makes a tokenizer safe for batched generation an
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -132,7 +133,64 @@ def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
     path = model_path(str(name_or_path))
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        missing = [f for f in ("tokenizer.json", "tokenizer_config.json") if not (path / f).is_file()]
+        what = f"{path / missing[0]} is missing" if missing else f"{path / 'tokenizer.json'} does not load"
+        raise UserError(f"the tokenizer of {path} cannot be loaded: {what} ({type(exc).__name__}); copy the base "
+                        f"model's tokenizer files into the folder or re-run the script that wrote it.") from None
+    return prepare_tokenizer(tokenizer)
+
+
+def read_model_config(path: Path, kind: str):
+    """The transformers config of a checkpoint folder, or a UserError naming its config.json."""
+    from transformers import AutoConfig
+
+    file = path / "config.json"
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        try:
+            model_type = json.loads(file.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        found = f"it describes model_type {model_type!r}" if model_type else f"it does not read ({type(exc).__name__})"
+        raise UserError(f"{file} is not the config of a {kind}: {found}; point to a {kind} checkpoint "
+                        f"folder instead.") from None
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled_weights(path: Path, kind: str) -> None:
+    """Weights load only from safetensors: unpickling a .bin/.pt file can run arbitrary code (SPEC §5)."""
+    path = Path(path)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickled = sorted({p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern)})
+    if pickled:
+        raise UserError(f"the {kind} in {path} has its weights only as {', '.join(pickled)} (pickle), which this "
+                        f"project never loads because unpickling can run arbitrary code; re-save the model in "
+                        f"safetensors (save_pretrained's default) or re-run the script that wrote it.")
+
+
+def weights_error(path: Path, exc: Exception, kind: str, fix: str) -> UserError:
+    """A UserError naming the weights file in `path` that does not load: missing, corrupt/truncated, or another model's."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        return UserError(f"{path / 'model.safetensors'} is missing, so the {kind} in {path} cannot load; {fix}.")
+    for file in files:
+        try:  # safetensors checks that the header covers the whole file, so this catches truncation too
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception:
+            return UserError(f"{file} is corrupt or truncated ({type(exc).__name__}), so the {kind} in {path} "
+                             f"cannot load; {fix}.")
+    return UserError(f"{files[0]} does not fit the {kind} that {path / 'config.json'} describes "
+                     f"({type(exc).__name__}); the folder mixes files of different models — {fix}.")
 
 
 def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
@@ -140,8 +198,16 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     path = model_path(name_or_path)
+    archs = read_model_config(path, "causal language model (policy)").architectures or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(f"{path / 'config.json'} describes a reward model ({archs[0]}), not a policy; pass a base "
+                        f"model or a PPO checkpoint here.")
+    refuse_pickled_weights(path, "policy")
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    except Exception as exc:
+        raise weights_error(path, exc, "policy", "re-run the script that wrote it or fetch it again") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -161,8 +227,6 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32, base=None
     path = resolve_checkpoint(name_or_path)
     if not is_adapter_checkpoint(path):
         return load_causal_lm(str(path), dtype)
-    import json
-
     from peft import PeftModel
 
     adapter_cfg = json.loads((path / "adapter_config.json").read_text())
@@ -170,29 +234,30 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32, base=None
         base, tokenizer = load_causal_lm(adapter_cfg["base_model_name_or_path"], dtype)
     else:
         tokenizer = load_tokenizer(adapter_cfg["base_model_name_or_path"])
-    return PeftModel.from_pretrained(base, path), tokenizer
+    refuse_pickled_weights(path, "LoRA adapter")
+    try:
+        return PeftModel.from_pretrained(base, path), tokenizer
+    except Exception as exc:
+        raise weights_error(path, exc, "LoRA adapter", "re-run `python training/ppo.py --mode lora`") from None
 
 
 def load_reward_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of a scalar-head reward model (sequence classification, one label)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     path = resolve_checkpoint(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception:
-        raise UserError(f"{name_or_path} is not a model checkpoint (no readable config.json); "
-                        f"train one with `python training/reward.py`.") from None
+    config = read_model_config(path, "reward model")
     archs = config.architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in archs) or config.num_labels != 1:
-        raise UserError(f"{name_or_path} is not a reward model (architectures {archs}, {config.num_labels} labels); "
-                        f"expected a sequence-classification model with one label from training/reward.py.")
+        raise UserError(f"{name_or_path} is not a reward model: {path / 'config.json'} describes architectures "
+                        f"{archs} with {config.num_labels} labels; expected a sequence-classification model with one "
+                        f"label from training/reward.py.")
+    refuse_pickled_weights(path, "reward model")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except Exception as exc:
-        raise UserError(f"reward model {name_or_path} could not be loaded ({type(exc).__name__}); "
-                        f"the checkpoint may be corrupt — re-run training/reward.py.") from None
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+        raise weights_error(path, exc, "reward model", "re-run `python training/reward.py`") from None
+    tokenizer = load_tokenizer(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer

@@ -15,7 +15,7 @@ import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
-from rlhflab.models import best_device, is_adapter_checkpoint, load_causal_lm
+from rlhflab.models import best_device, is_adapter_checkpoint, load_causal_lm, refuse_pickled_weights
 
 POLICY_NAMES = ("base", "full", "lora")
 
@@ -55,6 +55,7 @@ class PolicySet:
         if not is_adapter_checkpoint(path):
             raise UserError(f"{self.lora_path} is not a LoRA adapter checkpoint (no adapter_config.json).")
         base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        refuse_pickled_weights(path, "LoRA adapter")
         model, tok = self._load_base()
         peft_model = PeftModel.from_pretrained(model, path)
         peft_model.eval()

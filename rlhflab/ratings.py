@@ -26,6 +26,22 @@ CREATE TABLE IF NOT EXISTS ratings (
     rater TEXT NOT NULL, coherence INTEGER NOT NULL, relevance INTEGER NOT NULL, helpfulness INTEGER NOT NULL,
     completeness INTEGER NOT NULL, harmlessness INTEGER NOT NULL, created TEXT NOT NULL);
 """
+# Every statement is fixed text; values only ever travel as `?` parameters. The column lists come from CRITERIA,
+# a constant of this module, never from input (tests/test_security.py checks this file for it).
+_DELETE_UNRATED_ITEMS = "DELETE FROM items WHERE item_id NOT IN (SELECT DISTINCT item_id FROM ratings)"
+_INSERT_ITEM = "INSERT INTO items (item_id, prompt_index, prompt, policy, response, created) VALUES (?, ?, ?, ?, ?, ?)"
+_SELECT_ITEMS = "SELECT * FROM items ORDER BY prompt_index, policy"
+_SELECT_ITEMS_WITH_DONE = ("SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.item_id AND r.rater = ?) "
+                           "AS done FROM items i ORDER BY prompt_index")
+_ITEM_EXISTS = "SELECT 1 FROM items WHERE item_id = ?"
+_INSERT_RATING = (f"INSERT INTO ratings (item_id, rater, {', '.join(CRITERIA)}, created) "
+                  f"VALUES (?, ?, {', '.join('?' * len(CRITERIA))}, ?)")
+_SELECT_RATINGS = ("SELECT r.rating_id, r.created, r.rater, i.policy, i.prompt_index, i.prompt, i.response, "
+                   f"{', '.join('r.' + c for c in CRITERIA)} FROM ratings r JOIN items i USING (item_id) "
+                   "ORDER BY r.rating_id")
+_AGGREGATE = (f"SELECT i.policy, COUNT(*) AS n, {', '.join(f'AVG(r.{c}) AS {c}' for c in CRITERIA)} "
+              "FROM ratings r JOIN items i USING (item_id) GROUP BY i.policy ORDER BY i.policy")
+RATER_MAX_CHARS = 64
 
 
 def _now() -> str:
@@ -56,24 +72,20 @@ class RatingsStore:
     def replace_items(self, rows: list[dict]) -> int:
         """Store rating items {prompt_index, prompt, policy, response}; previous items (not ratings) replaced."""
         with self._lock, self._conn() as db:
-            rated = {r[0] for r in db.execute("SELECT DISTINCT item_id FROM ratings")}
-            db.execute(f"DELETE FROM items WHERE item_id NOT IN ({','.join('?' * len(rated))})", tuple(rated))
+            db.execute(_DELETE_UNRATED_ITEMS)
             for row in rows:
-                db.execute("INSERT INTO items VALUES (?,?,?,?,?,?)",
-                           (uuid.uuid4().hex[:12], int(row["prompt_index"]), row["prompt"], row["policy"],
-                            row["response"], _now()))
+                db.execute(_INSERT_ITEM, (uuid.uuid4().hex[:12], int(row["prompt_index"]), row["prompt"],
+                                          row["policy"], row["response"], _now()))
         return len(rows)
 
     def items(self) -> list[dict]:
         with self._conn() as db:
-            return [dict(r) for r in db.execute("SELECT * FROM items ORDER BY prompt_index, policy")]
+            return [dict(r) for r in db.execute(_SELECT_ITEMS)]
 
     def blind_task(self, rater: str, seed: int | None = None) -> dict | None:
         """The prompt this rater has rated least, with its responses shuffled and policies hidden."""
         with self._conn() as db:
-            rows = [dict(r) for r in db.execute(
-                "SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.item_id AND r.rater = ?) AS done "
-                "FROM items i ORDER BY prompt_index", (rater,))]
+            rows = [dict(r) for r in db.execute(_SELECT_ITEMS_WITH_DONE, (rater,))]
         if not rows:
             return None
         by_prompt: dict[int, list[dict]] = {}
@@ -91,39 +103,28 @@ class RatingsStore:
 
     # ---- ratings
     def add_rating(self, item_id: str, scores: dict, rater: str = "anonymous") -> int:
-        missing = [c for c in CRITERIA if c not in scores]
-        if missing:
-            raise UserError(f"rating is missing {', '.join(missing)}; rate every criterion 1-5.")
-        values = []
-        for c in CRITERIA:
-            try:
-                v = int(scores[c])
-            except (TypeError, ValueError):
-                raise UserError(f"rating {c} must be a whole number 1-5, got {scores[c]!r}.") from None
-            if not 1 <= v <= 5 or v != scores[c] and str(v) != str(scores[c]).strip():
-                raise UserError(f"rating {c} must be between 1 and 5, got {scores[c]!r}.")
-            values.append(v)
-        rater = (rater or "anonymous").strip()[:64] or "anonymous"
+        return self.add_ratings([(item_id, scores)], rater)[0]
+
+    def add_ratings(self, ratings: list[tuple[str, dict]], rater: str = "anonymous") -> list[int]:
+        """Store (item_id, scores) pairs in one transaction: all of them, or (on any bad one) none."""
+        checked = [(item_id, _checked_scores(scores)) for item_id, scores in ratings]
+        rater = str(rater or "anonymous").strip()[:RATER_MAX_CHARS] or "anonymous"
         with self._lock, self._conn() as db:
-            if db.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone() is None:
-                raise UserError(f"unknown rating item {item_id!r}; reload the rating tab.")
-            cur = db.execute(f"INSERT INTO ratings (item_id, rater, {', '.join(CRITERIA)}, created) "
-                             f"VALUES (?, ?, {', '.join('?' * len(CRITERIA))}, ?)", (item_id, rater, *values, _now()))
-            return int(cur.lastrowid)
+            ids = []
+            for item_id, values in checked:
+                if not isinstance(item_id, str) or db.execute(_ITEM_EXISTS, (item_id,)).fetchone() is None:
+                    raise UserError(f"unknown rating item {item_id!r}; reload the rating tab.")
+                ids.append(int(db.execute(_INSERT_RATING, (item_id, rater, *values, _now())).lastrowid))
+            return ids
 
     def ratings(self) -> list[dict]:
         with self._conn() as db:
-            return [dict(r) for r in db.execute(
-                "SELECT r.rating_id, r.created, r.rater, i.policy, i.prompt_index, i.prompt, i.response, "
-                f"{', '.join('r.' + c for c in CRITERIA)} FROM ratings r JOIN items i USING (item_id) "
-                "ORDER BY r.rating_id")]
+            return [dict(r) for r in db.execute(_SELECT_RATINGS)]
 
     def aggregate(self) -> list[dict]:
         """One row per policy: mean of each criterion and the number of ratings behind it."""
         with self._conn() as db:
-            rows = db.execute(
-                f"SELECT i.policy, COUNT(*) AS n, {', '.join(f'AVG(r.{c}) AS {c}' for c in CRITERIA)} "
-                "FROM ratings r JOIN items i USING (item_id) GROUP BY i.policy ORDER BY i.policy").fetchall()
+            rows = db.execute(_AGGREGATE).fetchall()
         return [dict(r) for r in rows]
 
     def csv_text(self) -> str:
@@ -134,6 +135,24 @@ class RatingsStore:
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
+
+
+def _checked_scores(scores: dict) -> list[int]:
+    """The five criteria as whole numbers 1-5 (CRITERIA order); a UserError names the first bad one."""
+    missing = [c for c in CRITERIA if c not in scores]
+    if missing:
+        raise UserError(f"rating is missing {', '.join(missing)}; rate every criterion 1-5.")
+    values = []
+    for c in CRITERIA:
+        given = scores[c]
+        try:
+            v = int(given)
+        except (TypeError, ValueError):
+            raise UserError(f"rating {c} must be a whole number 1-5, got {given!r}.") from None
+        if isinstance(given, bool) or not 1 <= v <= 5 or v != given and str(v) != str(given).strip():
+            raise UserError(f"rating {c} must be between 1 and 5, got {given!r}.")
+        values.append(v)
+    return values
 
 
 def aggregate_markdown(rows: list[dict]) -> str:

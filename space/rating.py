@@ -25,6 +25,12 @@ SYNC_EVERY_MINUTES = 5
 AGGREGATE_REFRESH_S = 15
 
 
+def is_score(value) -> bool:
+    """A radio's value: unrated (None or empty) or one of SCORES (a bool is not a score, though True == 1)."""
+    return value in (None, "") or (not isinstance(value, bool) and isinstance(value, (int, float))
+                                   and value in SCORES)
+
+
 class RatingsSync:
     """Appends one JSON record per rating to this process's own file in a folder CommitScheduler uploads.
 
@@ -144,10 +150,16 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
     def rate(rater, *values):
         """Store the ratings of the shown responses (each response: five scores 1–5), then show the next prompt."""
         *scores, current = values
+        rater = "" if rater is None else str(rater)  # unprocessed input: an API caller may send any JSON value
         if not current or not current.get("item_ids"):
             raise gr.Error("Load a prompt to rate first (Next prompt).")
+        bad = [f"Response {chr(65 + i // len(CRITERIA))} · {CRITERIA_LABELS[CRITERIA[i % len(CRITERIA)]]}: "
+               f"a rating must be a whole number from 1 to 5, got {v!r}"
+               for i, v in enumerate(scores) if not is_score(v)]
+        if bad:
+            raise gr.Error("; ".join(bad) + ".")
         ratings_store = store()
-        saved, problems = [], []
+        problems = []
         chosen: list[tuple[str, dict]] = []
         for i, item_id in enumerate(current["item_ids"]):
             row = dict(zip(CRITERIA, scores[i * len(CRITERIA):(i + 1) * len(CRITERIA)]))
@@ -157,18 +169,18 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
             if len(given) < len(CRITERIA):
                 missing = [CRITERIA_LABELS[c] for c in CRITERIA if c not in given]
                 problems.append(f"response {chr(65 + i)} is missing {', '.join(missing)}")
-            chosen.append((item_id, row))
+            chosen.append((item_id, {c: None if v in (None, "") else int(v) for c, v in row.items()}))
         if problems:
             raise gr.Error("Rate every criterion of a response (or none of it): " + "; ".join(problems) + ".")
         if not chosen:
             raise gr.Error("Rate at least one response on all five criteria before submitting.")
-        for item_id, row in chosen:
-            try:
-                saved.append(ratings_store.add_rating(item_id, row, rater or "anonymous"))
-            except UserError as exc:
-                raise gr.Error(str(exc)) from None
+        try:  # one transaction: a bad item stores none of this submission
+            saved = ratings_store.add_ratings(chosen, rater or "anonymous")
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        for rating_id, (item_id, row) in zip(saved, chosen):
             if sync is not None:
-                sync.append({"rating_id": saved[-1], "item_id": item_id, "rater": rater or "anonymous",
+                sync.append({"rating_id": rating_id, "item_id": item_id, "rater": rater or "anonymous",
                              "prompt_index": current["prompt_index"], **row,
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         message = f"Saved {len(saved)} rating(s) for prompt #{current['prompt_index']}. Here is the next prompt."
@@ -182,7 +194,10 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
 
     task_outputs = [prompt, *texts, *radios, *groups, task, notice]
     gr.on([demo.load, next_btn.click], next_item, [rater], task_outputs, api_name="next_item")
-    submit.click(rate, [rater, *radios, task], [aggregate, *task_outputs[:-1], status], api_name="rate")
+    # preprocess=False: rate() checks every score itself, and its message names the response and criterion
+    # (the radio's own check would only say "Value: 6 is not in the list of choices").
+    submit.click(rate, [rater, *radios, task], [aggregate, *task_outputs[:-1], status], api_name="rate",
+                 preprocess=False)
     gr.on([demo.load, refresh.click, timer.tick], ratings_table, None, [aggregate], api_name="ratings_table",
           show_progress="hidden")
     export.click(ratings_csv, None, [csv_file], api_name="ratings_csv")
