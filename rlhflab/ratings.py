@@ -127,11 +127,14 @@ class RatingsStore:
             rows = db.execute(_AGGREGATE).fetchall()
         return [dict(r) for r in rows]
 
-    def csv_text(self) -> str:
+    def csv_text(self, with_responses: bool = True) -> str:
+        """One row per rating with its policy. Without the response text (what the app offers raters), the
+        export cannot be used to tell which policy wrote a response that is still waiting to be rated."""
         rows = self.ratings()
         buf = io.StringIO()
-        fields = ["rating_id", "created", "rater", "policy", "prompt_index", "prompt", "response", *CRITERIA]
-        writer = csv.DictWriter(buf, fieldnames=fields)
+        fields = ["rating_id", "created", "rater", "policy", "prompt_index", "prompt",
+                  *(["response"] if with_responses else []), *CRITERIA]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()

@@ -100,7 +100,9 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         gr.Markdown("### Aggregate (all raters)")
         aggregate = gr.Markdown(elem_id="rating-aggregate")
         refresh = gr.Button("Refresh table", size="sm")
-        with gr.Accordion("Export all ratings (CSV, policies revealed)", open=False):
+        with gr.Accordion("Export all ratings (CSV: policy and scores per rating; the response texts stay out so "
+                          "the export cannot unblind what is still to be rated — `python eval/evaluate.py --ratings` "
+                          "writes the full table)", open=False):
             export = gr.Button("Export CSV", size="sm")
             csv_file = gr.File(label="ratings.csv", interactive=False)
         timer = gr.Timer(AGGREGATE_REFRESH_S)
@@ -187,9 +189,9 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         return ratings_table(), *next_item(rater)[:-1], message
 
     def ratings_csv():
-        """All ratings as a CSV file (one row per rating, with the policy revealed)."""
+        """All ratings as a CSV file (one row per rating: policy and scores, without the response texts)."""
         path = export_dir / f"ratings-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.csv"
-        path.write_text(store().csv_text(), encoding="utf-8")
+        path.write_text(store().csv_text(with_responses=False), encoding="utf-8")
         return str(path)
 
     task_outputs = [prompt, *texts, *radios, *groups, task, notice]

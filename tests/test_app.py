@@ -323,6 +323,10 @@ def test_rate_is_stored_visible_in_aggregate_and_synced(app):
     csv_file = c.predict(api_name="/ratings_csv")
     csv_text = Path(csv_file["path"] if isinstance(csv_file, dict) else csv_file).read_text()
     assert csv_text.splitlines()[0].startswith("rating_id,created,rater,policy") and len(csv_text.splitlines()) == 3
+    # the app's export names policies but never the response texts (it must not unblind what is left to rate)
+    assert "response" not in csv_text.splitlines()[0]
+    responses = [t.split("\n\n", 1)[-1].strip() for t in shown]
+    assert all(len(r) > 10 for r in responses) and not any(r in csv_text for r in responses)
     synced = list((Path(registry.resolve("eval").source) / "ratings-hub").glob("ratings-*.jsonl"))
     records = [json.loads(line) for f in synced for line in f.read_text().splitlines()]
     assert len(records) == 2 and {r["rater"] for r in records} == {"tester"}
