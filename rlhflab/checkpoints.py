@@ -1,6 +1,7 @@
 """The checkpoint store: atomic saves in Hub layout, model cards, resolving local paths or Hub ids, pushing."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -36,14 +37,29 @@ def save_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> Pa
     tmp.mkdir()
     try:
         write(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous checkpoint in {out} is untouched" if out.exists() else f"nothing was written to {out}"
+        if _is_disk_full(exc):
+            raise UserError(f"no space left on the disk while saving the checkpoint {out}, so the save was abandoned "
+                            f"and {kept}; free disk space (or choose another --output-dir) and run the command "
+                            f"again, with --resume to continue from the last saved state.") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"could not write the checkpoint {out} ({exc.strerror}: {exc.filename}), so the save was "
+                            f"abandoned and {kept}; make the folder writable or choose another --output-dir.") from None
         raise
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """True for a full disk or quota, also when a writer reports it as text (safetensors raises its own error type)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "os error 28" in str(exc)
 
 
 def render_model_card(metadata: dict, title: str, sections: dict[str, str]) -> str:
@@ -131,12 +147,21 @@ def push_folder(folder: str | Path, repo_id: str, api=None, private: bool = Fals
                 commit_message: str | None = None) -> PushResult:
     """Upload a checkpoint folder to a Hub model repo; never raises, never touches the local folder.
 
-    The token comes from HF_TOKEN or `huggingface-cli login`; it is never printed.
+    The token comes from HF_TOKEN or `hf auth login`; it is never printed.
     """
     from huggingface_hub import HfApi
 
     api = api or HfApi()
     folder = Path(folder)
+    keep = f"the local checkpoint {folder} is intact, so retry with the same --push-to-hub once that is fixed"
+    token = getattr(api, "token", None)
+    if not isinstance(token, str):  # None: the client falls back to HF_TOKEN or the saved login
+        from huggingface_hub import get_token
+
+        token = get_token()
+    if not token:
+        return PushResult(False, repo_id, f"push to {repo_id} not attempted: no Hugging Face token found — set "
+                                          f"HF_TOKEN to a token with write access or run `hf auth login`; {keep}.")
     step = "creating the repo"
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
@@ -148,8 +173,22 @@ def push_folder(folder: str | Path, repo_id: str, api=None, private: bool = Fals
         return PushResult(True, repo_id, f"pushed {folder} to https://huggingface.co/{repo_id}", url)
     except Exception as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        return PushResult(False, repo_id, f"push to {repo_id} failed while {step} ({type(exc).__name__}: {detail}); "
-                                          f"the local checkpoint {folder} is intact — retry with the same --push-to-hub.")
+        return PushResult(False, repo_id, f"push to {repo_id} failed while {step} ({type(exc).__name__}: {detail})"
+                                          f"{_push_failure_hint(exc)}; {keep}.")
+
+
+def _push_failure_hint(exc: Exception) -> str:
+    """What to do about a failed Hub call, told apart by its kind (offline mode, refused token, no network)."""
+    names = {c.__name__ for c in type(exc).__mro__}  # httpx's errors are not OSErrors; match them by name
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if "OfflineModeIsEnabled" in names:
+        return " — HF_HUB_OFFLINE is set: unset it (or set it to 0) to push"
+    if status in (401, 403):
+        return (f" — the Hub refused the token (HTTP {status}): set HF_TOKEN to a token with write access to the "
+                f"repo or run `hf auth login`")
+    if names & {"ConnectionError", "TimeoutError", "TransportError", "NetworkError", "TimeoutException"}:
+        return " — the Hub could not be reached: check the network connection (and HF_ENDPOINT, if set)"
+    return ""
 
 
 def report_push(folder: str | Path, repo_id: str | None) -> PushResult | None:

@@ -152,7 +152,8 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      allow_phantom=True, download=False, generator_width=32, discriminator_width=32),
     },
     EvalConfig: {
-        "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000),
+        # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once
+        "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000, batch_size=64),
     },
 }
 

@@ -23,8 +23,8 @@ def cli_main(fn):
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted: re-run the same command with --resume to continue from the last saved state.",
+        except KeyboardInterrupt:  # the leading newline ends a progress bar's line, so the sentence stands alone
+            print("\ninterrupted: re-run the same command with --resume to continue from the last saved state.",
                   file=sys.stderr)
             sys.exit(130)
 

@@ -228,8 +228,8 @@ def load_generator(name_or_path: str | Path, device: str | torch.device = "cpu")
         state = load_file(str(folder / GENERATOR_FILE))
         generator.load_state_dict(state)
     except Exception as exc:
-        raise UserError(f"checkpoint {name_or_path}: {GENERATOR_FILE} does not load into the generator its "
-                        f"config describes ({type(exc).__name__}); the file is corrupt or from another model — "
+        raise UserError(f"{folder / GENERATOR_FILE} does not load into the generator its {CONFIG_FILE} describes "
+                        f"({type(exc).__name__}); the file is corrupt, truncated or from another model — "
                         f"re-run `python training/dcgan.py` or fetch it again.") from None
     generator.config = config
     generator.checkpoint_path = folder

@@ -245,9 +245,10 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
 
 
 # ---------------------------------------------------------------- data
-def prepare_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[str], list[list[int]]]:
+def prepare_prompts(cfg: PPOConfig, tokenizer, prompts: list[str] | None = None
+                    ) -> tuple[list[str], list[str], list[list[int]]]:
     """(train prompts, held-out prompts, tokenized train queries); over-long prompts are dropped."""
-    prompts = load_prompts(cfg.dataset, cfg.lang)
+    prompts = load_prompts(cfg.dataset, cfg.lang) if prompts is None else prompts
     train, heldout = split_prompts(prompts, cfg.num_prompts, cfg.num_heldout, cfg.seed)
     kept, queries = [], []
     for p in train:
@@ -282,17 +283,19 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     torch.manual_seed(cfg.seed)
     out = output_dir_for(cfg)
     work = out.parent / f".{out.name}-work"
+    prompts = load_prompts(cfg.dataset, cfg.lang)  # a bad dataset fails here, before any model is loaded
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
     policy, tokenizer = load_causal_lm(cfg.base_model)
     if reward_tok.get_vocab() != tokenizer.get_vocab():
         raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {cfg.base_model}; "
                         f"train the reward model on the same base (--base-model).")
-    train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer)
+    train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer, prompts)
     plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(train_prompts), cfg.epochs,
                           world_size=int(os.environ.get("WORLD_SIZE", "1")), max_steps=cfg.max_steps)
 
     # Resume: continue from the last saved step's weights, metrics and KL coefficient.
-    state = json.loads((work / "state.json").read_text()) if cfg.resume and (work / "state.json").is_file() else None
+    saved = work / "saved"  # the last saved step: policy/, value/, state.json, replaced atomically as one folder
+    state = json.loads((saved / "state.json").read_text()) if cfg.resume and (saved / "state.json").is_file() else None
     if cfg.resume and state is None:
         print(f"--resume: no saved PPO state in {work}; starting from scratch.", flush=True)
     if state is None:
@@ -305,13 +308,13 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
 
     from transformers import AutoModelForSequenceClassification
 
-    value_source = work / "value" if state else model_path(cfg.reward_model)
+    value_source = saved / "value" if state else model_path(cfg.reward_model)
     value_model = AutoModelForSequenceClassification.from_pretrained(value_source, num_labels=1)
     value_model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.value_freeze_layers:
         freeze_lower_layers(value_model, cfg.value_freeze_layers)
     if state and cfg.mode == "full":
-        policy, _ = load_causal_lm(str(work / "policy"))
+        policy, _ = load_causal_lm(str(saved / "policy"))
 
     TRLPPOConfig, PPOTrainer, trainer_module = _trl()
     amp_dtype = autocast_dtype(cfg.bf16, best_device())
@@ -347,7 +350,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(policy_model, load_file(work / "policy" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(policy_model, load_file(saved / "policy" / "adapter_model.safetensors"))
 
     base_snapshot = None
     if cfg.mode == "lora":  # keep a fingerprint to prove the base weights stay bit-identical
@@ -356,15 +359,21 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     v_trainable, v_total = count_parameters(value_model)
 
     log_path = work / METRICS_FILE
+    if state and os.environ.get("RANK", "0") == "0":  # steps logged after the last save run again: log each once
+        kept = [r for r in read_jsonl(log_path) if r["step"] <= done_steps]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     controller = None if cfg.fixed_kl else AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
     # Close unfinished rollouts with EOS exactly when the reward model's inputs end with it (chat models).
     probe = _RewardProbe(tokenizer.eos_token_id if getattr(tokenizer, "chat_template", None) else None)
 
     def save_work(record):
-        _save_policy(policy_model, tokenizer, work / "policy")
-        trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(work / "value")
-        write_json(work / "state.json", {"step": record["step"], "episode": record["episode"],
-                                         "kl_coef": record.get("kl_coef_next", record["kl_coef"])})
+        def write(folder: Path):  # atomic: a kill mid-save leaves the previous step's state whole
+            _save_policy(policy_model, tokenizer, folder / "policy")
+            trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(folder / "value")
+            write_json(folder / "state.json", {"step": record["step"], "episode": record["episode"],
+                                               "kl_coef": record.get("kl_coef_next", record["kl_coef"])})
+
+        save_atomically(saved, write)
 
     save_every = max(1, plan["steps"] // 5)
 

@@ -1,6 +1,7 @@
 """Reward-model training on preference pairs with transformers' Trainer, and the reward model's evaluation."""
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -56,6 +57,80 @@ class PairCollator:
         return {"input_ids": ids, "attention_mask": mask}
 
 
+class FrozenPrefix:
+    """The frozen lower blocks of a reward model, run once per sequence instead of every epoch.
+
+    With the embeddings and the lowest blocks frozen, their output for a sequence never changes while
+    training, so it is computed once (no grad) and the Trainer only runs the upper blocks, fed those
+    hidden states as `inputs_embeds`. Exact for rotary-position (Llama-style) models, where a block
+    stack fed hidden states computes what it computes inside the full model; other architectures
+    (GPT-2 adds position embeddings to `inputs_embeds`) keep the plain path.
+    """
+
+    def __init__(self, model, n: int):
+        self.backbone = getattr(model, model.base_model_prefix)
+        self.blocks = self.backbone.layers
+        self.n = min(n, len(self.blocks))
+
+    @staticmethod
+    def applies(model, n: int) -> bool:
+        backbone = getattr(model, model.base_model_prefix, None)
+        return n > 0 and hasattr(backbone, "rotary_emb") and isinstance(getattr(backbone, "layers", None),
+                                                                          torch.nn.ModuleList)
+
+    @torch.no_grad()
+    def hidden_states(self, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[torch.Tensor]:
+        """Output of the frozen blocks for each sequence (its own length, no padding)."""
+        norm, self.backbone.norm = self.backbone.norm, torch.nn.Identity()
+        self.backbone.layers = torch.nn.ModuleList(list(self.blocks)[: self.n])
+        out: list[torch.Tensor | None] = [None] * len(sequences)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                ids, mask = left_pad([sequences[i] for i in idx], pad_id)
+                h = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                for row, i in enumerate(idx):
+                    out[i] = h[row, ids.shape[1] - len(sequences[i]):].clone()
+        finally:
+            self.backbone.norm, self.backbone.layers = norm, self.blocks
+        return out
+
+    def train_upper_blocks(self):
+        """From here on the model holds only the upper blocks (what the Trainer trains and saves)."""
+        self.backbone.layers = torch.nn.ModuleList(list(self.blocks)[self.n:])
+
+    def restore(self):
+        self.backbone.layers = self.blocks
+
+
+class CachedPairDataset(Dataset):
+    """Pairs as the frozen blocks' hidden states (see FrozenPrefix)."""
+
+    def __init__(self, pairs: PairDataset, prefix: FrozenPrefix, pad_id: int):
+        seqs = [item[key] for item in pairs.items for key in ("chosen_ids", "rejected_ids")]
+        states = prefix.hidden_states(seqs, pad_id)
+        self.items = [{"chosen_h": states[2 * i], "rejected_h": states[2 * i + 1]} for i in range(len(pairs))]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _collate_cached(rows):
+    """Chosen and rejected hidden states, left-padded with zeros into one batch (masked out)."""
+    states = [r["chosen_h"] for r in rows] + [r["rejected_h"] for r in rows]
+    width = max(len(h) for h in states)
+    embeds = torch.zeros(len(states), width, states[0].shape[-1], dtype=states[0].dtype)
+    mask = torch.zeros(len(states), width, dtype=torch.long)
+    for i, h in enumerate(states):
+        embeds[i, width - len(h):] = h
+        mask[i, width - len(h):] = 1
+    return {"inputs_embeds": embeds, "attention_mask": mask}
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -66,7 +141,12 @@ def _trainer_class():
         margin = 1.0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            rewards = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
+            if "inputs_embeds" in inputs:  # upper blocks on cached hidden states (FrozenPrefix); the head pools the
+                # last position, every sequence's last real token under left padding
+                rewards = model(inputs_embeds=inputs["inputs_embeds"],
+                                attention_mask=inputs["attention_mask"]).logits.squeeze(-1).float()
+            else:
+                rewards = reward_forward(model, inputs["input_ids"], inputs["attention_mask"])
             half = rewards.shape[0] // 2
             loss = pairwise_loss(rewards[:half], rewards[half:], self.loss_kind, self.margin)
             return (loss, torch.stack([rewards[:half], rewards[half:]], dim=1)) if return_outputs else loss
@@ -158,6 +238,18 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     trainable, total = count_parameters(model)
     train_ds = PairDataset(train_set.pairs, tokenizer, cfg.max_length)
     val_ds = PairDataset(val_set.pairs, tokenizer, cfg.max_length)
+    collator = PairCollator(tokenizer.pad_token_id)
+    prefix = FrozenPrefix(model, cfg.freeze_layers) if FrozenPrefix.applies(model, cfg.freeze_layers) else None
+    if prefix is not None:
+        t = Timer()
+        with autocast(cfg.bf16):
+            train_ds, val_ds = (CachedPairDataset(ds, prefix, tokenizer.pad_token_id) for ds in (train_ds, val_ds))
+        prefix.train_upper_blocks()
+        collator = _collate_cached
+        # the head pools the last position itself when given inputs_embeds (right for left padding)
+        logging.getLogger("transformers.modeling_layers").setLevel(logging.ERROR)
+        print(f"frozen blocks 1-{prefix.n} run once per sequence ({t.elapsed_s:.0f} s); "
+              f"training the upper {len(prefix.blocks) - prefix.n} blocks and the head on their outputs", flush=True)
 
     out = Path(cfg.output_dir)
     work = out.parent / f".{out.name}-trainer"
@@ -177,17 +269,25 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     trainer_cls.loss_kind, trainer_cls.margin = cfg.loss, cfg.margin
     callbacks = [_stop_after_epochs(interrupt_after_epochs)] if interrupt_after_epochs else []
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                          data_collator=PairCollator(tokenizer.pad_token_id), compute_metrics=_accuracy_metrics,
+                          data_collator=collator, compute_metrics=_accuracy_metrics,
                           callbacks=callbacks)
-    has_state = any(work.glob("checkpoint-*"))
-    if cfg.resume and not has_state:
-        print(f"--resume: no saved training state in {work}; starting from scratch.", flush=True)
-    trainer.train(resume_from_checkpoint=bool(cfg.resume and has_state))
+    # Only a checkpoint whose trainer_state.json exists is complete (the Trainer writes that file last); a process
+    # killed mid-save leaves a newer, partial checkpoint-N that the Trainer's own "latest" would pick and fail on.
+    complete = sorted((p for p in work.glob("checkpoint-*")
+                       if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()),
+                      key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    resume_from = str(complete[-1]) if cfg.resume and complete else None
+    if cfg.resume:
+        print(f"--resume: continuing from {complete[-1]}" if complete else
+              f"--resume: no saved training state in {work}; starting from scratch.", flush=True)
+    trainer.train(resume_from_checkpoint=resume_from)
     if interrupt_after_epochs:
         return work  # a simulated interruption: training state saved, no final checkpoint
     if not trainer.is_world_process_zero():  # under torchrun/accelerate only rank 0 evaluates and saves
         return out
 
+    if prefix is not None:
+        prefix.restore()  # the whole model again, for the evaluation on text and the checkpoint
     history = [h for h in trainer.state.log_history if "eval_loss" in h]
     best = min(history, key=lambda h: h["eval_loss"])
     model = trainer.model.float().eval()
