@@ -309,7 +309,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     from transformers import AutoModelForSequenceClassification
 
     value_source = saved / "value" if state else model_path(cfg.reward_model)
-    value_model = AutoModelForSequenceClassification.from_pretrained(value_source, num_labels=1)
+    value_model = AutoModelForSequenceClassification.from_pretrained(value_source, num_labels=1, use_safetensors=True)
     value_model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.value_freeze_layers:
         freeze_lower_layers(value_model, cfg.value_freeze_layers)

@@ -171,7 +171,7 @@ def build_reward_model(base_model: str, freeze_layers: int = 0):
 
     tokenizer = load_tokenizer(base_model)
     model = AutoModelForSequenceClassification.from_pretrained(model_path(base_model), num_labels=1,
-                                                               dtype=torch.float32)
+                                                               dtype=torch.float32, use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     if freeze_layers:
         freeze_lower_layers(model, freeze_layers)
