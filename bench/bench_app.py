@@ -83,14 +83,8 @@ def _time_chat(client, policy: str, prompt: str, max_new_tokens: int) -> dict:
             "tokens": details["tokens"], "tokens_per_s": round(details["tokens"] / total, 1) if total else None}
 
 
-def run(policy: str = "base", checkpoints: str | None = None, base_model: str | None = None,
-        max_new_tokens: int = 32, prompt: str = "Give me three tips for learning to cook.",
-        timeout_s: float = 600) -> dict:
-    """Start app.py, measure, stop it; returns the measurements and where they were taken."""
-    from gradio_client import Client
-
-    from rlhflab.gan import hardware_description
-
+def start_app(checkpoints: str | None, base_model: str | None, log_prefix: str):
+    """app.py on a free loopback port: (process, url, log file, perf_counter just before the start)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
@@ -99,9 +93,21 @@ def run(policy: str = "base", checkpoints: str | None = None, base_model: str | 
         env["RLHFLAB_CHECKPOINTS"] = str(Path(checkpoints).resolve())
     if base_model:
         env["RLHFLAB_BASE_MODEL"] = base_model
-    log = tempfile.NamedTemporaryFile("w+", prefix="bench-app-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile("w+", prefix=log_prefix, suffix=".log", delete=False)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, url, log, t0
+
+
+def run(policy: str = "base", checkpoints: str | None = None, base_model: str | None = None,
+        max_new_tokens: int = 32, prompt: str = "Give me three tips for learning to cook.",
+        timeout_s: float = 600) -> dict:
+    """Start app.py, measure, stop it; returns the measurements and where they were taken."""
+    from gradio_client import Client
+
+    from rlhflab.gan import hardware_description
+
+    proc, url, log, t0 = start_app(checkpoints, base_model, "bench-app-")
     try:
         _wait_until_up(url, proc, timeout_s)
         cold_start_s = time.perf_counter() - t0

@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # runnable as `python bench/bench_load.py`
 sys.path.insert(0, str(HERE))
-from bench_app import SETTINGS, _free_port, _rss_mb, _wait_until_up  # noqa: E402
+from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app  # noqa: E402
 
 RESULTS = HERE / "results.json"
 PROMPTS = ["Give me one tip for sleeping better.", "What is a good name for a cat?", "How do I boil an egg?",
@@ -199,16 +197,7 @@ def run(clients: int = 20, duration_s: float = 120, checkpoints: str | None = No
     from rlhflab.checkpoints import hardware_description
 
     policies = list(policies)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    if checkpoints:
-        env["RLHFLAB_CHECKPOINTS"] = str(Path(checkpoints).resolve())
-    if base_model:
-        env["RLHFLAB_BASE_MODEL"] = base_model
-    log = tempfile.NamedTemporaryFile("w+", prefix="bench-load-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, url, log, _ = start_app(checkpoints, base_model, "bench-load-")
     rss_samples: list[tuple[float, float]] = []  # (seconds since the load began, MB), one a second
     try:
         _wait_until_up(url, proc, start_timeout_s)

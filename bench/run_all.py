@@ -18,7 +18,8 @@ sys.path.insert(0, str(HERE))
 from common import ROOT  # noqa: E402
 
 BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
-           "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load"}
+           "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load",
+           "pipeline": "bench_pipeline"}
 RESULTS = ROOT / "bench" / "results.json"
 
 
