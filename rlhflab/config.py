@@ -17,6 +17,7 @@ CHECKPOINTS_DIR = Path(os.environ.get("RLHFLAB_CHECKPOINTS", REPO_ROOT / "checkp
 DEMO_DATA_DIR = REPO_ROOT / "data" / "demo"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 PROFILES = ("spec", "demo")
+THREADS_FILE_ENV = "RLHFLAB_THREADS_FILE"  # the pipeline's CPU thread share for a step (models.follow_thread_share)
 
 
 def _f(default, help_text: str, **kw):

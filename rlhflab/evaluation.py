@@ -15,7 +15,7 @@ from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
 from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.kl import kl_per_token, response_logprobs
-from rlhflab.models import autocast, autocast_dtype, best_device, load_reward_model
+from rlhflab.models import autocast, autocast_dtype, best_device, follow_thread_share, load_reward_model
 from rlhflab.policies import PolicySet
 from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
 from rlhflab.ratings import RatingsStore, aggregate_markdown
@@ -79,6 +79,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     logps: dict[str, list[torch.Tensor]] = {}
     for name in names:
         t = Timer()
+        follow_thread_share()  # under the pipeline, take a core freed by the step beside this one
         with policies.use(name) as (model, tok):
             gens = generate_batch(model, tok, prompts, settings, batch_size=cfg.batch_size)
             responses[name] = [g.text for g in gens]
@@ -87,10 +88,12 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                 logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
         progress(f"generated {len(prompts)} responses with {name} in {t.elapsed_s:.0f} s")
     base_logps = {}
+    follow_thread_share()
     if "base" in names:
         with policies.use("base") as (model, tok):
             for name in logps:
                 base_logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
+    follow_thread_share()
     rewards = {n: np.array(score_responses(reward_model, reward_tok, prompts, responses[n], cfg.batch_size))
                for n in names}
     progress(f"scored {len(names) * len(prompts)} responses")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
+from rlhflab.config import THREADS_FILE_ENV
 from rlhflab.errors import UserError
 
 EMBEDDED_MODELS = {
@@ -317,6 +318,25 @@ def autocast(want_bf16: bool, device: torch.device | str | None = None):
     device = torch.device(device) if device is not None else best_device()
     dtype = autocast_dtype(want_bf16, device)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def follow_thread_share() -> int:
+    """Adopt the CPU thread count the pipeline gives this step now; returns the count in use.
+
+    `training/pipeline.py` runs independent steps side by side with the cores split between them, and
+    rewrites each step's share (the file named by RLHFLAB_THREADS_FILE) when a step beside it ends, so
+    a step that outlives its neighbour takes the freed core at its next phase. Call it from the main
+    thread (OpenMP thread counts are per calling thread). Outside the pipeline it does nothing.
+    """
+    path = os.environ.get(THREADS_FILE_ENV)
+    if path:
+        try:
+            share = int(Path(path).read_text().strip())
+        except (OSError, ValueError):
+            share = 0
+        if share >= 1 and share != torch.get_num_threads():
+            torch.set_num_threads(share)
+    return torch.get_num_threads()
 
 
 def best_device() -> torch.device:

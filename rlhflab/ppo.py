@@ -23,7 +23,8 @@ from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
-from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, format_prompt, freeze_lower_layers,
+from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, follow_thread_share, format_prompt,
+                            freeze_lower_layers,
                             load_causal_lm, load_reward_model, lora_target_modules, model_path)
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
@@ -206,6 +207,7 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or "objective/kl" not in logs:
                 return
+            follow_thread_share()  # once per PPO step: a core freed beside this run is taken at the next step
             now = time.perf_counter()
             seconds, self.last_time = now - self.last_time, now
             length = max(probe.pop_mean(accelerator), 1.0)

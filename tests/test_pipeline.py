@@ -20,7 +20,9 @@ start = time.time(); time.sleep(a.sleep)
 if a.fail:
     print("simulated failure: out of cheese"); sys.exit(3)
 Path(a.out).mkdir(parents=True, exist_ok=True)
-(Path(a.out) / "done.json").write_text(json.dumps({"start": start, "end": time.time(), "threads": os.environ["OMP_NUM_THREADS"]}))
+share = Path(os.environ["RLHFLAB_THREADS_FILE"]).read_text()  # what follow_thread_share would adopt now
+(Path(a.out) / "done.json").write_text(json.dumps({"start": start, "end": time.time(), "threads": os.environ["OMP_NUM_THREADS"],
+                                                   "share_at_end": share}))
 '''
 
 
@@ -85,3 +87,34 @@ def test_failed_step_keeps_the_others_and_names_the_command(tmp_path, capsys):
 def test_default_jobs_is_one_with_a_gpu(monkeypatch):
     monkeypatch.setattr(pipeline.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     assert pipeline.default_jobs() == 1
+
+
+def test_a_step_that_outlives_its_neighbour_gets_the_freed_core(tmp_path):
+    steps = _steps(tmp_path)
+    short, long_ = steps[1], steps[2]
+    short.args[short.args.index("--sleep") + 1] = "0.2"
+    long_.args[long_.args.index("--sleep") + 1] = "3"
+    short.after = long_.after = []
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=[short, long_], cores=2)
+    s, l = _record(tmp_path, short.output), _record(tmp_path, long_.output)
+    assert s["threads"] == l["threads"] == "1" and l["start"] < s["end"]  # started side by side
+    assert l["share_at_end"] == "2"  # the pipeline handed it the second core when the short one ended
+
+
+def test_follow_thread_share_adopts_the_pipelines_share(tmp_path, monkeypatch):
+    import torch
+
+    from rlhflab.models import follow_thread_share
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("RLHFLAB_THREADS_FILE", raising=False)
+    assert follow_thread_share() == before  # outside the pipeline: nothing changes
+    share = tmp_path / "step.threads"
+    monkeypatch.setenv("RLHFLAB_THREADS_FILE", str(share))
+    try:
+        share.write_text("1")
+        assert follow_thread_share() == 1 == torch.get_num_threads()
+        share.write_text("not a number")
+        assert follow_thread_share() == 1  # a torn or odd file changes nothing
+    finally:
+        torch.set_num_threads(before)

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlhflab.config import CHECKPOINTS_DIR  # noqa: E402
+from rlhflab.config import CHECKPOINTS_DIR, THREADS_FILE_ENV  # noqa: E402
 
 
 @dataclass
@@ -83,8 +83,13 @@ class _Running:
     threads: int
 
 
-def _step_env(threads: int) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _share_file(logs: Path, step: Step) -> Path:
+    return logs / f"{step.output}.threads"
+
+
+def _step_env(threads: int, share_file: Path) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
+           THREADS_FILE_ENV: str(share_file)}
     # Two processes with two OpenMP threads each on two cores run many times slower than one
     # (threads spin at barriers while descheduled); give each side-by-side step its share.
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
@@ -126,7 +131,9 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
         cmd = step.command(profile, extra)
         log = logs / f"{step.output}.log"
         fh = open(log, "w")
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=_step_env(threads))
+        _share_file(logs, step).write_text(str(threads))
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=_step_env(threads, _share_file(logs, step)))
         fh.close()  # the child holds its own handle
         running.append(_Running(step, proc, cmd, log, time.perf_counter(), threads))
         if not live:
@@ -155,6 +162,10 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
                 failed.append((r, rc, seconds))
                 continue
             finished.add(r.step.output)
+            if running and not (pending and not failed):  # nothing will take the freed cores: the others grow
+                for other in running:  # (the step reads its share at its next phase: rlhflab.models.follow_thread_share)
+                    other.threads = max(1, cores // len(running))
+                    _share_file(logs, other.step).write_text(str(other.threads))
             tqdm.write(f"{r.step.name}: done in {seconds:.0f} s ({r.threads} thread{'s' * (r.threads > 1)}) "
                       f"-> {checkpoints / r.step.output}")
             bar.update(1)
