@@ -99,6 +99,14 @@ def start_app(checkpoints: str | None, base_model: str | None, log_prefix: str):
     return proc, url, log, t0
 
 
+def stop_app(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run(policy: str = "base", checkpoints: str | None = None, base_model: str | None = None,
         max_new_tokens: int = 32, prompt: str = "Give me three tips for learning to cook.",
         timeout_s: float = 600) -> dict:
@@ -129,11 +137,7 @@ def run(policy: str = "base", checkpoints: str | None = None, base_model: str | 
             loaded["dcgan"] = str(exc).splitlines()[-1][:200]
         rss_all_mb = _rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
     return {
         "benchmark": "app_latency_and_memory",
         "cold_start_s": round(cold_start_s, 2),

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # runnable as `python bench/bench_load.py`
 sys.path.insert(0, str(HERE))
-from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app  # noqa: E402
+from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app, stop_app  # noqa: E402
 
 RESULTS = HERE / "results.json"
 PROMPTS = ["Give me one tip for sleeping better.", "What is a good name for a cat?", "How do I boil an egg?",
@@ -212,11 +211,7 @@ def run(clients: int = 20, duration_s: float = 120, checkpoints: str | None = No
         rss_end_mb = _rss_mb(proc.pid)
         server_alive = proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
 
     warm_bad = [r for r in warm_records if not r.ok]
     failed = [r for r in snapshot if r.ok is False]
