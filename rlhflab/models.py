@@ -228,16 +228,21 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32, base=None
     path = resolve_checkpoint(name_or_path)
     if not is_adapter_checkpoint(path):
         return load_causal_lm(str(path), dtype)
-    from peft import PeftModel
-
     adapter_cfg = json.loads((path / "adapter_config.json").read_text())
     if base is None:
         base, tokenizer = load_causal_lm(adapter_cfg["base_model_name_or_path"], dtype)
     else:
         tokenizer = load_tokenizer(adapter_cfg["base_model_name_or_path"])
+    return attach_adapter(base, path), tokenizer
+
+
+def attach_adapter(base, path: Path):
+    """`base` with the LoRA adapter in `path` added (safetensors only); a UserError names a file that does not load."""
+    from peft import PeftModel
+
     refuse_pickled_weights(path, "LoRA adapter")
     try:
-        return PeftModel.from_pretrained(base, path), tokenizer
+        return PeftModel.from_pretrained(base, path)
     except Exception as exc:
         raise weights_error(path, exc, "LoRA adapter", "re-run `python training/ppo.py --mode lora`") from None
 

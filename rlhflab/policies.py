@@ -15,7 +15,7 @@ import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
-from rlhflab.models import best_device, is_adapter_checkpoint, load_causal_lm, refuse_pickled_weights
+from rlhflab.models import attach_adapter, best_device, is_adapter_checkpoint, load_causal_lm
 
 POLICY_NAMES = ("base", "full", "lora")
 
@@ -49,15 +49,12 @@ class PolicySet:
     def _attach_lora_locked(self):
         if self._lora_attached:
             return
-        from peft import PeftModel
-
         path = resolve_checkpoint(self.lora_path)
         if not is_adapter_checkpoint(path):
             raise UserError(f"{self.lora_path} is not a LoRA adapter checkpoint (no adapter_config.json).")
         base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        refuse_pickled_weights(path, "LoRA adapter")
         model, tok = self._load_base()
-        peft_model = PeftModel.from_pretrained(model, path)
+        peft_model = attach_adapter(model, path)
         peft_model.eval()
         self._base = (peft_model, tok)
         self._lora_attached = True

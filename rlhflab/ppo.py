@@ -24,8 +24,7 @@ from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
 from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, follow_thread_share, format_prompt,
-                            freeze_lower_layers,
-                            load_causal_lm, load_reward_model, lora_target_modules, model_path)
+                            freeze_lower_layers, load_causal_lm, load_reward_model, lora_target_modules, model_path)
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"

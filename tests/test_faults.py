@@ -386,6 +386,17 @@ def test_bad_checkpoint_stops_with_a_sentence_naming_the_file(case, broken, tiny
     assert snapshot(Path(folder)) == before  # loading never repairs or deletes anything
 
 
+def test_truncated_adapter_in_the_app_names_the_file(broken, tiny_llama_dir):
+    """The app's PolicySet attaches the adapter through the same function as load_policy, with the same sentence."""
+    from rlhflab.policies import PolicySet
+
+    folder = broken / "lora-truncated"
+    with pytest.raises(UserError) as info:
+        PolicySet(str(tiny_llama_dir), lora_path=str(folder)).load("lora")
+    message = str(info.value)
+    assert str(folder / "adapter_model.safetensors") in message and "corrupt or truncated" in message, message
+
+
 # ---------------------------------------------------------------- 4. pushing without a token or a network
 
 
