@@ -31,6 +31,7 @@ def save_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> Pa
     """
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -53,6 +54,43 @@ def save_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> Pa
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def recover_interrupted_save(output_dir: str | Path) -> str | None:
+    """Tidy up after a save_atomically that was killed (SIGKILL, power loss) part-way.
+
+    Killed while writing: a half-written `.NAME.tmp-PID` is left beside the checkpoint; it is removed.
+    Killed between the two renames: the checkpoint exists only as `.NAME.old-PID`; it is moved back.
+    Folders of a save still running in another process (its PID is alive) are left alone.
+    Returns a sentence saying what was done, or None when there was nothing to do.
+    """
+    out = Path(output_dir)
+    if not out.parent.is_dir():
+        return None
+    done = []
+    for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
+        kind, _, pid = leftover.name[len(out.name) + 2:].partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or not leftover.is_dir():
+            continue
+        if int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(leftover, out)
+            done.append(f"restored {out} from {leftover.name}, left by a save that was interrupted")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            done.append(f"removed {leftover.name}, left by an interrupted save")
+    return "; ".join(done) or None
 
 
 def _is_disk_full(exc: BaseException) -> bool:

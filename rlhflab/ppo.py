@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line, markdown_table, read_jsonl,
-                                 report_push, save_atomically, write_json, write_model_card)
+                                 recover_interrupted_save, report_push, save_atomically, write_json,
+                                 write_model_card)
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
@@ -296,6 +297,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
 
     # Resume: continue from the last saved step's weights, metrics and KL coefficient.
     saved = work / "saved"  # the last saved step: policy/, value/, state.json, replaced atomically as one folder
+    if cfg.resume and (note := recover_interrupted_save(saved)):
+        print(f"--resume: {note}.", flush=True)
     state = json.loads((saved / "state.json").read_text()) if cfg.resume and (saved / "state.json").is_file() else None
     if cfg.resume and state is None:
         print(f"--resume: no saved PPO state in {work}; starting from scratch.", flush=True)

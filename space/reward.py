@@ -4,7 +4,8 @@ from __future__ import annotations
 import gradio as gr
 
 from rlhflab.errors import UserError
-from rlhflab.scoring import preference_probability, score_responses
+from rlhflab.scoring import DEFAULT_MAX_LENGTH, preference_probability, score_responses
+from space.chat import MAX_MESSAGE_CHARS
 from space.registry import Registry
 
 REWARD_CONCURRENCY = 2
@@ -17,7 +18,11 @@ def _scores(registry: Registry, prompt: str, responses: list[str]) -> list[float
         model, tokenizer = registry.reward_model()
     except UserError as exc:
         raise gr.Error(str(exc)) from None
-    return score_responses(model, tokenizer, [prompt or ""] * len(responses), list(responses))
+    # The model reads at most DEFAULT_MAX_LENGTH tokens (prompt cut from the left, response from the
+    # right), so cut absurd pastes the same way before tokenizing them: the score is unchanged.
+    prompt = str(prompt or "")[-MAX_MESSAGE_CHARS:]
+    responses = [str(r)[:MAX_MESSAGE_CHARS] for r in responses]
+    return score_responses(model, tokenizer, [prompt] * len(responses), responses)
 
 
 def build_reward_tab(registry: Registry) -> gr.Markdown:
@@ -25,7 +30,8 @@ def build_reward_tab(registry: Registry) -> gr.Markdown:
     with gr.Tab("Reward model", id="reward"):
         notice = gr.Markdown(registry.notice("reward"), elem_id="reward-notice")
         gr.Markdown("The reward model gives a scalar score to a prompt + response (higher = preferred). Scores are "
-                    "only meaningful relative to each other, for the same prompt.")
+                    "only meaningful relative to each other, for the same prompt. The model reads at most "
+                    f"{DEFAULT_MAX_LENGTH} tokens: a long prompt is cut from the start, a long response at the end.")
         prompt = gr.Textbox(label="Prompt", lines=3, value="How do I keep basil fresh?")
         with gr.Row():
             with gr.Column():

@@ -101,6 +101,24 @@ def test_odd_text_is_scored_by_the_reward_model(shared, name):
     assert r_a == pytest.approx(client.predict(text, text, api_name="/score"), abs=1e-3)
 
 
+def test_absurd_pastes_are_cut_before_tokenizing_without_changing_the_score(app, shared):
+    """Text past MAX_MESSAGE_CHARS is cut (prompt from the start, response at the end) before the
+    tokenizer sees it; the model reads at most 512 tokens, so the score is the uncut text's score."""
+    from rlhflab.scoring import score_responses
+    from space.chat import MAX_MESSAGE_CHARS
+
+    registry, _ = app
+    words = "lorem ipsum dolor sit amet "
+    prompt = "Start. " + words * (MAX_MESSAGE_CHARS // len(words) + 50) + "What is the question?"
+    response = "The answer is this. " + words * (MAX_MESSAGE_CHARS // len(words) + 50)
+    assert len(prompt) > MAX_MESSAGE_CHARS and len(response) > MAX_MESSAGE_CHARS
+    model, tokenizer = registry.reward_model()
+    uncut = score_responses(model, tokenizer, [prompt], [response])[0]
+    assert shared.predict(prompt, response, api_name="/score") == pytest.approx(uncut, abs=1e-4)
+    other = score_responses(model, tokenizer, [prompt], ["Something else entirely."])[0]
+    assert abs(other - uncut) > 1e-3  # the comparison above can tell scores apart
+
+
 @pytest.mark.parametrize("message", BLANK_MESSAGES.values(), ids=BLANK_MESSAGES.keys())
 def test_blank_responses_are_refused_by_the_reward_endpoints(shared, message):
     client = shared

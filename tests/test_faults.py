@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import ROOT, hh_row, write_jsonl
-from rlhflab.checkpoints import push_folder, read_jsonl, report_push, save_atomically
+from rlhflab.checkpoints import push_folder, read_jsonl, recover_interrupted_save, report_push, save_atomically
 from rlhflab.errors import UserError
 
 INTERRUPTED = "interrupted: re-run the same command with --resume to continue from the last saved state."
@@ -316,6 +316,60 @@ def test_full_disk_on_a_first_save_says_nothing_was_written(tmp_path):
     with pytest.raises(UserError, match=f"no space left on the disk .* nothing was written to {re.escape(str(tmp_path / 'new'))}"):
         save_atomically(tmp_path / "new", write)
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_SAVE = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from rlhflab.checkpoints import save_atomically
+out, when = Path(sys.argv[1]), sys.argv[2]
+replace = os.replace
+
+def replace_then_die(src, dst):  # the first rename (checkpoint -> .old) happens, the second never does
+    replace(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def write(folder):
+    (folder / "weights").write_text("new")
+    if when == "writing":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace_then_die
+
+save_atomically(out, write)
+"""
+
+
+@pytest.mark.parametrize("when", ["writing", "between-renames"])
+def test_save_killed_part_way_is_tidied_and_the_checkpoint_survives(tmp_path, when):
+    """SIGKILL while writing leaves a .tmp folder; between the renames, the checkpoint exists only as .old.
+    The next save (or a pipeline / --resume start) removes the .tmp and puts the .old back."""
+    out = tmp_path / "reward"
+    out.mkdir()
+    (out / "weights").write_text("old")
+    script = tmp_path / "save.py"
+    script.write_text(KILLED_SAVE.format(root=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(script), str(out), when], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".reward."))
+    kinds = ["tmp"] if when == "writing" else ["old", "tmp"]  # between the renames the new one is whole too
+    assert [re.fullmatch(r"\.reward\.(old|tmp)-\d+", name)[1] for name in leftovers] == kinds, leftovers
+    assert out.exists() == (when == "writing")
+    note = recover_interrupted_save(out)
+    assert note and ("restored" in note) == (when == "between-renames")
+    assert (out / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reward", "save.py"]
+    assert recover_interrupted_save(out) is None
+    save_atomically(out, lambda folder: (folder / "weights").write_text("next"))
+    assert (out / "weights").read_text() == "next"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reward", "save.py"]
+
+
+def test_a_save_still_running_elsewhere_is_left_alone(tmp_path):
+    out = tmp_path / "ppo-full"
+    busy = tmp_path / f".ppo-full.tmp-{os.getppid()}"  # a live process that is not this one
+    busy.mkdir()
+    assert recover_interrupted_save(out) is None and busy.is_dir()
 
 
 # ---------------------------------------------------------------- 3. corrupt, missing or mismatched files

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rlhflab.checkpoints import recover_interrupted_save  # noqa: E402
 from rlhflab.config import CHECKPOINTS_DIR, THREADS_FILE_ENV  # noqa: E402
 
 
@@ -105,6 +106,9 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
     logs = checkpoints / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     steps = [s for s in (steps or STEPS) if not only or s.output in only]
+    for s in steps:  # a checkpoint whose save was killed between its renames is put back first
+        if note := recover_interrupted_save(checkpoints / s.output):
+            print(note)
     todo = [s for s in steps if not is_done(s, checkpoints)]
     for s in steps:
         if s not in todo:
