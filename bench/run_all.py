@@ -1,6 +1,7 @@
-"""Run every benchmark and rewrite BENCHMARKS.md: `python bench/run_all.py [--only generation,ppo,...]`.
+"""Run every benchmark and rewrite BENCHMARKS.md's table: `python bench/run_all.py [--only generation,ppo,...]`.
 
-Each figure is a ratio to a baseline measured in the same run, with the command and machine.
+Each figure is a ratio to a baseline measured in the same run, with the command and machine; results go
+to bench/results.json and the table between the markers in BENCHMARKS.md is rewritten from them.
 Needs the demo checkpoints (python training/pipeline.py --profile demo) for the PPO, app and load benches.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import ROOT  # noqa: E402
+from common import ROOT, command, machine  # noqa: E402
+from report import BENCHMARKS_MD, write_benchmarks_md  # noqa: E402
 
 BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
            "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load",
@@ -32,12 +34,15 @@ def main():
         print(f"== {name}", flush=True)
         try:
             results[name] = importlib.import_module(BENCHES[name]).run()
+            results[name].setdefault("command", command())  # the table names the command of every row
+            results[name].setdefault("machine", machine())
             results[name]["measured"] = datetime.now(timezone.utc).isoformat(timespec="minutes")
         except Exception as exc:  # one failing bench must not lose the others
             traceback.print_exc()
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         RESULTS.write_text(json.dumps(results, indent=2, default=str))
-    print(f"results in {RESULTS}; BENCHMARKS.md is written from them by hand-checked text + this file.")
+        write_benchmarks_md(results)
+    print(f"results in {RESULTS}; the measured-figures table of {BENCHMARKS_MD.name} is rewritten from them.")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
 from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.kl import kl_per_token, response_logprobs
-from rlhflab.models import autocast, autocast_dtype, best_device, follow_thread_share, load_reward_model
+from rlhflab.models import autocast, follow_thread_share, load_reward_model, policy_dtype
 from rlhflab.policies import PolicySet
 from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
 from rlhflab.ratings import RatingsStore, aggregate_markdown
@@ -67,9 +67,8 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     prompts, prompt_source = heldout_prompts(cfg, policy_dirs)
     # Under bf16 autocast the policies' matmuls run in bf16 anyway; holding their weights in bf16 saves
     # re-casting the frozen (LoRA-shared) base weights at every decode step.
-    dtype = torch.bfloat16 if autocast_dtype(cfg.bf16, best_device()) is not None else torch.float32
     policies = PolicySet(cfg.base_model, str(policy_dirs["full"]) if "full" in policy_dirs else None,
-                         str(policy_dirs["lora"]) if "lora" in policy_dirs else None, dtype=dtype)
+                         str(policy_dirs["lora"]) if "lora" in policy_dirs else None, dtype=policy_dtype(cfg.bf16))
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
     settings = _settings(cfg)
     torch.manual_seed(cfg.seed)
@@ -100,7 +99,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
 
     b = cfg.bootstrap_samples
     results = {"command": command_line(), "settings": asdict(cfg), "generation": settings.as_dict(),
-               "policy_weights_dtype": str(dtype).replace("torch.", ""),
+               "policy_weights_dtype": str(policies.dtype).replace("torch.", ""),
                "prompt_source": prompt_source, "num_prompts": len(prompts), "units": {
                    "reward": "reward-model score (logit, higher is better)", "kl": "nats per token",
                    "length": "response tokens"}, "policies": {}}

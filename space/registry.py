@@ -81,6 +81,8 @@ class Registry:
         self._lora_files: dict[tuple[str, str], Path | None] = {}
         self._singletons: dict[str, object] = {}  # reward model and generator, loaded once
         self._ratings = None
+        # policies hold bf16 weights where bf16 is fast (rlhflab.models.policy_dtype); RLHFLAB_BF16=0 keeps fp32
+        self.want_bf16 = self.env.get("RLHFLAB_BF16", "1").strip().lower() not in ("0", "false", "no", "off")
 
     # ---------------------------------------------------------------- resolution
 
@@ -209,12 +211,14 @@ class Registry:
 
     @property
     def policies(self):
+        from rlhflab.models import policy_dtype
         from rlhflab.policies import PolicySet
 
         with self._locks["policies"]:
             if self._policies is None:
                 full, lora = self.resolve("full"), self.resolve("lora")
-                self._policies = PolicySet(self.resolve("base").source, full.source, lora.source)
+                self._policies = PolicySet(self.resolve("base").source, full.source, lora.source,
+                                           dtype=policy_dtype(self.want_bf16))
             return self._policies
 
     @contextlib.contextmanager

@@ -83,3 +83,46 @@ def test_long_prompt_is_truncated_and_reported(tiny_llama_dir):
             next(gen)
     except StopIteration as stop:
         assert stop.value.prompt_truncated
+
+
+def test_generating_policies_hold_bf16_weights_only_where_bf16_is_fast(monkeypatch):
+    import torch
+
+    from rlhflab import models
+    from space.registry import Registry
+
+    assert models.policy_dtype(False, "cpu") is torch.float32
+    monkeypatch.setattr(models, "autocast_dtype", lambda want, device="cpu": torch.bfloat16 if want else None)
+    assert models.policy_dtype(True, "cpu") is torch.bfloat16
+    monkeypatch.setattr(models, "autocast_dtype", lambda want, device="cpu": None)  # a CPU without bf16
+    assert models.policy_dtype(True, "cpu") is torch.float32
+    assert Registry(env={}).want_bf16 and Registry(env={"RLHFLAB_BF16": "1"}).want_bf16
+    assert not any(Registry(env={"RLHFLAB_BF16": v}).want_bf16 for v in ("0", "false", "off", " No "))
+
+
+def test_bf16_policies_chat_including_a_lora_adapter_on_the_bf16_base(tmp_path, tiny_llama_dir):
+    """The app's policies in bf16 (as on a CPU with AVX512-bf16): base, full and LoRA all stream an answer,
+    and the adapter changes the base's output (its fp32 weights apply to the bf16 base's activations)."""
+    import torch
+
+    from rlhflab.generation import stream_generate
+    from rlhflab.policies import PolicySet
+    from test_app import write_tiny_checkpoints
+
+    store = write_tiny_checkpoints(tmp_path / "store", tiny_llama_dir, kinds=("full", "lora"))
+    policies = PolicySet(str(tiny_llama_dir), str(store / "ppo-full"), str(store / "ppo-lora"), dtype=torch.bfloat16)
+    settings = GenerationSettings(max_new_tokens=6, greedy=True)
+    answers, last_logits = {}, {}
+    for name in ("base", "full", "lora"):
+        with policies.use(name) as (model, tokenizer), torch.no_grad():
+            assert next(p for n, p in model.named_parameters() if "lora_" not in n).dtype == torch.bfloat16
+            last_logits[name] = model(input_ids=torch.tensor([[1, 5, 9, 13]])).logits[0, -1].float()
+            stream = stream_generate(model, tokenizer, "Say something.", settings)
+            try:
+                while True:
+                    next(stream)
+            except StopIteration as done:
+                answers[name] = done.value
+    assert all(a.num_tokens > 0 for a in answers.values())
+    assert torch.isfinite(last_logits["lora"]).all()
+    assert (last_logits["lora"] - last_logits["base"]).abs().max() > 1e-2  # the adapter is applied

@@ -1,0 +1,111 @@
+"""The measured-figures table of BENCHMARKS.md, written from bench/results.json.
+
+`python bench/run_all.py` calls `write_benchmarks_md()` after every bench, so the table always shows the
+last measurement of each figure with the command, the machine and the date it was taken. The analysis
+around the table (what limits each figure, the next step) is prose in BENCHMARKS.md, outside the markers.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import ROOT  # noqa: E402
+
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+RESULTS = ROOT / "bench" / "results.json"
+START, END = "<!-- bench-table:start (written by bench/run_all.py) -->", "<!-- bench-table:end -->"
+HEADER = ["figure", "baseline (same run)", "ours", "ratio", "goal", "command · machine · date"]
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"**{value:.{digits}f}×**"
+
+
+def _where(r: dict) -> str:
+    machine = r.get("machine") or r.get("hardware") or "?"
+    return f"`{r.get('command', '?')}` · {machine} · {str(r.get('measured', '?'))[:16].replace('T', ' ')}"
+
+
+def _rows(results: dict) -> list[list[str]]:
+    rows = []
+    g = results.get("generation", {})
+    if d := g.get("decode_batch1"):
+        met = d["speedup_fp32"] >= 2 and d["fraction_of_limit_fp32"] >= 0.6
+        rows.append([
+            "chat decode, batch 1, 135M policy, greedy (tokens/s)",
+            f"`generate()` fp32: {d['baseline_tok_s']:.1f}",
+            f"lean KV-cache loop fp32: {d['ours_fp32_tok_s']:.1f} (bf16 weights {d['ours_bf16_tok_s']:.1f}; "
+            f"int8 dynamic, outputs differ: {d['ours_int8_dynamic_tok_s']:.1f}); "
+            f"{d['fraction_of_limit_fp32'] * 100:.0f} % of the bandwidth limit "
+            f"({d['bandwidth_limit_fp32_tok_s']:.1f} tok/s = {d['bandwidth_gb_s']:.1f} GB/s ÷ {d['weights_mb_fp32']:.0f} MB)",
+            _x(d["speedup_fp32"]), f"2× and 60 %: {'met' if met else '**not met**'}", _where(g)])
+    if e := g.get("eval_batched_vs_loop"):
+        rows.append([
+            f"evaluation generation, {e['prompts']} prompts × {e['new_tokens']} tokens (s)",
+            f"one prompt at a time: {e['loop_s']:.1f}", f"batched, left padding: {e['batched_s']:.1f} "
+            f"({e['identical_outputs']}/{e['prompts']} outputs identical)", _x(e["speedup"]),
+            f"≥ 4×: {'met' if e['speedup'] >= 4 else '**not met**'}", _where(g)])
+    if (p := results.get("ppo")) and "speedup" in p:
+        rows.append([p["benchmark"] + " (s/step)", f"{p['baseline']}: {p['baseline_s_per_step']:.1f}",
+                     f"{p['ours']}: {p['ours_s_per_step']:.1f}", _x(p["speedup"]),
+                     f"2×: {'met' if p['speedup'] >= 2 else '**not met**'}", _where(p)])
+    if (r := results.get("reward")) and "speedup" in r:
+        rows.append([r["benchmark"] + " (pairs/s)", f"{r['baseline']}: {r['baseline_pairs_per_s']:.2f}",
+                     f"{r['ours']}: {r['ours_pairs_per_s']:.2f}", _x(r["speedup"]), "—", _where(r)])
+    if (d := results.get("dcgan")) and "speedup" in d:
+        rows.append(["DCGAN training (images/s)", f"medmnist per-image PIL + DataLoader: {d['baseline_images_per_s']:.0f}",
+                     f"in-memory tensor + randperm slices: {d['ours_images_per_s']:.0f} (data path alone "
+                     f"{d['data_only_images_per_s']['ours']:.0f} vs {d['data_only_images_per_s']['baseline']:.0f})",
+                     _x(d["speedup"]), "—", _where(d)])
+    if (a := results.get("app")) and "cold_start_s" in a:
+        first, second = a["first_request"], a["second_request"]
+        rows.append(["app cold start (s)", "—", f"server answering after {a['cold_start_s']:.1f}", "—",
+                     f"< 20 s: {'met' if a['cold_start_s'] < 20 else '**not met**'}", _where(a)])
+        rows.append(["time to first streamed token (s)", f"first request (loads the model): {first['first_token_s']:.2f}",
+                     f"next request: {second['first_token_s']:.2f}", "—",
+                     f"< 1 s after load: {'met' if second['first_token_s'] < 1 else '**not met**'}", _where(a)])
+        rows.append(["app memory (MB)", f"after start: {a['rss_after_start_mb']:.0f}",
+                     f"all models loaded ({', '.join(a.get('models') or [])}): {a['rss_all_models_loaded_mb']:.0f}",
+                     "—", "—", _where(a)])
+    if (p := results.get("pipeline")) and "speedup" in p:
+        rows.append([p["benchmark"] + f", {p['steps_per_run']} steps each (s)", f"{p['baseline']}: {p['baseline_s']:.1f}",
+                     f"{p['ours']}: {p['ours_s']:.1f}", _x(p["speedup"]), "—", _where(p)])
+    if (ld := results.get("load")) and "requests" in ld:
+        lat = ld["latency_s"]
+        rows.append([f"app under load: {ld['clients']} sessions × {ld['duration_s']:.0f} s",
+                     f"memory after warm-up: {ld['rss_after_warm_up_mb']:.0f} MB",
+                     f"{ld['requests']} requests, {ld['failed']} failed, {ld['lost']} lost; chat p50/p95 "
+                     f"{lat['chat']['p50_s']:.1f}/{lat['chat']['p95_s']:.1f} s, score p50/p95 "
+                     f"{lat['score']['p50_s']:.2f}/{lat['score']['p95_s']:.2f} s; memory at the end "
+                     f"{ld['rss_end_mb']:.0f} MB", f"{ld['rss_end_over_warm_up']:.3f}× memory",
+                     f"0 failed, ≤ {1 + ld['max_memory_growth']:.2f}× memory: {'met' if ld['passed'] else '**not met**'}",
+                     _where(ld)])
+    for name, r in results.items():
+        if "error" in r:
+            rows.append([name, "—", f"failed: {r['error']}", "—", "—", "—"])
+    return rows
+
+
+def render_table(results: dict) -> str:
+    from rlhflab.checkpoints import markdown_table
+
+    return markdown_table(HEADER, [[c.replace("|", "\\|") for c in row] for row in _rows(results)])
+
+
+def write_benchmarks_md(results: dict | None = None, path: Path = BENCHMARKS_MD) -> bool:
+    """Replace the table between the markers; False (file untouched) when the markers are missing."""
+    results = json.loads(RESULTS.read_text()) if results is None else results
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{render_table(results)}\n{END}{tail}", encoding="utf-8")
+    return True
+
+
+if __name__ == "__main__":
+    print("BENCHMARKS.md table rewritten" if write_benchmarks_md() else f"no markers in {BENCHMARKS_MD}")
