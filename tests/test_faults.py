@@ -41,8 +41,11 @@ class Run:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            # Ctrl-C must reach the script even when the test runner itself was started in the background
+            # (`cmd &` in a script ignores SIGINT, and children inherit that): restore the default first.
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "training" / script), *args], stdout=out,
-                                         stderr=err, env={k: v for k, v in env.items() if v is not None}, cwd=tmp)
+                                         stderr=err, env={k: v for k, v in env.items() if v is not None}, cwd=tmp,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     @property
     def stdout(self) -> str:
