@@ -2,6 +2,8 @@
 
     python bench/ppo_recipe.py NAME --mode full [--seed 0] [--trl adam_epsilon=1e-5 --trl optim=sgd] [-- --lr 1e-5]
 
+(flags after -- go to training/ppo.py)
+
 The training log's own "last pass minus first pass" compares two single samples per prompt (their
 correlation is only about 0.3 with the demo reward model), so its 95 % interval is about ±0.45. This
 script instead samples K responses per prompt from the trained policy and from the base (same seeds,
@@ -49,8 +51,8 @@ def main():
     parser.add_argument("--reward-model", default=None)
     parser.add_argument("--samples", type=int, default=3, help="responses per prompt in the evaluation")
     parser.add_argument("--work", default="/tmp/ppo-recipe")
-    parser.add_argument("ppo_args", nargs="*", help="extra training/ppo.py flags, after --")
-    args = parser.parse_args()
+    args, ppo_args = parser.parse_known_args()  # the rest are training/ppo.py flags (after --)
+    args.ppo_args = [a for a in ppo_args if a != "--"]
 
     import torch
 
