@@ -74,6 +74,9 @@ class PPOConfig:
     lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr); adapters usually need a larger one")
     value_freeze_layers: int = _f(0, "value model: freeze its embeddings and this many lowest blocks (0 = train all); "
                                       "the value model starts from the reward model, whose lower blocks already fit")
+    optim: str = _f("adamw_torch_fused", "optimizer, as transformers names it: adamw_torch_fused, sgd, ... "
+                                         "(plain SGD lost less reward than AdamW in small full-parameter runs: "
+                                         "BENCHMARKS.md)")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses that do not finish")
     seed: int = _f(42, "random seed")
     output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/ppo-<mode>)")

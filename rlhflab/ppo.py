@@ -335,7 +335,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         kl_coef=kl_coef, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
         bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
-        dataset_num_proc=None, disable_tqdm=False, optim="adamw_torch_fused",
+        dataset_num_proc=None, disable_tqdm=False, optim=cfg.optim,
     )
     for key, value in (trl_overrides or {}).items():  # benchmarks compare against TRL's own defaults
         setattr(args, key, value)
@@ -430,6 +430,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         "value_trainable_params": v_trainable, "value_total_params": v_total,
         "lora_target_modules": list(peft_config.target_modules) if peft_config else None,
         "train_prompts": len(train_prompts), "heldout_prompts": len(heldout), "bf16": bf16,
+        "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
         "seconds": timer.elapsed_s, "summary": summarize_metrics(metrics),
     }
 

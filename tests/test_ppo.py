@@ -171,3 +171,10 @@ def test_paired_score_gain_matches_hand_computed_differences():
     assert gain["n_prompts"] == 4 and gain["mean"] == pytest.approx(1.0)
     assert gain["low"] >= 0.5 - 1e-9 and gain["high"] <= 1.5 + 1e-9
     assert paired_pass_gain([dict(r, **{"pass": 1}) for r in rows]) is None  # one pass: nothing to pair
+
+
+def test_the_optimizer_is_chosen_by_name_and_recorded(full_run, tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    assert json.loads((full_run / "ppo_info.json").read_text())["optimizer"] == "AdamW"  # the default
+    out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, optim="sgd", max_steps=1))
+    assert json.loads((out / "ppo_info.json").read_text())["optimizer"] == "SGD"
+    assert [r["step"] for r in _metrics(out)] == [1]
