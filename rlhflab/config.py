@@ -77,6 +77,7 @@ class PPOConfig:
     optim: str = _f("adamw_torch_fused", "optimizer, as transformers names it: adamw_torch_fused, sgd, ... "
                                          "(plain SGD lost less reward than AdamW in small full-parameter runs: "
                                          "BENCHMARKS.md)")
+    lora_optim: str | None = _f(None, "optimizer in LoRA mode (default: --optim)")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses that do not finish")
     seed: int = _f(42, "random seed")
     output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/ppo-<mode>)")
@@ -145,11 +146,13 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     PPOConfig: {
         # 48 prompts x 2 passes = 12 steps of 8 rollouts; one PPO epoch per rollout; the value model trains
-        # only its top blocks. Full-PPO lr measured on a 2-core AMD EPYC: 3e-5 drifted to 0.19 nats/token
-        # over the last pass, 1.5e-5 stayed at 0.011; LoRA with 2 PPO epochs reached 0.11, with 1: 0.040.
+        # only its top blocks. Full PPO uses plain SGD: over seeds 0-2 AdamW (lr 2e-5) ended at 0.11, 0.025
+        # and 0.014 nats/token and lost held-out reward, SGD (lr 1.5e-2) at 0.069-0.084 and lost none
+        # (BENCHMARKS.md, bench/ppo_recipe.py). LoRA keeps AdamW: with 2 PPO epochs 0.11, with 1: 0.040.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
-                     max_response_length=32, lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
+                     max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
+                     lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
                      value_freeze_layers=24),
     },
     DCGANConfig: {

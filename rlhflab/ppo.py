@@ -335,7 +335,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         kl_coef=kl_coef, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
         bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
-        dataset_num_proc=None, disable_tqdm=False, optim=cfg.optim,
+        dataset_num_proc=None, disable_tqdm=False,
+        optim=cfg.lora_optim if cfg.mode == "lora" and cfg.lora_optim else cfg.optim,
     )
     for key, value in (trl_overrides or {}).items():  # benchmarks compare against TRL's own defaults
         setattr(args, key, value)

@@ -173,8 +173,16 @@ def test_paired_score_gain_matches_hand_computed_differences():
     assert paired_pass_gain([dict(r, **{"pass": 1}) for r in rows]) is None  # one pass: nothing to pair
 
 
-def test_the_optimizer_is_chosen_by_name_and_recorded(full_run, tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    assert json.loads((full_run / "ppo_info.json").read_text())["optimizer"] == "AdamW"  # the default
-    out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, optim="sgd", max_steps=1))
-    assert json.loads((out / "ppo_info.json").read_text())["optimizer"] == "SGD"
+def test_the_optimizer_is_chosen_by_name_per_mode_and_recorded(full_run, lora_run, tmp_path, tiny_llama_dir,
+                                                                tiny_reward_dir, prompts_file):
+    from rlhflab.config import PPOConfig, build_config
+
+    # the demo profile: plain SGD for full PPO, AdamW for the adapters; the spec profile: AdamW for both
+    assert json.loads((full_run / "ppo_info.json").read_text())["optimizer"] == "SGD"
+    assert json.loads((lora_run / "ppo_info.json").read_text())["optimizer"] == "AdamW"
+    spec = build_config(PPOConfig, "spec")
+    assert spec.optim == "adamw_torch_fused" and spec.lora_optim is None
+    out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file,
+                             optim="adamw_torch_fused", max_steps=1))
+    assert json.loads((out / "ppo_info.json").read_text())["optimizer"] == "AdamW"
     assert [r["step"] for r in _metrics(out)] == [1]
