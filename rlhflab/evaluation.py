@@ -65,8 +65,6 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     paths = {"full": cfg.full_model, "lora": cfg.lora_model}
     policy_dirs = {n: resolve_checkpoint(paths[n]) for n in names if n in paths}
     prompts, prompt_source = heldout_prompts(cfg, policy_dirs)
-    # Under bf16 autocast the policies' matmuls run in bf16 anyway; holding their weights in bf16 saves
-    # re-casting the frozen (LoRA-shared) base weights at every decode step.
     policies = PolicySet(cfg.base_model, str(policy_dirs["full"]) if "full" in policy_dirs else None,
                          str(policy_dirs["lora"]) if "lora" in policy_dirs else None, dtype=policy_dtype(cfg.bf16))
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
