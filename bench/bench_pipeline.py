@@ -45,6 +45,7 @@ def _run(cmds: list[list[str]], threads: int, logs: Path) -> float:
 
 
 def run(steps: int = 6, reward: str | None = None) -> dict:
+    from rlhflab.checkpoints import read_jsonl
     from rlhflab.config import CHECKPOINTS_DIR
 
     reward = reward or str(CHECKPOINTS_DIR / "reward")
@@ -57,8 +58,7 @@ def run(steps: int = 6, reward: str | None = None) -> dict:
         steps_logged = {}
         for arm, out in (("one_by_one", seq_out), ("side_by_side", par_out)):
             for m in ("full", "lora"):
-                rows = [json.loads(line) for line in (out / f"ppo-{m}" / "metrics.jsonl").read_text().splitlines()]
-                steps_logged[f"{arm}_{m}_steps"] = len(rows)
+                steps_logged[f"{arm}_{m}_steps"] = len(read_jsonl(out / f"ppo-{m}" / "metrics.jsonl"))
     return {
         "benchmark": "pipeline PPO stage (full + LoRA demo runs, whole processes)",
         "steps_per_run": steps,

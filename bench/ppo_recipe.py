@@ -57,6 +57,7 @@ def main():
     import torch
 
     from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, parse_config
+    from rlhflab.data.oasst1 import read_prompts
     from rlhflab.models import load_causal_lm, load_policy, load_reward_model
     from rlhflab.ppo import train_ppo
     from rlhflab.stats import paired_bootstrap_diff
@@ -70,8 +71,7 @@ def main():
     train_ppo(cfg, trl_overrides=overrides)
     train_s = time.perf_counter() - started
 
-    train = [json.loads(line)["prompt"] for line in (out / "train_prompts.jsonl").read_text().splitlines()]
-    held = [json.loads(line)["prompt"] for line in (out / "heldout_prompts.jsonl").read_text().splitlines()]
+    train, held = read_prompts(out / "train_prompts.jsonl"), read_prompts(out / "heldout_prompts.jsonl")
     reward_model, tokenizer = load_reward_model(reward)
     base_cache = Path(args.work) / f"base-scores-seed{args.seed}-{args.samples}.json"  # the seed picks the prompts
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -16,13 +16,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import ROOT, command, machine  # noqa: E402
-from report import BENCHMARKS_MD, write_benchmarks_md  # noqa: E402
+from common import command, machine  # noqa: E402
+from report import BENCHMARKS_MD, RESULTS, write_benchmarks_md  # noqa: E402
 
 BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
            "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load",
            "pipeline": "bench_pipeline"}
-RESULTS = ROOT / "bench" / "results.json"
 
 
 def main():
