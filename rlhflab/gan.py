@@ -412,9 +412,9 @@ def gan_diagnostics(generator: Generator, data, num_samples: int = 1000, seed: i
                     classifier_steps: int = 200) -> dict:
     """Diversity, memorisation and a domain-feature Fréchet distance for `generator` against `data`
     (an rlhflab.data.chestmnist.XrayDataset). Held-out real images come from its test split.
-    The global torch RNG is left as it was."""
+    The global torch RNG is left as it was, the GPUs' included (the feature net below re-seeds them all)."""
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         n = max(2, min(num_samples, len(data.test_images), len(data.train_images)))
         g = torch.Generator().manual_seed(seed)
         fake = sample_images(generator, seed + 1, n)

@@ -16,7 +16,7 @@ from rlhflab.checkpoints import (Timer, command_line, hardware_description, mark
                                  write_json, write_model_card)
 from rlhflab.config import RewardConfig
 from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
-from rlhflab.models import autocast, autocast_dtype, count_parameters, freeze_lower_layers, load_tokenizer, model_path
+from rlhflab.models import autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers, load_tokenizer, model_path
 from rlhflab.scoring import encode_for_reward, left_pad, reward_forward, score_responses
 
 EVAL_FILE = "reward_eval.json"
@@ -80,7 +80,8 @@ class FrozenPrefix:
 
     @torch.no_grad()
     def hidden_states(self, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[torch.Tensor]:
-        """Output of the frozen blocks for each sequence (its own length, no padding)."""
+        """Output of the frozen blocks for each sequence (its own length, no padding), on the model's device."""
+        device = next(self.backbone.parameters()).device
         norm, self.backbone.norm = self.backbone.norm, torch.nn.Identity()
         self.backbone.layers = torch.nn.ModuleList(list(self.blocks)[: self.n])
         out: list[torch.Tensor | None] = [None] * len(sequences)
@@ -89,7 +90,8 @@ class FrozenPrefix:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 ids, mask = left_pad([sequences[i] for i in idx], pad_id)
-                h = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                h = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                h = h.float().cpu()  # kept in host memory; the Trainer moves each batch to the device
                 for row, i in enumerate(idx):
                     out[i] = h[row, ids.shape[1] - len(sequences[i]):].clone()
         finally:
@@ -242,6 +244,9 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     prefix = FrozenPrefix(model, cfg.freeze_layers) if FrozenPrefix.applies(model, cfg.freeze_layers) else None
     if prefix is not None:
         t = Timer()
+        # The frozen blocks run where training runs (the GPU, if any): the Trainer later moves only the upper
+        # blocks it holds, so the lower ones must be there already for the evaluation after restore().
+        model.to(best_device())
         with autocast(cfg.bf16):
             train_ds, val_ds = (CachedPairDataset(ds, prefix, tokenizer.pad_token_id) for ds in (train_ds, val_ds))
         prefix.train_upper_blocks()

@@ -14,7 +14,9 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 def _torchrun(args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1",
-           "MASTER_ADDR": "127.0.0.1"}
+           "MASTER_ADDR": "127.0.0.1",
+           # the two ranks are CPU processes (gloo) also on a GPU machine: on one GPU, NCCL refuses two ranks
+           "CUDA_VISIBLE_DEVICES": ""}
     cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29533", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

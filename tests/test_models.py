@@ -116,7 +116,7 @@ def test_bf16_policies_chat_including_a_lora_adapter_on_the_bf16_base(tmp_path, 
     for name in ("base", "full", "lora"):
         with policies.use(name) as (model, tokenizer), torch.no_grad():
             assert next(p for n, p in model.named_parameters() if "lora_" not in n).dtype == torch.bfloat16
-            last_logits[name] = model(input_ids=torch.tensor([[1, 5, 9, 13]])).logits[0, -1].float()
+            last_logits[name] = model(input_ids=torch.tensor([[1, 5, 9, 13]], device=model.device)).logits[0, -1].float()
             stream = stream_generate(model, tokenizer, "Say something.", settings)
             try:
                 while True:

@@ -22,7 +22,7 @@ if a.fail:
 Path(a.out).mkdir(parents=True, exist_ok=True)
 share = Path(os.environ["RLHFLAB_THREADS_FILE"]).read_text()  # what follow_thread_share would adopt now
 (Path(a.out) / "done.json").write_text(json.dumps({"start": start, "end": time.time(), "threads": os.environ["OMP_NUM_THREADS"],
-                                                   "share_at_end": share}))
+                                                   "share_at_end": share, "sleep": a.sleep}))
 '''
 
 
@@ -118,3 +118,34 @@ def test_follow_thread_share_adopts_the_pipelines_share(tmp_path, monkeypatch):
         assert follow_thread_share() == 1  # a torn or odd file changes nothing
     finally:
         torch.set_num_threads(before)
+
+
+def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
+    from rlhflab.config import DCGANConfig, PPOConfig, RewardConfig, parse_config
+
+    classes = {"reward": RewardConfig, "ppo-full": PPOConfig, "ppo-lora": PPOConfig, "dcgan": DCGANConfig}
+    for step in pipeline.STEPS:
+        if step.output not in classes:
+            assert step.stand_in == []  # the evaluation reads what the PPO runs saved
+            continue
+        cmd = step.command("spec", step.stand_in)
+        cfg = parse_config(classes[step.output], cmd[2:])  # the step's own parser accepts the flags
+        assert cfg.profile == "spec"
+        if step.output == "reward":
+            assert Path(cfg.dataset).is_file() and cfg.val_size == 64 and cfg.train_size == 1000
+        elif step.output == "dcgan":
+            assert cfg.allow_phantom and not cfg.download and cfg.epochs == 1000
+        else:
+            assert Path(cfg.dataset).is_file() and cfg.lang == "en" and cfg.batch_size == 64
+
+
+def test_stand_in_flags_reach_the_step_only_when_asked(tmp_path):
+    for asked in (False, True):
+        steps = _steps(tmp_path)
+        for s in steps:
+            s.stand_in = ["--sleep", "0"]  # the stand-in script's own flag; argparse keeps the last value
+        assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=steps, cores=2, stand_in_data=asked)
+        sleeps = [_record(tmp_path, s.output)["sleep"] for s in steps]
+        assert sleeps == ([0, 0, 0, 0] if asked else [0.3, 1.5, 1.5, 0.2])
+        import shutil
+        shutil.rmtree(tmp_path / "store")

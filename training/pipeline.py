@@ -35,18 +35,26 @@ class Step:
     done_file: str  # present when the step finished
     hub_suffix: str | None = None
     after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
+    stand_in: list[str] = field(default_factory=list)  # flags that point the step at the embedded stand-in data
 
     def command(self, profile: str, extra: list[str]) -> list[str]:
         return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
 
 
+DEMO_DATA = ROOT / "data" / "demo"
+
+
 # In priority order. The DCGAN needs nothing, but waits for the reward model so that the reward
 # model (the step everything else waits for) gets the whole CPU.
 STEPS = [
-    Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward"),
-    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"]),
-    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"]),
-    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"]),
+    Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
+         stand_in=["--dataset", str(DEMO_DATA / "hh_rlhf.jsonl"), "--val-size", "64"]),
+    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
+         stand_in=["--dataset", str(DEMO_DATA / "oasst1.jsonl"), "--lang", "en"]),
+    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
+         stand_in=["--dataset", str(DEMO_DATA / "oasst1.jsonl"), "--lang", "en"]),
+    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
+         stand_in=["--allow-phantom", "--no-download"]),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None, ["reward", "ppo-full", "ppo-lora"]),
 ]
 
@@ -99,8 +107,12 @@ def _step_env(threads: int, share_file: Path) -> dict:
 
 def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix: str | None = None,
                  only: list[str] | None = None, jobs: int = 1, steps: list[Step] | None = None,
-                 cores: int | None = None) -> bool:
-    """Run the missing steps (at most `jobs` at a time, dependencies first); True when all succeeded."""
+                 cores: int | None = None, stand_in_data: bool = False) -> bool:
+    """Run the missing steps (at most `jobs` at a time, dependencies first); True when all succeeded.
+
+    `stand_in_data` points every step at the embedded stand-in data (data/demo/, the phantom X-rays) while
+    keeping the profile's sizes: the spec-sized run on a machine that cannot reach the Hub. The stand-ins
+    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data."""
     from tqdm import tqdm
 
     logs = checkpoints / "logs"
@@ -132,6 +144,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
 
     def launch(step: Step, threads: int):
         extra = ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"] if push_prefix and step.hub_suffix else []
+        extra += step.stand_in if stand_in_data else []
         cmd = step.command(profile, extra)
         log = logs / f"{step.output}.log"
         fh = open(log, "w")
@@ -205,11 +218,15 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=None,
                         help="steps run side by side, CPU threads split between them "
                              "(default: 2 on a CPU-only machine with 2+ cores, 1 with a GPU)")
+    parser.add_argument("--stand-in-data", action="store_true",
+                        help="train on the embedded stand-in data (data/demo/, PHANTOM X-rays) at the profile's sizes, "
+                             "for a machine that cannot reach the Hub; the model cards say so")
     parser.add_argument("--serve", action="store_true", help="start the app afterwards")
     args = parser.parse_args(argv)
     ok = run_pipeline(args.profile, CHECKPOINTS_DIR, args.push_to_hub_prefix,
                       args.only.split(",") if args.only else None,
-                      jobs=args.jobs if args.jobs is not None else default_jobs())
+                      jobs=args.jobs if args.jobs is not None else default_jobs(),
+                      stand_in_data=args.stand_in_data)
     if args.serve:
         if not ok:
             print("starting the app anyway: tabs whose checkpoints are missing say how to make them.")
