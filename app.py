@@ -13,7 +13,7 @@ import os
 import threading
 
 from space.demo import build_demo, launch_kwargs
-from space.registry import Registry
+from space.registry import Registry, env_flag
 
 
 def launch_options(registry: Registry, env: dict | None = None) -> dict:
@@ -27,7 +27,7 @@ def launch_options(registry: Registry, env: dict | None = None) -> dict:
 def main() -> None:
     registry = Registry()
     demo = build_demo(registry)
-    if os.environ.get("RLHFLAB_PRELOAD", "").lower() in ("1", "true", "yes"):
+    if env_flag(os.environ, "RLHFLAB_PRELOAD", default=False):
         threading.Thread(target=registry.preload, daemon=True).start()
     demo.launch(**launch_options(registry))
 

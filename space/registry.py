@@ -62,6 +62,22 @@ class Resolution:
         return self.origin != "missing"
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_flag(env: dict, name: str, default: bool) -> bool:
+    """An on/off environment setting: 1/true/yes/on or 0/false/no/off (any case); unset or empty means `default`.
+    Any other value keeps the default and says so, rather than silently meaning one or the other."""
+    value = (env.get(name) or "").strip().lower()
+    if not value:
+        return default
+    if value in _ON or value in _OFF:
+        return value in _ON
+    print(f"warning: {name}={env[name]!r} is not one of {'/'.join(_ON)} or {'/'.join(_OFF)}; "
+          f"using the default ({'on' if default else 'off'}).", flush=True)
+    return default
+
+
 class CheckpointUnavailable(UserError):
     """A checkpoint is missing or broken; the message says what to run."""
 
@@ -82,7 +98,7 @@ class Registry:
         self._singletons: dict[str, object] = {}  # reward model and generator, loaded once
         self._ratings = None
         # policies hold bf16 weights where bf16 is fast (rlhflab.models.policy_dtype); RLHFLAB_BF16=0 keeps fp32
-        self.want_bf16 = self.env.get("RLHFLAB_BF16", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.want_bf16 = env_flag(self.env, "RLHFLAB_BF16", default=True)
 
     # ---------------------------------------------------------------- resolution
 

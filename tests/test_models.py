@@ -100,6 +100,18 @@ def test_generating_policies_hold_bf16_weights_only_where_bf16_is_fast(monkeypat
     assert not any(Registry(env={"RLHFLAB_BF16": v}).want_bf16 for v in ("0", "false", "off", " No "))
 
 
+def test_env_flags_share_one_reading(capsys):
+    """RLHFLAB_BF16 and RLHFLAB_PRELOAD read the same words; an unknown word keeps the default and says so."""
+    from space.registry import env_flag
+
+    for default in (False, True):
+        assert env_flag({}, "X", default) is default and env_flag({"X": " "}, "X", default) is default
+        assert all(env_flag({"X": v}, "X", default) for v in ("1", "TRUE", "yes", " On "))
+        assert not any(env_flag({"X": v}, "X", default) for v in ("0", "False", "no", "OFF"))
+    assert env_flag({"X": "maybe"}, "X", True) is True and env_flag({"X": "maybe"}, "X", False) is False
+    assert "X='maybe' is not one of" in capsys.readouterr().out
+
+
 def test_bf16_policies_chat_including_a_lora_adapter_on_the_bf16_base(tmp_path, tiny_llama_dir):
     """The app's policies in bf16 (as on a CPU with AVX512-bf16): base, full and LoRA all stream an answer,
     and the adapter changes the base's output (its fp32 weights apply to the bf16 base's activations)."""
