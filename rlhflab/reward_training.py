@@ -16,7 +16,8 @@ from rlhflab.checkpoints import (Timer, command_line, hardware_description, mark
                                  write_json, write_model_card)
 from rlhflab.config import RewardConfig
 from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
-from rlhflab.models import autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers, load_tokenizer, model_path
+from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers, load_tokenizer,
+                            model_path)
 from rlhflab.scoring import encode_for_reward, left_pad, reward_forward, score_responses
 
 EVAL_FILE = "reward_eval.json"
