@@ -1,6 +1,7 @@
 """One demo PPO run with a recipe change, then a low-noise evaluation of the result against the base policy.
 
     python bench/ppo_recipe.py NAME --mode full [--seed 0] [--trl adam_epsilon=1e-5 --trl optim=sgd] [-- --lr 1e-5]
+    python bench/ppo_recipe.py NAME --checkpoint checkpoints/ppo-lora     # evaluate an existing run, no training
 
 (flags after -- go to training/ppo.py)
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import sys
 import time
@@ -51,6 +53,9 @@ def main():
     parser.add_argument("--reward-model", default=None)
     parser.add_argument("--samples", type=int, default=3, help="responses per prompt in the evaluation")
     parser.add_argument("--work", default="/tmp/ppo-recipe")
+    parser.add_argument("--checkpoint", default=None,
+                        help="skip training: evaluate this PPO checkpoint (e.g. what `make demo` built) on its own "
+                             "training and held-out prompts, against the reward model it was trained with")
     args, ppo_args = parser.parse_known_args()  # the rest are training/ppo.py flags (after --)
     args.ppo_args = [a for a in ppo_args if a != "--"]
 
@@ -63,17 +68,29 @@ def main():
     from rlhflab.stats import paired_bootstrap_diff
 
     reward = args.reward_model or str(CHECKPOINTS_DIR / "reward")
-    out = Path(args.work) / args.name
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.trl)}
-    cfg = parse_config(PPOConfig, ["--profile", "demo", "--mode", args.mode, "--reward-model", reward,
-                                   "--output-dir", str(out), "--seed", str(args.seed), *args.ppo_args])
-    started = time.perf_counter()
-    train_ppo(cfg, trl_overrides=overrides)
-    train_s = time.perf_counter() - started
+    if args.checkpoint:
+        out = Path(args.checkpoint)
+        trained = json.loads((out / "training_config.json").read_text())
+        args.mode, args.seed = trained["mode"], trained["seed"]
+        reward = args.reward_model or trained["reward_model"]  # the one it was trained against
+        cfg = parse_config(PPOConfig, ["--profile", trained["profile"], "--mode", args.mode,
+                                       "--max-response-length", str(trained["max_response_length"])])
+        train_s = None
+    else:
+        out = Path(args.work) / args.name
+        cfg = parse_config(PPOConfig, ["--profile", "demo", "--mode", args.mode, "--reward-model", reward,
+                                       "--output-dir", str(out), "--seed", str(args.seed), *args.ppo_args])
+        started = time.perf_counter()
+        train_ppo(cfg, trl_overrides=overrides)
+        train_s = round(time.perf_counter() - started)
 
     train, held = read_prompts(out / "train_prompts.jsonl"), read_prompts(out / "heldout_prompts.jsonl")
     reward_model, tokenizer = load_reward_model(reward)
-    base_cache = Path(args.work) / f"base-scores-seed{args.seed}-{args.samples}.json"  # the seed picks the prompts
+    # the base's scores depend on the prompts (the seed picks them) and on the reward model
+    key = hashlib.sha1(f"{Path(reward).resolve()}|{train + held}".encode()).hexdigest()[:10]
+    base_cache = Path(args.work) / f"base-scores-seed{args.seed}-{args.samples}-{key}.json"
+    base_cache.parent.mkdir(parents=True, exist_ok=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         if base_cache.is_file():
             base = json.loads(base_cache.read_text())
@@ -88,7 +105,8 @@ def main():
     summary = json.loads((out / "ppo_info.json").read_text())["summary"]
     result = {
         "name": args.name, "mode": args.mode, "seed": args.seed, "trl_overrides": overrides, "ppo_args": args.ppo_args,
-        "train_s": round(train_s), "kl_per_token_last_pass": round(summary["kl_per_token_last"], 4),
+        "checkpoint": args.checkpoint, "reward_model": reward,
+        "train_s": train_s, "kl_per_token_last_pass": round(summary["kl_per_token_last"], 4),
         "training_log_paired_gain": round(summary["paired_score_gain"]["mean"], 3),
         "eval_gain_train_prompts": [round(x, 3) for x in paired_bootstrap_diff(ours[:n], base[:n])],
         "eval_gain_heldout_prompts": [round(x, 3) for x in paired_bootstrap_diff(ours[n:], base[n:])],
