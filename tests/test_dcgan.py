@@ -160,13 +160,15 @@ def test_resume_continues_the_epoch_count_exactly(trained, data_root, tmp_path):
         training.train_dcgan(tiny_config(data_root, resumed, epochs=2, resume=True))
 
 
-def test_missing_chestmnist_is_one_sentence_and_exit_status_2(tmp_path):
+def test_missing_chestmnist_is_one_sentence_and_the_unreachable_data_exit_status(tmp_path):
+    from rlhflab.errors import DATASET_UNAVAILABLE_EXIT
+
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = subprocess.run([sys.executable, str(REPO / "training" / "dcgan.py"), "--data-root", str(empty),
                            "--no-download", "--output-dir", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == DATASET_UNAVAILABLE_EXIT == 4  # the pipeline reads it to suggest --stand-in-data
     message = proc.stderr.strip()
     assert "Traceback" not in proc.stderr and "\n" not in message
     assert "chestmnist.npz" in message and str(empty.resolve()) in message
@@ -183,7 +185,7 @@ def test_download_failure_without_network_is_the_same_sentence(tmp_path, monkeyp
     monkeypatch.setattr(medmnist.dataset.MedMNIST, "download", no_network)
     with pytest.raises(SystemExit) as exit_info:
         training.main(["--data-root", str(tmp_path), "--output-dir", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 4  # a dataset that could not be reached (rlhflab.errors.DATASET_UNAVAILABLE_EXIT)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "chestmnist.npz" in err and str(tmp_path) in err
 

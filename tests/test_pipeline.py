@@ -149,3 +149,16 @@ def test_stand_in_flags_reach_the_step_only_when_asked(tmp_path):
         assert sleeps == ([0, 0, 0, 0] if asked else [0.3, 1.5, 1.5, 0.2])
         import shutil
         shutil.rmtree(tmp_path / "store")
+
+
+def test_an_unreachable_dataset_suggests_the_stand_in_data(tmp_path, capsys):
+    from rlhflab.errors import DATASET_UNAVAILABLE_EXIT
+
+    script = tmp_path / "offline.py"
+    script.write_text(f"import sys; print('error: the dataset could not be reached'); sys.exit({DATASET_UNAVAILABLE_EXIT})")
+    step = pipeline.Step("reward model", str(script), [], "reward", "done.json", None)
+    assert not pipeline.run_pipeline("spec", tmp_path / "store", jobs=1, steps=[step], cores=1)
+    assert "--profile spec --stand-in-data" in capsys.readouterr().err
+    script.write_text("import sys; sys.exit(2)")  # any other failure: no such hint
+    assert not pipeline.run_pipeline("spec", tmp_path / "store", jobs=1, steps=[step], cores=1)
+    assert "--stand-in-data" not in capsys.readouterr().err

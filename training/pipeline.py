@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from rlhflab.checkpoints import recover_interrupted_save  # noqa: E402
 from rlhflab.config import CHECKPOINTS_DIR, DEMO_DATA_DIR, THREADS_FILE_ENV  # noqa: E402
+from rlhflab.errors import DATASET_UNAVAILABLE_EXIT  # noqa: E402
 
 
 @dataclass
@@ -200,6 +201,9 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
               f"last lines of {r.log}:\n" + "\n".join(r.log.read_text(errors="replace").splitlines()[-8:]) +
               f"\nfix the cause, then re-run: {pretty}\n(or run the pipeline again: it reuses what exists)",
               file=sys.stderr)
+        if rc == DATASET_UNAVAILABLE_EXIT and not stand_in_data:
+            print(f"no Hub access? `python training/pipeline.py --profile {profile} --stand-in-data` trains at the "
+                  f"'{profile}' sizes on the embedded stand-in data instead (labelled as such).", file=sys.stderr)
     if failed:
         return False
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
