@@ -75,6 +75,7 @@ def main():
         args.mode, args.seed = trained["mode"], trained["seed"]
         reward = args.reward_model or trained["reward_model"]  # the one it was trained against
         cfg = parse_config(PPOConfig, ["--profile", trained["profile"], "--mode", args.mode,
+                                       "--base-model", trained["base_model"],
                                        "--max-response-length", str(trained["max_response_length"])])
         train_s = None
     else:
