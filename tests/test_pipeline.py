@@ -3,6 +3,7 @@ side with the CPU threads split, finished steps reused, a failure keeps what fin
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -147,7 +148,6 @@ def test_stand_in_flags_reach_the_step_only_when_asked(tmp_path):
         assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=steps, cores=2, stand_in_data=asked)
         sleeps = [_record(tmp_path, s.output)["sleep"] for s in steps]
         assert sleeps == ([0, 0, 0, 0] if asked else [0.3, 1.5, 1.5, 0.2])
-        import shutil
         shutil.rmtree(tmp_path / "store")
 
 

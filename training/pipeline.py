@@ -42,15 +42,17 @@ class Step:
         return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
 
 
+_OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # both PPO runs' prompts
+
 # In priority order. The DCGAN needs nothing, but waits for the reward model so that the reward
 # model (the step everything else waits for) gets the whole CPU.
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
          stand_in=["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), "--val-size", "64"]),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]),
+         stand_in=_OASST_STAND_IN),
     Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]),
+         stand_in=_OASST_STAND_IN),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
          stand_in=["--allow-phantom", "--no-download"]),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None, ["reward", "ppo-full", "ppo-lora"]),
