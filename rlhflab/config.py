@@ -74,6 +74,12 @@ class PPOConfig:
     lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr); adapters usually need a larger one")
     value_freeze_layers: int = _f(0, "value model: freeze its embeddings and this many lowest blocks (0 = train all); "
                                       "the value model starts from the reward model, whose lower blocks already fit")
+    value_head: str = _f("reward", "value model's scalar head at the start: reward (the reward model's head, TRL's "
+                                   "default) or zero (V = 0 at every position until it learns: the reward head read "
+                                   "mid-response swings by about as much as the rewards differ, BENCHMARKS.md)",
+                         choices=("reward", "zero"))
+    gae_lambda: float = _f(0.95, "GAE lambda of the advantages (1 = each token's advantage is the return after it "
+                                  "minus its value)")
     optim: str = _f("adamw_torch_fused", "optimizer, as transformers names it: adamw_torch_fused, sgd, ... "
                                          "(plain SGD lost less reward than AdamW in small full-parameter runs: "
                                          "BENCHMARKS.md)")
@@ -149,11 +155,13 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # only its top blocks. Full PPO uses plain SGD: over seeds 0-2 AdamW (lr 2e-5) ended at 0.11, 0.025
         # and 0.014 nats/token and lost held-out reward, SGD (lr 1.5e-2) at 0.069-0.084 and lost none
         # (BENCHMARKS.md, bench/ppo_recipe.py). LoRA keeps AdamW: with 2 PPO epochs 0.11, with 1: 0.040.
+        # The value head starts at zero and GAE lambda is 1: with the reward model's head the values swung
+        # token to token as much as the rewards differ; over seeds 0-2 this doubled the gain (same bench).
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
                      lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
-                     value_freeze_layers=24),
+                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0),
     },
     DCGANConfig: {
         "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,

@@ -276,6 +276,28 @@ def output_dir_for(cfg: PPOConfig) -> Path:
     return Path(cfg.output_dir or CHECKPOINTS_DIR / f"ppo-{cfg.mode}")
 
 
+def build_value_model(source: Path, freeze_layers: int, pad_token_id: int, zero_head: bool = False):
+    """The PPO value model from `source` (the reward model at the start, TRL's convention; the saved value model
+    on --resume), its lowest `freeze_layers` blocks frozen.
+
+    zero_head zeroes the scalar head, so every position's value starts at 0 and is learned from the
+    returns. The reward model's own head, read in the middle of a response (it was trained on finished
+    ones), swings from token to token by about as much as rewards differ between responses; with it,
+    that swing, not the reward, decides most tokens' advantages (BENCHMARKS.md, "Demo PPO").
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    value_model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, use_safetensors=True)
+    value_model.config.pad_token_id = pad_token_id
+    if freeze_layers:
+        freeze_lower_layers(value_model, freeze_layers)
+    if zero_head:
+        with torch.no_grad():  # TRL reads every value model's output through `.score`
+            for param in value_model.score.parameters():
+                param.zero_()
+    return value_model
+
+
 def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -> Path:
     """Run PPO (full or LoRA) against the frozen reward model; write the checkpoint; return its path."""
     import datasets
@@ -310,13 +332,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         print(f"--resume: all {plan['steps']} steps already done; writing the checkpoint.", flush=True)
     kl_coef = state["kl_coef"] if state else cfg.kl_coef
 
-    from transformers import AutoModelForSequenceClassification
-
-    value_source = saved / "value" if state else model_path(cfg.reward_model)
-    value_model = AutoModelForSequenceClassification.from_pretrained(value_source, num_labels=1, use_safetensors=True)
-    value_model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.value_freeze_layers:
-        freeze_lower_layers(value_model, cfg.value_freeze_layers)
+    value_model = build_value_model(saved / "value" if state else model_path(cfg.reward_model), cfg.value_freeze_layers,
+                                    tokenizer.pad_token_id, zero_head=cfg.value_head == "zero" and state is None)
     if state and cfg.mode == "full":
         policy, _ = load_causal_lm(str(saved / "policy"))
 
@@ -332,7 +349,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         local_rollout_forward_batch_size=plan["local_rollout_forward_batch_size"],
         num_mini_batches=plan["num_mini_batches"], total_episodes=remaining * cfg.batch_size,
         response_length=cfg.max_response_length, temperature=cfg.temperature, stop_token="eos",
-        kl_coef=kl_coef, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
+        kl_coef=kl_coef, lam=cfg.gae_lambda, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
         bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
         dataset_num_proc=None, disable_tqdm=False,
@@ -432,6 +449,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         "lora_target_modules": list(peft_config.target_modules) if peft_config else None,
         "train_prompts": len(train_prompts), "heldout_prompts": len(heldout), "bf16": bf16,
         "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
+        "value_head": cfg.value_head, "gae_lambda": trainer.args.lam,
         "seconds": timer.elapsed_s, "summary": summarize_metrics(metrics),
     }
 

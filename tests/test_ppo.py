@@ -7,7 +7,7 @@ import torch
 from conftest import oasst_rows, tiny_cfg, write_jsonl
 from rlhflab.errors import UserError
 from rlhflab.models import load_causal_lm, load_policy
-from rlhflab.ppo import AdaptiveKLController, ppo_batch_plan, train_ppo
+from rlhflab.ppo import AdaptiveKLController, build_value_model, ppo_batch_plan, train_ppo
 
 FIELDS = {"step", "episode", "kl_per_token", "kl_per_sequence", "kl_coef", "score", "rlhf_reward",
           "entropy_per_token", "response_tokens_mean", "lr", "seconds_per_step"}
@@ -101,11 +101,43 @@ def test_empty_and_too_long_prompt_sets(tmp_path, tiny_llama_dir, tiny_reward_di
         train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, str(long)))
 
 
-def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1))
+def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, monkeypatch):
+    import rlhflab.ppo as ppo
+
+    zeroed = []
+
+    def spy(source, freeze_layers, pad_token_id, zero_head=False):
+        zeroed.append(zero_head)
+        return build_value_model(source, freeze_layers, pad_token_id, zero_head)
+
+    monkeypatch.setattr(ppo, "build_value_model", spy)
+    train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1,
+                       value_head="zero"))
     out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=2,
-                             resume=True))
+                             resume=True, value_head="zero"))
     assert [r["step"] for r in _metrics(out)] == [1, 2]
+    assert zeroed == [True, False]  # a resumed run keeps the value head it learned
+
+
+def test_value_model_starts_from_the_reward_model_with_its_head_or_a_zero_head(tiny_reward_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    reward = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir)
+    ids = torch.randint(5, 100, (2, 12))
+
+    def values(model):  # one value per position, read the way TRL's PPO reads them
+        with torch.no_grad():
+            hidden = getattr(model, model.base_model_prefix)(input_ids=ids).last_hidden_state
+            return model.score(hidden).squeeze(-1)
+
+    copied = build_value_model(tiny_reward_dir, 1, 0)
+    zeroed = build_value_model(tiny_reward_dir, 1, 0, zero_head=True)
+    assert torch.equal(values(copied), values(reward)) and values(reward).std() > 0
+    assert torch.equal(values(zeroed), torch.zeros(2, 12))
+    body = getattr(zeroed, zeroed.base_model_prefix)
+    assert torch.equal(body.layers[1].mlp.up_proj.weight, getattr(reward, reward.base_model_prefix).layers[1].mlp.up_proj.weight)
+    assert not body.layers[0].mlp.up_proj.weight.requires_grad and body.layers[1].mlp.up_proj.weight.requires_grad
+    assert zeroed.config.pad_token_id == 0
 
 
 def test_unfinished_rollouts_are_closed_with_eos_before_scoring():
@@ -182,6 +214,10 @@ def test_the_optimizer_is_chosen_by_name_per_mode_and_recorded(full_run, lora_ru
     assert json.loads((lora_run / "ppo_info.json").read_text())["optimizer"] == "AdamW"
     spec = build_config(PPOConfig, "spec")
     assert spec.optim == "adamw_torch_fused" and spec.lora_optim is None
+    # the demo's value head starts at zero with GAE lambda 1, and TRL got that lambda; the spec keeps TRL's defaults
+    info = json.loads((full_run / "ppo_info.json").read_text())
+    assert (info["value_head"], info["gae_lambda"]) == ("zero", 1.0)
+    assert (spec.value_head, spec.gae_lambda) == ("reward", 0.95)
     out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file,
                              optim="adamw_torch_fused", max_steps=1))
     assert json.loads((out / "ppo_info.json").read_text())["optimizer"] == "AdamW"
