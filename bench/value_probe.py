@@ -62,7 +62,8 @@ def main():
     result = {
         "benchmark": "reward head read along base responses (the value model at PPO step 1)",
         "reward_model": reward_path, "responses": len(prompts), "tokens": args.tokens,
-        "final_reward_mean": round(float(rewards.mean()), 3), "final_reward_sd_between_responses": round(float(rewards.std()), 3),
+        "final_reward_mean": round(float(rewards.mean()), 3),
+        "final_reward_sd_between_responses": round(float(rewards.std()), 3),
         "value_mean": round(float(np.mean(means)), 3),
         "value_sd_within_a_response_mean": round(float(np.mean(swings)), 3),
         "machine": machine(), "command": command(),

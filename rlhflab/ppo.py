@@ -332,8 +332,9 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         print(f"--resume: all {plan['steps']} steps already done; writing the checkpoint.", flush=True)
     kl_coef = state["kl_coef"] if state else cfg.kl_coef
 
-    value_model = build_value_model(saved / "value" if state else model_path(cfg.reward_model), cfg.value_freeze_layers,
-                                    tokenizer.pad_token_id, zero_head=cfg.value_head == "zero" and state is None)
+    value_source = saved / "value" if state else model_path(cfg.reward_model)
+    value_model = build_value_model(value_source, cfg.value_freeze_layers, tokenizer.pad_token_id,
+                                    zero_head=cfg.value_head == "zero" and state is None)
     if state and cfg.mode == "full":
         policy, _ = load_causal_lm(str(saved / "policy"))
 
@@ -349,7 +350,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         local_rollout_forward_batch_size=plan["local_rollout_forward_batch_size"],
         num_mini_batches=plan["num_mini_batches"], total_episodes=remaining * cfg.batch_size,
         response_length=cfg.max_response_length, temperature=cfg.temperature, stop_token="eos",
-        kl_coef=kl_coef, lam=cfg.gae_lambda, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed + done_steps,
+        kl_coef=kl_coef, lam=cfg.gae_lambda, missing_eos_penalty=cfg.missing_eos_penalty,
+        seed=cfg.seed + done_steps,
         bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
         dataset_num_proc=None, disable_tqdm=False,

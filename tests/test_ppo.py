@@ -134,8 +134,8 @@ def test_value_model_starts_from_the_reward_model_with_its_head_or_a_zero_head(t
     zeroed = build_value_model(tiny_reward_dir, 1, 0, zero_head=True)
     assert torch.equal(values(copied), values(reward)) and values(reward).std() > 0
     assert torch.equal(values(zeroed), torch.zeros(2, 12))
-    body = getattr(zeroed, zeroed.base_model_prefix)
-    assert torch.equal(body.layers[1].mlp.up_proj.weight, getattr(reward, reward.base_model_prefix).layers[1].mlp.up_proj.weight)
+    body, reward_body = getattr(zeroed, zeroed.base_model_prefix), getattr(reward, reward.base_model_prefix)
+    assert torch.equal(body.layers[1].mlp.up_proj.weight, reward_body.layers[1].mlp.up_proj.weight)
     assert not body.layers[0].mlp.up_proj.weight.requires_grad and body.layers[1].mlp.up_proj.weight.requires_grad
     assert zeroed.config.pad_token_id == 0
 
