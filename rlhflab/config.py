@@ -157,7 +157,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # (BENCHMARKS.md, bench/ppo_recipe.py). LoRA keeps AdamW: with 2 PPO epochs 0.11, with 1: 0.040.
         # The value head starts at zero and GAE lambda is 1: with the reward model's head the values swung
         # token to token as much as the rewards differ; over seeds 0-2 this doubled full PPO's gain (same
-        # bench). Full PPO's KL then ended above the band in 1 of 4 runs; lr 1.2e-2 held it but gave the gain back.
+        # bench). Full PPO's KL then ended above the band in 2 of 5 runs; lr 1.2e-2 held it but gave the gain back.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
