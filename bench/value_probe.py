@@ -4,7 +4,8 @@
 
 TRL's PPO starts the value model from the reward model, so at step 1 the value of every response
 position is the reward head read in the middle of a response. The reward model was trained on
-finished responses only. This script samples one response per training prompt from the base policy
+finished responses only. This script samples one response to each of the first N English prompts of
+the embedded oasst1 stand-in (data/demo/oasst1.jsonl) from the base policy
 (temperature 0.7, as in the demo's rollouts), reads the head at every response position the way TRL
 does, and compares how much those values swing within a response with how much the final rewards
 differ between responses. Where the swing is as large as the reward spread, the per-token advantages
