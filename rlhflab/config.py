@@ -20,6 +20,13 @@ PROFILES = ("spec", "demo")
 THREADS_FILE_ENV = "RLHFLAB_THREADS_FILE"  # the pipeline's CPU thread share for a step (models.follow_thread_share)
 
 
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+REPORT_TO_HELP = ("also log to this tracker (TRL's report_to): none, tensorboard, trackio or wandb; the lab's own "
+                  "metrics.jsonl is always written")
+INIT_FROM_HELP = ("start the policy and its reference from this checkpoint instead of --base-model: 'sft' "
+                  "(checkpoints/sft), a local folder or a Hub id")
+
+
 def _f(default, help_text: str, **kw):
     return field(default=default, metadata={"help": help_text, **kw})
 
@@ -44,6 +51,7 @@ class RewardConfig:
     resume: bool = _f(False, "continue from the last saved training state in output_dir")
     push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it (GPU, CPU with AMX/AVX512-bf16)")
+    report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class PPOConfig:
     mode: str = _f("full", "full (all parameters) or lora (adapters on attention q/v)", choices=("full", "lora"))
     profile: str = _f("spec", "configuration profile: spec or demo")
     base_model: str = _f(DEFAULT_BASE_MODEL, "policy base: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    init_from: str | None = _f(None, INIT_FROM_HELP)
     reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id")
     dataset: str = _f("OpenAssistant/oasst1", "oasst1 Hub id or a local JSON/JSONL file with its columns")
     lang: str | None = _f(None, "keep only prompts in this language (e.g. en); default all")
@@ -90,7 +99,95 @@ class PPOConfig:
     resume: bool = _f(False, "continue from the last saved training state")
     push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
+    report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
     max_steps: int | None = _f(None, "stop after this many PPO steps (default: epochs x prompts / batch)")
+
+
+@dataclass
+class SFTConfig:
+    mode: str = _f("full", "full (all parameters) or lora (adapters on attention q/v)", choices=("full", "lora"))
+    profile: str = _f("spec", "configuration profile: spec or demo")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "policy base: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    dataset: str = _f("Anthropic/hh-rlhf", "hh-rlhf Hub id or a local JSON/JSONL file in its format (trains on 'chosen')")
+    train_size: int = _f(1000, "training pairs sampled (seeded); their chosen responses are the targets")
+    lr: float = _f(1e-5, "learning rate")
+    batch_size: int = _f(2, "examples per optimizer step")
+    epochs: int = _f(1, "passes over the training examples")
+    max_length: int = _f(512, "tokens of prompt + response kept (longer examples are cut)")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.1, "LoRA dropout")
+    lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr)")
+    seed: int = _f(42, "random seed")
+    output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/sft, or checkpoints/sft-lora)")
+    resume: bool = _f(False, "continue from the last saved training state")
+    push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
+    bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
+    report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (default: epochs x examples / batch)")
+
+
+@dataclass
+class DPOConfig:
+    mode: str = _f("full", "full (all parameters) or lora (adapters on attention q/v)", choices=("full", "lora"))
+    profile: str = _f("spec", "configuration profile: spec or demo")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "policy base: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    init_from: str | None = _f(None, INIT_FROM_HELP)
+    dataset: str = _f("Anthropic/hh-rlhf", "hh-rlhf Hub id or a local JSON/JSONL file in its format")
+    train_size: int = _f(1000, "training pairs sampled (seeded)")
+    beta: float = _f(0.1, "DPO beta: strength of the implicit KL penalty toward the reference")
+    lr: float = _f(1e-5, "learning rate")
+    batch_size: int = _f(2, "preference pairs per optimizer step")
+    epochs: int = _f(1, "passes over the training pairs")
+    max_length: int = _f(512, "tokens of prompt + response kept")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.1, "LoRA dropout")
+    lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr)")
+    seed: int = _f(42, "random seed")
+    output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/dpo, or checkpoints/dpo-lora)")
+    resume: bool = _f(False, "continue from the last saved training state")
+    push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
+    bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
+    report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (default: epochs x pairs / batch)")
+
+
+@dataclass
+class GRPOConfig:
+    mode: str = _f("full", "full (all parameters) or lora (adapters on attention q/v)", choices=("full", "lora"))
+    algorithm: str = _f("grpo", "grpo (TRL's GRPOTrainer) or rloo (TRL's RLOOTrainer, leave-one-out baseline)",
+                        choices=("grpo", "rloo"))
+    profile: str = _f("spec", "configuration profile: spec or demo")
+    base_model: str = _f(DEFAULT_BASE_MODEL, "policy base: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    init_from: str | None = _f(None, INIT_FROM_HELP)
+    reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id")
+    dataset: str = _f("OpenAssistant/oasst1", "oasst1 Hub id or a local JSON/JSONL file with its columns")
+    lang: str | None = _f(None, "keep only prompts in this language (e.g. en); default all")
+    num_prompts: int = _f(1000, "training prompts sampled (seeded)")
+    num_heldout: int = _f(100, "held-out evaluation prompts, disjoint from training")
+    num_generations: int = _f(4, "responses per prompt (the group K whose mean is each response's baseline)")
+    batch_size: int = _f(16, "prompts per optimizer step (each with --num-generations responses)")
+    lr: float = _f(1e-5, "learning rate")
+    epochs: int = _f(1, "passes over the training prompts")
+    max_prompt_length: int = _f(256, "prompt tokens; longer prompts are dropped")
+    max_response_length: int = _f(128, "response tokens generated per prompt")
+    temperature: float = _f(0.7, "sampling temperature of the responses")
+    kl_coef: float = _f(0.05, "initial KL coefficient (beta) toward the reference")
+    kl_target: float = _f(0.05, "target KL to the reference, nats per token (adaptive controller, as in PPO)")
+    kl_horizon: int = _f(10000, "adaptive KL controller horizon, in episodes (Ziegler et al. 2019)")
+    fixed_kl: bool = _f(False, "keep the KL coefficient fixed (no adaptive controller)")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.1, "LoRA dropout")
+    lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr)")
+    seed: int = _f(42, "random seed")
+    output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/grpo, or checkpoints/grpo-lora)")
+    resume: bool = _f(False, "continue from the last saved training state")
+    push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
+    bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
+    report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (default: epochs x prompts / batch)")
 
 
 @dataclass
@@ -163,6 +260,20 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
                      lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
                      value_freeze_layers=24, value_head="zero", gae_lambda=1.0),
+    },
+    # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
+    SFTConfig: {
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=128, batch_size=8, lr=2e-5,
+                     max_length=192, lora_lr=2e-4),
+    },
+    DPOConfig: {
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=96, batch_size=8, lr=5e-6,
+                     max_length=192, lora_lr=5e-5),
+    },
+    GRPOConfig: {
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
+                     batch_size=4, num_generations=4, max_prompt_length=96, max_response_length=32,
+                     lr=2e-6, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16),
     },
     DCGANConfig: {
         "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,

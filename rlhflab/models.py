@@ -230,7 +230,10 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32, base=None
         return load_causal_lm(str(path), dtype)
     adapter_cfg = json.loads((path / "adapter_config.json").read_text())
     if base is None:
-        base, tokenizer = load_causal_lm(adapter_cfg["base_model_name_or_path"], dtype)
+        # The base may itself be a policy checkpoint (an SFT run, or an adapter on one: --init-from).
+        base, tokenizer = load_policy(adapter_cfg["base_model_name_or_path"], dtype)
+        if hasattr(base, "merge_and_unload"):
+            base = base.merge_and_unload()
     else:
         tokenizer = load_tokenizer(adapter_cfg["base_model_name_or_path"])
     return attach_adapter(base, path), tokenizer
