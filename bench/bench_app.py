@@ -125,7 +125,8 @@ def run(policy: str = "base", checkpoints: str | None = None, base_model: str | 
         second = _time_chat(client, policy, prompt, max_new_tokens)
         # Load every other model through the app: the three policies and the reward model, then the generator.
         loaded = {}
-        *_, details, _ = client.predict(prompt, *{**SETTINGS, "max_new_tokens": 1}.values(), api_name="/compare")
+        *_, details, _ = client.predict(prompt, ["base", "full", "lora"], *{**SETTINGS, "max_new_tokens": 1}.values(),
+                                       api_name="/compare")
         for name in ("base", "full", "lora"):
             loaded[name] = details[name]["error"] or "loaded"
         loaded["reward"] = details["base"].get("reward_error") or ("loaded" if details["base"]["reward"] is not None

@@ -85,7 +85,7 @@ def _session_plan(session: int, policies: list[str]):
             yield "chat", policy, PROMPTS[i % len(PROMPTS)]
             yield "score", PROMPTS[i % len(PROMPTS)], RESPONSES[(i + session) % len(RESPONSES)]
             i += 1
-        yield "clear", policy
+        yield "clear", "one", policy, []
         conversation += 1
 
 

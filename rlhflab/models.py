@@ -239,13 +239,13 @@ def load_policy(name_or_path: str, dtype: torch.dtype = torch.float32, base=None
     return attach_adapter(base, path), tokenizer
 
 
-def attach_adapter(base, path: Path):
+def attach_adapter(base, path: Path, adapter_name: str = "default"):
     """`base` with the LoRA adapter in `path` added (safetensors only); a UserError names a file that does not load."""
     from peft import PeftModel
 
     refuse_pickled_weights(path, "LoRA adapter")
     try:
-        return PeftModel.from_pretrained(base, path)
+        return PeftModel.from_pretrained(base, path, adapter_name=adapter_name)
     except Exception as exc:
         raise weights_error(path, exc, "LoRA adapter", "re-run `python training/ppo.py --mode lora`") from None
 

@@ -1,8 +1,10 @@
-"""The three policies (base, full PPO, LoRA PPO), loaded lazily, with base and LoRA sharing one set of weights.
+"""Every policy the lab knows — the base model and each policy checkpoint, whatever method made it — found by what
+its checkpoint says it is (rlhflab.policy_training's card block), loaded lazily, with weights shared where they can be.
 
-The LoRA adapter is attached to the loaded base model; "base" runs it with the adapter
-disabled, "lora" with it enabled. A lock per underlying model keeps concurrent users from
-switching the adapter under each other.
+LoRA adapters trained on the base model are attached to the one loaded base as named adapters: "base" runs
+with adapters disabled, an adapter policy with its adapter set. Full checkpoints (and adapters on another base,
+e.g. an SFT run) load as models of their own. One lock per underlying model keeps concurrent users from switching
+adapters under each other; policies on different models run at the same time.
 """
 from __future__ import annotations
 
@@ -10,31 +12,127 @@ import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
-from rlhflab.models import attach_adapter, best_device, is_adapter_checkpoint, load_causal_lm
+from rlhflab.models import EMBEDDED_MODELS, attach_adapter, best_device, is_adapter_checkpoint, load_causal_lm
+from rlhflab.policy_training import POLICY_METHODS, read_policy_metadata
 
-POLICY_NAMES = ("base", "full", "lora")
+# Folder names of the store whose app key differs (PPO's historical keys "full" and "lora").
+FOLDER_KEYS = {"ppo-full": "full", "ppo-lora": "lora"}
+BASE = "base"
+
+
+def folder_key(folder_name: str) -> str:
+    return FOLDER_KEYS.get(folder_name, folder_name)
+
+
+def policy_label(method: str, mode: str) -> str:
+    """'Full PPO', 'LoRA PPO', 'SFT', 'LoRA DPO', ...: the name a person reads."""
+    if method == BASE:
+        return "Base model"
+    name = POLICY_METHODS.get(method, (method.upper(),))[0]
+    if mode == "lora":
+        return f"LoRA {name}"
+    return f"Full {name}" if method == "ppo" else name
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    key: str
+    label: str
+    source: str  # local folder or Hub repo id (the base: its model name)
+    meta: dict  # the checkpoint's rlhflab block (method, mode, base_model, init_from)
+
+    @property
+    def method(self) -> str:
+        return self.meta.get("method", BASE)
+
+    @property
+    def mode(self) -> str:
+        return self.meta.get("mode", "full")
+
+
+def _order(entry: PolicyEntry) -> tuple:
+    methods = list(POLICY_METHODS)
+    return (methods.index(entry.method) if entry.method in methods else len(methods), entry.mode != "full", entry.key)
+
+
+def discover_policies(store: str | Path) -> dict[str, PolicyEntry]:
+    """Every policy checkpoint in the local store, keyed by folder (ppo-full/ppo-lora as full/lora), in method
+    order (SFT, PPO, DPO, GRPO, ...; full before LoRA). Folders that are not policies are skipped."""
+    store = Path(store)
+    found = []
+    if store.is_dir():
+        for folder in sorted(store.iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            meta = read_policy_metadata(folder)
+            if meta is None:
+                continue
+            found.append(PolicyEntry(folder_key(folder.name), policy_label(meta["method"], meta.get("mode", "full")),
+                                     str(folder), meta))
+    return {e.key: e for e in sorted(found, key=_order)}
+
+
+def sorted_entries(entries) -> list[PolicyEntry]:
+    return sorted(entries, key=_order)
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model names mean the same weights (an embedded model's cache folder counts as its name)."""
+    if not a or not b:
+        return False
+    norm = [Path(x).name if Path(x).name in EMBEDDED_MODELS else str(Path(x).resolve()) if Path(x).exists() else x
+            for x in (a, b)]
+    return norm[0] == norm[1]
 
 
 @dataclass
 class PolicySet:
+    """The base model and any number of policy checkpoints (`sources`: key -> folder or Hub id)."""
+
     base_model: str
-    full_path: str | None = None
-    lora_path: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
     _base: tuple | None = field(default=None, repr=False)
-    _full: tuple | None = field(default=None, repr=False)
-    _lora_attached: bool = field(default=False, repr=False)
+    _attached: set = field(default_factory=set, repr=False)  # adapters living on the shared base
+    _own: dict = field(default_factory=dict, repr=False)  # key -> (model, tokenizer) with weights of its own
     _load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _base_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _full_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _locks: dict = field(default_factory=dict, repr=False)
 
     def source(self, name: str) -> str | None:
-        return {"base": self.base_model, "full": self.full_path, "lora": self.lora_path}[name]
+        return self.base_model if name == BASE else self.sources.get(name)
+
+    def set_source(self, name: str, source: str) -> None:
+        """Name a checkpoint for `name` (one that appeared after start-up); a loaded policy keeps its weights."""
+        if name != BASE and name not in self._own and name not in self._attached:
+            self.sources[name] = source
+
+    def shares_base(self, name: str) -> bool:
+        """True when `name` runs on the shared base weights (the base itself, or an adapter trained on it)."""
+        if name == BASE or name in self._attached:
+            return True
+        src = self.sources.get(name)
+        if not src or name in self._own:
+            return False
+        try:
+            path = resolve_checkpoint(src)
+        except UserError:
+            return False
+        if not is_adapter_checkpoint(path):
+            return False
+        adapter_base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return _same_model(adapter_base, self.base_model) or (
+            Path(str(adapter_base)).name in EMBEDDED_MODELS and Path(str(adapter_base)).name == self.base_model)
+
+    def group(self, name: str) -> str:
+        """Which loaded weights `name` runs on: policies of one group take turns, different groups run together."""
+        return BASE if self.shares_base(name) else name
 
     def _load_base(self):
         if self._base is None:
@@ -42,30 +140,41 @@ class PolicySet:
             self._base = (model.to(best_device()).eval(), tok)
         return self._base
 
-    def _attach_lora(self):
-        with self._base_lock:  # attaching changes the shared model: never under a running base generation
-            self._attach_lora_locked()
+    def _attach(self, name: str):
+        with self._base_lock:  # attaching changes the shared model: never under a running generation on it
+            if name in self._attached:
+                return
+            path = resolve_checkpoint(self.sources[name])
+            if not is_adapter_checkpoint(path):
+                raise UserError(f"{self.sources[name]} is not a LoRA adapter checkpoint (no adapter_config.json).")
+            model, tok = self._load_base()
+            if self._attached:
+                from rlhflab.models import refuse_pickled_weights
 
-    def _attach_lora_locked(self):
-        if self._lora_attached:
-            return
-        path = resolve_checkpoint(self.lora_path)
-        if not is_adapter_checkpoint(path):
-            raise UserError(f"{self.lora_path} is not a LoRA adapter checkpoint (no adapter_config.json).")
-        base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        model, tok = self._load_base()
-        peft_model = attach_adapter(model, path)
-        peft_model.eval()
-        self._base = (peft_model, tok)
-        self._lora_attached = True
-        self.lora_base_name = base_name
+                refuse_pickled_weights(path, "LoRA adapter")
+                try:
+                    model.load_adapter(path, adapter_name=name)
+                except Exception as exc:
+                    from rlhflab.models import weights_error
 
-    def _load_full(self):
-        if self._full is None:
-            path = resolve_checkpoint(self.full_path, required_file="config.json")
-            model, tok = load_causal_lm(str(path), self.dtype)
-            self._full = (model.to(best_device()).eval(), tok)
-        return self._full
+                    raise weights_error(path, exc, "LoRA adapter", "re-run the training that wrote it") from None
+            else:
+                model = attach_adapter(model, path, adapter_name=name)
+            model.eval()
+            self._base = (model, tok)
+            self._attached.add(name)
+
+    def _load_own(self, name: str):
+        if name not in self._own:
+            from rlhflab.models import load_policy
+
+            path = resolve_checkpoint(self.sources[name])
+            model, tok = load_policy(str(path), self.dtype)
+            if hasattr(model, "merge_and_unload"):  # an adapter on another base: one plain model
+                model = model.merge_and_unload()
+            self._own[name] = (model.to(best_device()).eval(), tok)
+            self._locks[name] = threading.Lock()
+        return self._own[name]
 
     def load(self, name: str) -> None:
         """Load what `name` needs now (raises UserError when its checkpoint is missing or broken)."""
@@ -75,25 +184,29 @@ class PolicySet:
     @contextlib.contextmanager
     def use(self, name: str):
         """(model, tokenizer) of a policy, held exclusively for the duration of the block."""
-        if name not in POLICY_NAMES:
-            raise UserError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}.")
-        if name != "base" and not self.source(name):
+        if name != BASE and name not in self.sources:
+            known = ", ".join([BASE, *self.sources])
+            raise UserError(f"unknown policy {name!r}; choose one of {known}.")
+        if name != BASE and not self.sources[name]:
             raise UserError(f"no {name} checkpoint configured.")
         with self._load_lock:
-            if name == "full":
-                self._load_full()
-            else:
+            if name == BASE:
                 self._load_base()
-                if name == "lora":
-                    self._attach_lora()
-        if name == "full":
-            with self._full_lock:
-                yield self._full
+            elif self.shares_base(name):
+                self._attach(name)
+            else:
+                self._load_own(name)
+        if name in self._own:
+            with self._locks[name]:
+                yield self._own[name]
             return
         with self._base_lock:
             model, tok = self._base
-            if self._lora_attached and name == "base":
+            if name == BASE and self._attached:
                 with model.disable_adapter():
                     yield model, tok
+            elif name == BASE:
+                yield model, tok
             else:
+                model.set_adapter(name)
                 yield model, tok

@@ -1,8 +1,10 @@
-"""Chat tab: talk to the base, full-PPO or LoRA-PPO policy, or to all three side by side, streamed token by token.
+"""Chat tab: talk to any policy the lab has (base, SFT, PPO, DPO, GRPO, ...), or to two to four of them side by
+side (arena style), streamed token by token.
 
-Each side keeps its own multi-turn history (one `gr.State` dict). Side by side, one event advances all three
-streams in turn (FastChat's arena); base and LoRA share one set of weights, so those two take turns while the
-full policy streams alongside. Every finished answer is scored by the reward model when there is one.
+Each policy keeps its own multi-turn history (one `gr.State` dict keyed by policy). Side by side, one event
+advances every chosen stream in turn (FastChat's arena); policies on the same weights (the base and the LoRA
+adapters trained on it) take turns while the others stream alongside. Every finished answer is scored by the
+reward model when there is one.
 """
 from __future__ import annotations
 
@@ -14,23 +16,28 @@ from rlhflab.errors import UserError
 from rlhflab.generation import SETTING_BOUNDS, GenerationSettings, generate_batch, prompt_token_limit, stream_generate
 from rlhflab.models import format_prompt
 from rlhflab.scoring import score_responses
-from space.registry import POLICY_KEYS, Registry
+from space.registry import Registry
 
-POLICY_LABELS = {"base": "Base model", "full": "Full PPO", "lora": "LoRA PPO"}
-ALL = "all"
-MODE_CHOICES = [(POLICY_LABELS[k], k) for k in POLICY_KEYS] + [("All three side by side", ALL)]
+ONE, ALL = "one", "all"
+MODE_CHOICES = [("One policy", ONE), ("Side by side (2–4 policies)", ALL)]
+MAX_SIDES = 4
+DEFAULT_SIDES = ("base", "full", "lora", "dpo", "grpo", "sft")  # the first available of these, up to three
 SETTING_NAMES = ("temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens",
                  "seed", "greedy", "best_of_n")
 EMPTY_MESSAGE = "Please type a message first — an empty message has nothing to answer."
 DISPLAY_CHARS = 2000  # longer user messages are shortened on screen (the model still gets what fits)
 MAX_MESSAGE_CHARS = 200_000  # hard cap before tokenizing, so an absurd paste cannot stall a worker
-SHARED_WEIGHTS = (("full",), ("base", "lora"))  # sides in one group run one after the other
 STREAM_INTERVAL_S = 0.05  # at most ~20 screen updates a second: each costs Gradio far more than a token costs us
 GENERATION_CONCURRENCY = 2  # generation events admitted at once; PolicySet's locks allow one per model
 
 
 def new_histories() -> dict[str, list[dict]]:
-    return {name: [] for name in POLICY_KEYS}
+    return {}
+
+
+def history(hists: dict, name: str) -> list[dict]:
+    """The conversation with policy `name` (created empty on first use)."""
+    return hists.setdefault(name, [])
 
 
 def model_messages(history: list[dict]) -> list[dict]:
@@ -125,7 +132,7 @@ def side_stream(registry: Registry, name: str, messages: list[dict], settings: G
         result["error"] = str(exc)
         return result
     except Exception as exc:  # a generation failure ends this side only
-        result["error"] = f"{POLICY_LABELS[name]} failed while generating ({type(exc).__name__}: {exc})."
+        result["error"] = f"{registry.policy_label(name)} failed while generating ({type(exc).__name__}: {exc})."
         return result
     if any(g.prompt_truncated for g in generations):
         result["notes"].append("The conversation was cut from the left to fit the model's prompt limit.")
@@ -193,10 +200,12 @@ def _run_in_turn(streams: list[tuple[str, object]]):
             yield name, text, None
 
 
-def interleave(streams: dict[str, object]):
+def interleave(streams: dict[str, object], groups: list[list[str]] | None = None):
     """(side, text so far, None) while streaming and (side, None, result) when a side ends, round-robin over the
-    groups of SHARED_WEIGHTS; a group's sides run one after another (their generators start lazily)."""
-    active = [_run_in_turn([(n, streams[n]) for n in group if n in streams]) for group in SHARED_WEIGHTS]
+    weight groups (`groups`; default: every side its own); a group's sides run one after another (their
+    generators start lazily), since they share one model and its lock."""
+    groups = groups or [[name] for name in streams]
+    active = [_run_in_turn([(n, streams[n]) for n in group if n in streams]) for group in groups]
     while active:
         for it in list(active):
             try:
@@ -207,6 +216,17 @@ def interleave(streams: dict[str, object]):
 
 def _clean_message(message) -> str:
     return "" if message is None else str(message)[:MAX_MESSAGE_CHARS]
+
+
+def _weight_groups(registry: Registry, sides: list[str]) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name in sides:
+        try:
+            group = registry.policy_group(name)
+        except UserError:
+            group = name
+        groups.setdefault(group, []).append(name)
+    return list(groups.values())
 
 
 def _stream_sides(registry: Registry, histories: dict, sides: list[str], settings: GenerationSettings):
@@ -220,17 +240,17 @@ def _stream_sides(registry: Registry, histories: dict, sides: list[str], setting
                              "candidates": None, "error": registry.missing_message(res), "reward_error": None}
             _finish_turn(histories[name], replies[name], results[name])
     live = [name for name in sides if name not in results]
-    for group in SHARED_WEIGHTS:
-        queued = [name for name in group if name in live]
+    groups = _weight_groups(registry, live)
+    for queued in groups:
         for i, name in enumerate(queued):
             replies[name]["content"] = "…" if i == 0 else (
-                f"*waiting: {POLICY_LABELS[name]} shares its weights with {POLICY_LABELS[queued[0]]}, "
-                f"so it answers once that answer is done…*")
+                f"*waiting: {registry.policy_label(name)} shares its weights with "
+                f"{registry.policy_label(queued[0])}, so it answers once that answer is done…*")
     if results:
         yield results
     streams = {name: side_stream(registry, name, model_messages(histories[name][:-1]), settings) for name in live}
     last_yield = 0.0
-    for name, text, result in interleave(streams):
+    for name, text, result in interleave(streams, groups):
         if result is None:
             replies[name]["content"] = text
         else:
@@ -242,33 +262,66 @@ def _stream_sides(registry: Registry, histories: dict, sides: list[str], setting
             yield results
 
 
-def build_chat_tab(registry: Registry) -> gr.Markdown:
-    """The Chat tab; returns its notice box (refreshed on page load)."""
+def policy_choices(registry: Registry) -> list[tuple[str, str]]:
+    """(label, key) of every policy available now, base first."""
+    return [(e.label, k) for k, e in registry.policy_entries().items()]
+
+
+def default_sides(keys: list[str]) -> list[str]:
+    chosen = [k for k in DEFAULT_SIDES if k in keys][:3]
+    return chosen if len(chosen) >= 2 else keys[:3]
+
+
+def check_sides(registry: Registry, policies) -> list[str]:
+    """The side-by-side selection as a list of 2-4 distinct policy keys the lab knows (else a gr.Error)."""
+    if isinstance(policies, str):
+        policies = [p.strip() for p in policies.split(",") if p.strip()]
+    if not isinstance(policies, (list, tuple)) or not all(isinstance(p, str) for p in policies):
+        raise gr.Error("policies must be a list of 2 to 4 policy names.")
+    sides = list(dict.fromkeys(policies))
+    if not 2 <= len(sides) <= MAX_SIDES:
+        raise gr.Error(f"Choose 2 to {MAX_SIDES} policies to compare side by side (got {len(sides)}).")
+    known = set(registry.policy_keys()) | set(registry.missing_policies())
+    unknown = [p for p in sides if p not in known]
+    if unknown:
+        raise gr.Error(f"unknown policy {unknown[0]!r}; choose from {', '.join(registry.policy_keys())}.")
+    return sides
+
+
+def build_chat_tab(registry: Registry) -> tuple[gr.Markdown, gr.Dropdown, gr.CheckboxGroup]:
+    """The Chat tab; returns its notice box and the two policy pickers (refreshed on page load)."""
     settings_defaults = GenerationSettings()
+    choices = policy_choices(registry)
+    keys = [k for _, k in choices]
     with gr.Tab("Chat", id="chat"):
         notice = gr.Markdown(chat_notice(registry), elem_id="chat-notice")
         histories = gr.State(new_histories())
         with gr.Row():
             with gr.Column(scale=3):
-                mode = gr.Radio(MODE_CHOICES, value="base", label="Policy", elem_id="chat-mode")
+                with gr.Row():
+                    mode = gr.Radio(MODE_CHOICES, value=ONE, label="Mode", elem_id="chat-mode", scale=1)
+                    policy = gr.Dropdown(choices, value="base", label="Policy", elem_id="chat-policy", scale=2)
+                    arena = gr.CheckboxGroup(choices, value=default_sides(keys), label="Policies side by side (2–4)",
+                                             elem_id="chat-arena", visible=False, scale=2)
                 with gr.Column(visible=True) as single_panel:
-                    single_cb = gr.Chatbot(label=POLICY_LABELS["base"], height=480, elem_id="chat-single",
+                    single_cb = gr.Chatbot(label="Base model", height=480, elem_id="chat-single",
                                            feedback_options=None, buttons=["copy"])
                 with gr.Row(visible=False, equal_height=True) as compare_panel:
-                    side_cbs = {name: gr.Chatbot(label=POLICY_LABELS[name], height=480, elem_id=f"chat-{name}",
-                                                 feedback_options=None, buttons=["copy"])
-                                for name in POLICY_KEYS}
+                    side_cbs = [gr.Chatbot(label=f"side {i + 1}", height=480, elem_id=f"chat-side-{i}",
+                                           feedback_options=None, buttons=["copy"], visible=i < 3)
+                                for i in range(MAX_SIDES)]
                 with gr.Row():
                     msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
                                      lines=1, max_lines=8, elem_id="chat-input")
                     send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="send-btn")
-                    send_all = gr.Button("Send to all three", variant="primary", scale=1, min_width=90,
-                                         visible=False, elem_id="compare-btn")
                 with gr.Row():
                     regen = gr.Button("Regenerate", size="sm", elem_id="regen-btn")
                     clear = gr.Button("Clear", size="sm", elem_id="clear-btn")
                 with gr.Accordion("Answer details (JSON)", open=False):
                     details = gr.JSON(label="last answer", elem_id="chat-details")
+                # API-only events (gradio_client, tests, benchmarks): one policy, or a chosen 2-4 side by side.
+                chat_api = gr.Button(visible=False)
+                compare_api = gr.Button(visible=False)
             with gr.Column(scale=1, min_width=260):
                 gr.Markdown("**Generation settings** (apply to the next answer)")
 
@@ -288,136 +341,181 @@ def build_chat_tab(registry: Registry) -> gr.Markdown:
                 best_of_n = slider("best_of_n", "Best-of-n", 1, "n samples reranked by the reward model")
         settings_inputs = [temperature, top_k, top_p, repetition_penalty, no_repeat, max_new, seed, greedy, best_of_n]
 
-    all_cbs = [side_cbs[n] for n in POLICY_KEYS]
+    def side_views(hists, sides):
+        """The four side chatbots: the chosen policies' conversations, labelled; unused slots hidden."""
+        out = []
+        for i in range(MAX_SIDES):
+            if i < len(sides):
+                out.append(gr.Chatbot(value=to_chatbot(hists.get(sides[i], [])), label=registry.policy_label(sides[i]),
+                                      visible=True))
+            else:
+                out.append(gr.Chatbot(value=[], visible=False))
+        return out
 
-    def select_policy(policy, hists):
+    def side_values(hists, sides):
+        return [to_chatbot(hists.get(sides[i], [])) if i < len(sides) else [] for i in range(MAX_SIDES)]
+
+    def select_policy(mode, policy, policies, hists):
+        """Show one policy's conversation, or the chosen policies side by side."""
         hists = hists or new_histories()
-        single = policy != ALL
-        label = POLICY_LABELS.get(policy, POLICY_LABELS["base"])
-        return (gr.Column(visible=single), gr.Row(visible=not single), gr.Button(visible=single),
-                gr.Button(visible=not single),
-                gr.Chatbot(value=to_chatbot(hists.get(policy, [])) if single else [], label=label),
-                *[to_chatbot(hists[n]) for n in POLICY_KEYS])
+        single = mode != ALL
+        sides = [p for p in (policies or []) if isinstance(p, str)][:MAX_SIDES]
+        return (gr.Column(visible=single), gr.Row(visible=not single), gr.Dropdown(visible=single),
+                gr.CheckboxGroup(visible=not single),
+                gr.Chatbot(value=to_chatbot(hists.get(policy, [])), label=registry.policy_label(policy or "base")),
+                *side_views(hists, sides))
 
     def chat(message, policy, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
              max_new_tokens, seed, greedy, best_of_n, hists):
-        """Send a message to one policy (base, full or lora); streams the answer, then its reward score."""
+        """Send a message to one policy (any key of the lab's policies); streams the answer, then its reward score."""
         settings = parse_settings(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
                                   max_new_tokens, seed, greedy, best_of_n)
-        if policy not in POLICY_KEYS:
-            raise gr.Error(f"policy must be one of {', '.join(POLICY_KEYS)} (use /compare for all three), "
+        known = registry.policy_keys()
+        if not isinstance(policy, str) or (policy not in known and policy not in registry.missing_policies()):
+            raise gr.Error(f"policy must be one of {', '.join(known)} (use /compare for several side by side), "
                            f"got {policy!r}.")
         hists = hists or new_histories()
         text = _clean_message(message)
         if not text.strip():
             gr.Warning(EMPTY_MESSAGE)
-            yield to_chatbot(hists[policy]), {"error": EMPTY_MESSAGE}, message, hists
+            yield to_chatbot(history(hists, policy)), {"error": EMPTY_MESSAGE}, message, hists
             return
-        _start_turn(hists[policy], text)
+        _start_turn(history(hists, policy), text)
         yield to_chatbot(hists[policy]), gr.skip(), "", hists
         results = {}
         for results in _stream_sides(registry, hists, [policy], settings):
             yield to_chatbot(hists[policy]), gr.skip(), gr.skip(), gr.skip()
         yield to_chatbot(hists[policy]), results.get(policy), "", hists
 
-    def compare(message, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, max_new_tokens,
-                seed, greedy, best_of_n, hists):
-        """Send the same message to all three policies and stream their answers side by side."""
+    def compare(message, policies, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                max_new_tokens, seed, greedy, best_of_n, hists):
+        """Send the same message to 2-4 chosen policies and stream their answers side by side (in the order given;
+        the four side chatbots show them, unused ones are empty)."""
         settings = parse_settings(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
                                   max_new_tokens, seed, greedy, best_of_n)
+        sides = check_sides(registry, policies)
         hists = hists or new_histories()
         text = _clean_message(message)
         if not text.strip():
             gr.Warning(EMPTY_MESSAGE)
-            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], {"error": EMPTY_MESSAGE}, message, hists
+            yield *side_values(hists, sides), {"error": EMPTY_MESSAGE}, message, hists
             return
-        for name in POLICY_KEYS:
-            _start_turn(hists[name], text)
-        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), "", hists
+        for name in sides:
+            _start_turn(history(hists, name), text)
+        yield *side_values(hists, sides), gr.skip(), "", hists
         results = {}
-        for results in _stream_sides(registry, hists, list(POLICY_KEYS), settings):
-            yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], gr.skip(), gr.skip(), gr.skip()
-        yield *[to_chatbot(hists[n]) for n in POLICY_KEYS], results, "", hists
+        for results in _stream_sides(registry, hists, sides, settings):
+            yield *side_values(hists, sides), gr.skip(), gr.skip(), gr.skip()
+        yield *side_values(hists, sides), results, "", hists
 
-    def regenerate(policy, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, max_new_tokens,
-                   seed, greedy, best_of_n, hists):
-        """Answer the last message again (the shown policy, or all three side by side) with the current settings."""
+    def send_message(message, mode, policy, policies, *rest):
+        """The Send button and Enter: one event whatever the mode, so a message sent right after switching mode
+        reaches the mode the radio shows (two buttons swapped by visibility dropped it while the swap was pending)."""
+        *settings, hists = rest
+        if mode == ALL:
+            for update in compare(message, policies, *settings, hists):
+                *sides, det, box, h = update
+                yield gr.skip(), *sides, det, box, h
+        else:
+            for cb, det, box, h in chat(message, policy, *settings, hists):
+                yield cb, *([gr.skip()] * MAX_SIDES), det, box, h
+
+    def regenerate(mode, policy, policies, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                   max_new_tokens, seed, greedy, best_of_n, hists):
+        """Answer the last message again (the shown policy, or the chosen ones side by side) with the current
+        settings."""
         settings = parse_settings(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
                                   max_new_tokens, seed, greedy, best_of_n)
         hists = hists or new_histories()
-        sides = list(POLICY_KEYS) if policy == ALL else [policy] if policy in POLICY_KEYS else []
-        sides = [n for n in sides if any(m["role"] == "user" for m in hists[n])]
+        chosen = check_sides(registry, policies) if mode == ALL else []
+        sides = chosen if mode == ALL else [policy] if isinstance(policy, str) else []
+        sides = [n for n in sides if any(m["role"] == "user" for m in hists.get(n, []))]
 
         def views():
-            single = to_chatbot(hists[policy]) if policy in POLICY_KEYS else []  # hidden side by side
-            return single, *[to_chatbot(hists[n]) for n in POLICY_KEYS]
+            return to_chatbot(hists.get(policy, [])) if mode != ALL else [], *side_values(hists, chosen)
 
         if not sides:
             yield *views(), {"error": "Nothing to regenerate yet: send a message first."}, hists
             return
         for name in sides:
-            history = hists[name]
-            last_user = max(i for i, m in enumerate(history) if m["role"] == "user")
-            question = history[last_user]["content"]
-            del history[last_user:]
-            _start_turn(history, question)
+            conversation = hists[name]
+            last_user = max(i for i, m in enumerate(conversation) if m["role"] == "user")
+            question = conversation[last_user]["content"]
+            del conversation[last_user:]
+            _start_turn(conversation, question)
         yield *views(), gr.skip(), hists
         results = {}
         for results in _stream_sides(registry, hists, sides, settings):
             yield *views(), gr.skip(), gr.skip()
-        yield *views(), results.get(policy, results), hists
+        yield *views(), results.get(policy, results) if mode != ALL else results, hists
 
-    def clear_chat(policy, hists):
-        """Forget the conversation of the shown policy (or of all three side by side)."""
+    def clear_chat(mode, policy, policies, hists):
+        """Forget the conversation of the shown policy (or of the chosen ones side by side)."""
         hists = hists or new_histories()
-        for name in (POLICY_KEYS if policy == ALL else [policy] if policy in POLICY_KEYS else []):
+        sides = [p for p in (policies or []) if isinstance(p, str)][:MAX_SIDES]
+        for name in (sides if mode == ALL else [policy] if isinstance(policy, str) else []):
             hists[name] = []
-        single = to_chatbot(hists[policy]) if policy in POLICY_KEYS else []
-        return single, *[to_chatbot(hists[n]) for n in POLICY_KEYS], None, hists
+        single = to_chatbot(hists.get(policy, [])) if mode != ALL else []
+        return single, *side_values(hists, sides), None, hists
 
-    def clear_side(name):
-        def clear(hists):
+    def clear_side(index):
+        def clear(policies, hists):
             hists = hists or new_histories()
-            hists[name] = []
+            sides = [p for p in (policies or []) if isinstance(p, str)]
+            if index < len(sides):
+                hists[sides[index]] = []
             return hists
-        clear.__doc__ = f"Forget the {POLICY_LABELS[name]} side's conversation (its chatbot's trash button)."
+        clear.__doc__ = f"Forget the conversation shown in side {index + 1} (its chatbot's trash button)."
         return clear
 
     generation = dict(concurrency_id="generate", concurrency_limit=GENERATION_CONCURRENCY)
-    mode.change(select_policy, [mode, histories], [single_panel, compare_panel, send, send_all, single_cb, *all_cbs],
-                api_name="select_policy", queue=False)
+    view_outputs = [single_panel, compare_panel, policy, arena, single_cb, *side_cbs]
+    gr.on([mode.change, policy.change, arena.change], select_policy, [mode, policy, arena, histories], view_outputs,
+          api_name="select_policy", queue=False)
     # preprocess=False: out-of-range settings reach GenerationSettings.validate(), whose message names the
     # setting (the slider's own check would only say "Value 5 is greater than maximum value 2").
     # The message box is an output too: emptied when the question is taken (a separate clearing listener
     # only takes effect once the answer is complete, as Gradio holds updates to a running event's inputs).
-    send.click(chat, [msg, mode, *settings_inputs, histories], [single_cb, details, msg, histories],
-               api_name="chat", preprocess=False, **generation)
-    send_all.click(compare, [msg, *settings_inputs, histories], [*all_cbs, details, msg, histories],
-                   api_name="compare", preprocess=False, **generation)
-    # Enter sends through the button of the chosen mode (read from the radio itself, not from which button is
-    # visible yet: pressing Enter right after switching mode must not reach the other event).
-    msg.submit(None, None, None, js="() => { const m = document.querySelector('#chat-mode input:checked');"
-                                    " const b = document.getElementById(m && m.value === 'all' ? 'compare-btn'"
-                                    " : 'send-btn'); if (b) b.click(); }")
-    regen.click(regenerate, [mode, *settings_inputs, histories], [single_cb, *all_cbs, details, histories],
-                api_name="regenerate", preprocess=False, **generation)
-    clear.click(clear_chat, [mode, histories], [single_cb, *all_cbs, details, histories], api_name="clear",
-                preprocess=False)
+    gr.on([send.click, msg.submit], send_message, [msg, mode, policy, arena, *settings_inputs, histories],
+          [single_cb, *side_cbs, details, msg, histories], api_name="send", preprocess=False, **generation)
+    chat_api.click(chat, [msg, policy, *settings_inputs, histories], [single_cb, details, msg, histories],
+                   api_name="chat", preprocess=False, **generation)
+    compare_api.click(compare, [msg, arena, *settings_inputs, histories], [*side_cbs, details, msg, histories],
+                      api_name="compare", preprocess=False, **generation)
+    regen.click(regenerate, [mode, policy, arena, *settings_inputs, histories],
+                [single_cb, *side_cbs, details, histories], api_name="regenerate", preprocess=False, **generation)
+    clear.click(clear_chat, [mode, policy, arena, histories], [single_cb, *side_cbs, details, histories],
+                api_name="clear", preprocess=False)
     # A chatbot's own trash button empties what it shows; forget that conversation too.
-    single_cb.clear(clear_chat, [mode, histories], [single_cb, *all_cbs, details, histories],
+    single_cb.clear(clear_chat, [mode, policy, arena, histories], [single_cb, *side_cbs, details, histories],
                     api_name="clear_shown", preprocess=False)
-    for name in POLICY_KEYS:
-        side_cbs[name].clear(clear_side(name), [histories], [histories], api_name=f"clear_{name}")
-    return notice
+    for i, cb in enumerate(side_cbs):
+        cb.clear(clear_side(i), [arena, histories], [histories], api_name=f"clear_side_{i + 1}")
+    return notice, policy, arena
+
+
+def refresh_pickers(registry: Registry, policy, policies):
+    """Page load: the policy pickers list every policy available now (a checkpoint that landed meanwhile too)."""
+    choices = policy_choices(registry)
+    keys = [k for _, k in choices]
+    value = policy if policy in keys else "base"
+    sides = [p for p in (policies or []) if p in keys] or default_sides(keys)
+    return gr.Dropdown(choices=choices, value=value), gr.CheckboxGroup(choices=choices, value=sides)
 
 
 def chat_notice(registry: Registry) -> str:
     """Which policies (and reward scores) are unavailable, and how to make them."""
     lines = []
-    for key in (*POLICY_KEYS, "reward"):
+    for key in registry.missing_policies():
+        res = registry.resolve(key)
+        lines.append(f"- **{registry.policy_label(key)}**: {registry.missing_message(res)}")
+    for key in registry.policy_keys():
         text = registry.notice(key)
         if text:
-            lines.append(f"- **{POLICY_LABELS.get(key, 'Reward scores')}**: {text.removeprefix('⚠️ ')}")
+            lines.append(f"- **{registry.policy_label(key)}**: {text.removeprefix('⚠️ ')}")
+    text = registry.notice("reward")
+    if text:
+        lines.append(f"- **Reward scores**: {text.removeprefix('⚠️ ')}")
     if not lines:
         return ""
     return "⚠️ Some choices are unavailable — the others work:\n" + "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from space.about import build_about_tab
-from space.chat import build_chat_tab, chat_notice
+from space.chat import build_chat_tab, chat_notice, refresh_pickers
 from space.curves import build_curves_tab
 from space.evaluation import build_evaluation_tab
 from space.rating import build_rating_tab
@@ -30,11 +30,11 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
     """The app. `registry` decides where checkpoints come from (default: the environment, see space.registry)."""
     registry = registry or Registry()
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\nChat with the base, full-PPO and LoRA-PPO policies, score text with the reward "
-                    "model, follow PPO's KL and reward, read the evaluation, rate answers blind, and sample "
-                    "synthetic chest X-rays. Checkpoints load on first use.")
+        gr.Markdown(f"# {TITLE}\nChat with every policy the lab trained (base, SFT, PPO full and LoRA, DPO, GRPO), "
+                    "alone or side by side, score text with the reward model, follow the training curves, read the "
+                    "evaluation, rate answers blind, and sample synthetic chest X-rays. Checkpoints load on first use.")
         with gr.Tabs():
-            chat_box = build_chat_tab(registry)
+            chat_box, policy_picker, arena_picker = build_chat_tab(registry)
             reward_box = build_reward_tab(registry)
             build_curves_tab(registry, demo)
             build_evaluation_tab(registry, demo)
@@ -47,6 +47,8 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
             return chat_notice(registry), registry.notice("reward")
 
         demo.load(checkpoint_status, None, [chat_box, reward_box], api_name="checkpoint_status")
+        demo.load(lambda p, a: refresh_pickers(registry, p, a), [policy_picker, arena_picker],
+                  [policy_picker, arena_picker], api_name=False, queue=False)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 

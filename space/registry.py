@@ -45,7 +45,17 @@ KINDS: dict[str, CheckpointKind] = {k.key: k for k in (
     CheckpointKind("eval", "Evaluation results", "evaluation output (results, report, rating items)", "eval", None,
                    "python eval/evaluate.py --profile demo"),
 )}
-POLICY_KEYS = ("base", "full", "lora")
+POLICY_KEYS = ("base", "full", "lora")  # the policies every store had before SFT, DPO and GRPO (kept as keys)
+# Policies the demo pipeline builds, in the order the app lists them: key -> (folder, command that makes it).
+# Any other policy checkpoint in the store or in RLHFLAB_POLICY_REPOS is found by its card and listed too.
+EXPECTED_POLICIES = {
+    "sft": ("sft", "python training/sft.py --profile demo"),
+    "full": ("ppo-full", "python training/ppo.py --mode full --profile demo"),
+    "lora": ("ppo-lora", "python training/ppo.py --mode lora --profile demo"),
+    "dpo": ("dpo", "python training/dpo.py --profile demo"),
+    "grpo": ("grpo", "python training/grpo.py --profile demo"),
+}
+POLICY_REPOS_ENV = "RLHFLAB_POLICY_REPOS"  # comma-separated Hub repo ids of policy checkpoints of any method
 # Where a LoRA run names its base, most portable first (file, field).
 LORA_BASE_FIELDS = (("ppo_info.json", "base_model"), ("adapter_config.json", "base_model_name_or_path"))
 
@@ -92,6 +102,7 @@ class Registry:
         self.loaded_from: dict[str, str] = {}  # key -> where the loaded object came from
         self.load_errors: dict[str, str] = {}  # key -> last loading failure
         self._locks = {key: threading.Lock() for key in (*KINDS, "policies", "ratings")}
+        self._hub_meta: dict[str, dict | None] = {}  # repo id -> its card's rlhflab block (one look-up per repo)
         self._policies = None
         self._lora_tried = False
         self._lora_files: dict[tuple[str, str], Path | None] = {}
@@ -103,14 +114,90 @@ class Registry:
     # ---------------------------------------------------------------- resolution
 
     def local_folder(self, key: str) -> Path | None:
-        folder = KINDS[key].folder
+        folder = KINDS[key].folder if key in KINDS else self.kind(key).folder
         return self.checkpoints_dir / folder if folder else None
+
+    def kind(self, key: str) -> CheckpointKind:
+        """The kind of checkpoint `key`: a fixed one from KINDS, else a policy found in the store or on the Hub."""
+        if key in KINDS:
+            return KINDS[key]
+        from rlhflab.policies import policy_label
+
+        entry = self.policy_entries().get(key)
+        folder, command = EXPECTED_POLICIES.get(key, (key, None))
+        label = entry.label if entry else policy_label(key.split("-")[0], "lora" if key.endswith("-lora") else "full")
+        return CheckpointKind(key, f"{label} policy", f"{label} policy", folder, None,
+                              command or f"the training script of its method (see checkpoints/{folder}/README.md)")
+
+    def policy_entries(self) -> dict:
+        """Every policy available now, base first, then in method order: the store's policy checkpoints (found by
+        their cards), RLHFLAB_FULL_REPO / RLHFLAB_LORA_REPO, and each repo in RLHFLAB_POLICY_REPOS."""
+        from rlhflab.policies import PolicyEntry, discover_policies, policy_label, sorted_entries
+
+        base = self.resolve("base")
+        entries = {"base": PolicyEntry("base", "Base model", base.source, {"method": "base", "mode": "full"})}
+        found = dict(discover_policies(self.checkpoints_dir))
+        for key in ("full", "lora"):
+            repo = (self.env.get(KINDS[key].env_var) or "").strip()
+            if key not in found and repo:
+                found[key] = PolicyEntry(key, policy_label("ppo", key), repo,
+                                         {"kind": "policy", "method": "ppo", "mode": key})
+        for repo in [r.strip() for r in (self.env.get(POLICY_REPOS_ENV) or "").split(",") if r.strip()]:
+            meta = self._repo_meta(repo)
+            if meta:
+                from rlhflab.policy_training import policy_key
+
+                key = policy_key(meta["method"], meta.get("mode", "full"))
+                key = {"ppo-full": "full", "ppo-lora": "lora"}.get(key, key)
+                label = policy_label(meta["method"], meta.get("mode", "full"))
+            else:  # no readable card: list it under its repo name
+                key, label, meta = repo.split("/")[-1].lower(), repo, {"kind": "policy", "method": "policy"}
+            if key in found:  # the store's own checkpoint wins; a second repo of the same kind keeps its name
+                key, label = repo.replace("/", "--").lower(), f"{label} ({repo})"
+            found[key] = PolicyEntry(key, label, repo, meta)
+        entries.update({e.key: e for e in sorted_entries(found.values())})
+        return entries
+
+    def _repo_meta(self, repo: str) -> dict | None:
+        if repo not in self._hub_meta:
+            from huggingface_hub import hf_hub_download
+
+            from rlhflab.policy_training import CARD_KEY, card_front_matter
+
+            try:
+                text = Path(hf_hub_download(repo, "README.md")).read_text(encoding="utf-8")
+                block = card_front_matter(text).get(CARD_KEY)
+                self._hub_meta[repo] = block if isinstance(block, dict) and block.get("method") else None
+            except Exception:
+                self._hub_meta[repo] = None
+        return self._hub_meta[repo]
+
+    def policy_keys(self) -> list[str]:
+        """The keys of every policy available now (base first)."""
+        return list(self.policy_entries())
+
+    def policy_label(self, key: str) -> str:
+        entry = self.policy_entries().get(key)
+        return entry.label if entry else self.kind(key).title.removesuffix(" policy")
+
+    def missing_policies(self) -> list[str]:
+        """Policies the demo builds that are not there yet (in EXPECTED_POLICIES order)."""
+        have = self.policy_entries()
+        return [k for k in EXPECTED_POLICIES if k not in have]
 
     def resolve(self, key: str) -> Resolution:
         """Where checkpoint `key` comes from now (the file system is checked on every call)."""
-        kind = KINDS[key]
         if key == "base":
             return self._resolve_base()
+        if key not in KINDS:
+            kind = self.kind(key)
+            entry = self.policy_entries().get(key)
+            if entry is None:
+                return Resolution(kind, "missing", None, "missing")
+            origin = "local" if Path(entry.source).is_dir() else "hub"
+            where = f"local folder `{entry.source}`" if origin == "local" else f"Hub repo `{entry.source}`"
+            return Resolution(kind, origin, entry.source, where)
+        kind = KINDS[key]
         local = self.local_folder(key)
         if local is not None and local.is_dir():
             return Resolution(kind, "local", str(local), f"local folder `{local}`")
@@ -232,38 +319,45 @@ class Registry:
 
         with self._locks["policies"]:
             if self._policies is None:
-                full, lora = self.resolve("full"), self.resolve("lora")
-                self._policies = PolicySet(self.resolve("base").source, full.source, lora.source,
-                                           dtype=policy_dtype(self.want_bf16))
+                sources = {k: e.source for k, e in self.policy_entries().items() if k != "base"}
+                self._policies = PolicySet(self.resolve("base").source, sources, dtype=policy_dtype(self.want_bf16))
             return self._policies
+
+    def policy_group(self, name: str) -> str:
+        """Which loaded weights policy `name` runs on (side by side, one group's policies take turns)."""
+        policies = self.policies
+        res = self.resolve(name)
+        if res.available and name != "base":
+            policies.set_source(name, res.source)
+        return policies.group(name)
 
     @contextlib.contextmanager
     def policy(self, name: str):
         """(model, tokenizer) of policy `name`, held exclusively while the block runs (see PolicySet.use)."""
-        if name not in POLICY_KEYS:
-            raise UserError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_KEYS)}.")
+        keys = self.policy_keys()
+        if name not in keys and name not in EXPECTED_POLICIES and name not in POLICY_KEYS:
+            raise UserError(f"unknown policy {name!r}; choose one of {', '.join(keys)}.")
         res = self.require(name)
         policies = self.policies
-        # A checkpoint that appeared after start-up (training finished meanwhile) is picked up here.
-        if name == "full" and policies.full_path is None:
-            policies.full_path = res.source
-        if name == "lora" and policies.lora_path is None:
-            policies.lora_path = res.source
+        if name != "base":  # a checkpoint that appeared after start-up (training finished meanwhile) is picked up
+            policies.set_source(name, res.source)
         try:
             policies.load(name)
         except Exception as exc:
             raise self.unavailable(res, exc) from None
-        if name == "base" and policies.lora_path and not policies._lora_attached and not self._lora_tried:
+        if name == "base" and not self._lora_tried:
             self._lora_tried = True
-            # Attach the adapter now, before the shared weights serve any generation: attaching later
-            # would change the model under a base generation running in another session.
-            try:
-                policies.load("lora")
-            except Exception as exc:
-                self.unavailable(self.resolve("lora"), exc)  # recorded; LoRA's own requests report it
+            # Attach the adapters trained on the base now, before the shared weights serve a generation, so the
+            # first adapter request does not wait for one.
+            for key in keys:
+                if key != "base" and policies.shares_base(key):
+                    try:
+                        policies.load(key)
+                    except Exception as exc:
+                        self.unavailable(self.resolve(key), exc)  # recorded; the adapter's own requests report it
         self.loaded_from[name] = res.detail
         self.load_errors.pop(name, None)
-        if name in ("base", "lora"):
+        if name != "base" and policies.shares_base(name):
             self.loaded_from.setdefault("base", self.resolve("base").detail)
         with policies.use(name) as model_and_tokenizer:
             yield model_and_tokenizer
@@ -297,7 +391,7 @@ class Registry:
         return self._load_once("dcgan", load_generator)
 
     def ppo_metrics(self, key: str) -> list[dict]:
-        """The per-step PPO log of the full or LoRA run ([] when the checkpoint has none)."""
+        """The per-step training log of a policy run ([] when the checkpoint has none)."""
         path = self.checkpoint_file(key, METRICS_FILE)
         return read_jsonl(path) if path else []
 
@@ -351,7 +445,7 @@ class Registry:
     def preload(self) -> dict[str, str]:
         """Load every available model now; returns key -> "ok" or the reason it failed (for start-up and benchmarks)."""
         status: dict[str, str] = {}
-        for key in POLICY_KEYS:
+        for key in self.policy_keys():
             try:
                 with self.policy(key):
                     pass

@@ -175,9 +175,12 @@ def chat_args(message: str, policy: str = "base", **overrides) -> list:
     return [message, policy, *s.values()]
 
 
-def compare_args(message: str, **overrides) -> list:
+THREE = ["base", "full", "lora"]
+
+
+def compare_args(message: str, policies=tuple(THREE), **overrides) -> list:
     s = {**BASE_SETTINGS, **overrides}
-    return [message, *s.values()]
+    return [message, list(policies), *s.values()]
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +231,12 @@ def test_chat_keeps_history_regenerates_and_clears(app):
     chatbot, details, _ = c.predict(*chat_args("And a follow-up?", seed=1), api_name="/chat")
     assert [m["role"] for m in chatbot] == ["user", "assistant"] * 2
     assert text_of(chatbot[2]).startswith("And a follow-up?")
-    single, base_cb, full_cb, lora_cb, regen = c.predict("base", *{**BASE_SETTINGS, "seed": 7}.values(),
-                                                         api_name="/regenerate")
+    single, base_cb, full_cb, lora_cb, _, regen = c.predict("one", "base", THREE,
+                                                            *{**BASE_SETTINGS, "seed": 7}.values(),
+                                                            api_name="/regenerate")
     assert len(single) == 4 and regen["error"] is None and regen["policy"] == "base"
     assert text_of(single[2]).startswith("And a follow-up?")
-    cleared = c.predict("base", api_name="/clear")
+    cleared = c.predict("one", "base", [], api_name="/clear")
     assert cleared[0] == []
     # the other sides were never touched
     assert cleared[2] == [] and cleared[3] == []
@@ -240,7 +244,8 @@ def test_chat_keeps_history_regenerates_and_clears(app):
 
 def test_compare_streams_three_answers(client):
     job = client.submit(*compare_args("Tell me a fact."), api_name="/compare")
-    base_cb, full_cb, lora_cb, details, _ = job.result(timeout=90)
+    base_cb, full_cb, lora_cb, fourth, details, _ = job.result(timeout=90)
+    assert fourth == [], "an unused side stays empty"
     assert len(job.outputs()) > 3
     answers = {}
     for name, cb in (("base", base_cb), ("full", full_cb), ("lora", lora_cb)):
@@ -356,7 +361,7 @@ def test_evaluation_and_about(client):
 def test_empty_message_is_refused_politely(client):
     chatbot, details, _ = client.predict(*chat_args("   "), api_name="/chat")
     assert "Please type a message" in details["error"]
-    _, _, _, details, _ = client.predict(*compare_args(""), api_name="/compare")
+    *_, details, _ = client.predict(*compare_args(""), api_name="/compare")
     assert "Please type a message" in details["error"]
 
 
@@ -423,7 +428,7 @@ def test_missing_policy_explains_and_others_still_work(degraded_app):
     assert details["error"] is None and details["answer"]
     assert details["reward"] is None and "could not be loaded" in details["reward_error"]
     assert "no reward score" in text_of(chatbot[-1])
-    base_cb, full_cb, lora_cb, details, _ = c.predict(*compare_args("Hello"), api_name="/compare")
+    base_cb, full_cb, lora_cb, _, details, _ = c.predict(*compare_args("Hello"), api_name="/compare")
     assert details["full"]["error"] and details["base"]["answer"] and details["lora"]["answer"]
     # best-of-n without a usable reward model falls back to one answer and says why
     _, details, _ = c.predict(*chat_args("Hi?", "base", best_of_n=3), api_name="/chat")
@@ -483,7 +488,8 @@ def test_side_by_side_order_shares_weights_in_turn():
             yield f"{name}{i}"
         return {"policy": name}
 
-    events = list(interleave({"base": stream("base", 3), "full": stream("full", 3), "lora": stream("lora", 2)}))
+    events = list(interleave({"base": stream("base", 3), "full": stream("full", 3), "lora": stream("lora", 2)},
+                             [["full"], ["base", "lora"]]))
     order = [(side, text) for side, text, _ in events if text]
     assert order[:2] == [("full", "full0"), ("base", "base0")], "full streams alongside base"
     first_lora = next(i for i, (side, _) in enumerate(order) if side == "lora")

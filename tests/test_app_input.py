@@ -57,7 +57,7 @@ def test_blank_messages_are_refused_by_chat_and_compare(client, message):
     chatbot, details, box = client.predict(*chat_args(message, "lora"), api_name="/chat")
     assert "Please type a message" in details["error"] and chatbot == []
     *sides, details, box = client.predict(*compare_args(message), api_name="/compare")
-    assert "Please type a message" in details["error"] and sides == [[], [], []]
+    assert "Please type a message" in details["error"] and sides == [[], [], [], []]
 
 
 @pytest.mark.parametrize("name", [*ODD_MESSAGES, "long"])
@@ -77,8 +77,8 @@ def test_odd_messages_are_answered_by_chat(client, name):
 @pytest.mark.parametrize("name", [*ODD_MESSAGES, "long"])
 def test_odd_messages_are_answered_by_compare(client, name):
     message = LONG_MESSAGE if name == "long" else ODD_MESSAGES[name]
-    base_cb, full_cb, lora_cb, details, box = client.predict(*compare_args(message, max_new_tokens=SHORT),
-                                                             api_name="/compare")
+    base_cb, full_cb, lora_cb, _, details, box = client.predict(*compare_args(message, max_new_tokens=SHORT),
+                                                                api_name="/compare")
     for side, cb in (("base", base_cb), ("full", full_cb), ("lora", lora_cb)):
         assert details[side]["error"] is None, details[side]
         assert math.isfinite(details[side]["reward"])
@@ -173,8 +173,8 @@ def _call_with(client, endpoint: str, setting: str, value):
     if endpoint == "/chat":
         return client.predict("hi", "base", *settings.values(), api_name=endpoint)
     if endpoint == "/compare":
-        return client.predict("hi", *settings.values(), api_name=endpoint)
-    return client.predict("base", *settings.values(), api_name=endpoint)
+        return client.predict("hi", ["base", "full", "lora"], *settings.values(), api_name=endpoint)
+    return client.predict("one", "base", [], *settings.values(), api_name=endpoint)
 
 
 @pytest.mark.parametrize("endpoint", ["/chat", "/compare", "/regenerate"])
