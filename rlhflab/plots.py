@@ -14,12 +14,11 @@ def training_curves_figure(runs: dict[str, list[dict]], x: str = "step", per_seq
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
                         subplot_titles=(f"{kl_label} to the reference policy", "Reward-model score (mean per step)",
                                         "KL coefficient β"))
-    colours = {"full": "#d62728", "lora": "#1f77b4"}
     for name, records in runs.items():
         if not records:
             continue
         xs = [r[x] for r in records]
-        colour = colours.get(name.split("-")[-1], None)
+        colour = run_colour(name)
         fig.add_trace(go.Scatter(x=xs, y=[r[kl_key] for r in records], mode="lines+markers", name=f"{name} KL",
                                  line=dict(color=colour)), row=1, col=1)
         fig.add_trace(go.Scatter(x=xs, y=[r["score"] for r in records], mode="lines+markers", name=f"{name} score",
@@ -30,11 +29,49 @@ def training_curves_figure(runs: dict[str, list[dict]], x: str = "step", per_seq
         lo, hi = KL_BAND
         fig.add_hrect(y0=lo, y1=hi, fillcolor="green", opacity=0.12, line_width=0, row=1, col=1,
                       annotation_text=f"target band {lo}–{hi} nats/token", annotation_position="top left")
-    fig.update_xaxes(title_text="PPO step" if x == "step" else "episode", row=3, col=1)
+    fig.update_xaxes(title_text="training step" if x == "step" else "episode", row=3, col=1)
     fig.update_yaxes(title_text="nats / token" if not per_sequence else "nats / sequence", row=1, col=1)
     fig.update_yaxes(title_text="score", row=2, col=1)
     fig.update_yaxes(title_text="β", row=3, col=1)
     fig.update_layout(height=760, margin=dict(l=60, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.08))
+    return fig
+
+
+RUN_COLOURS = {"ppo-full": "#d62728", "full": "#d62728", "ppo-lora": "#1f77b4", "lora": "#1f77b4",
+               "grpo": "#2ca02c", "grpo-lora": "#17becf", "rloo": "#9467bd", "rloo-lora": "#e377c2",
+               "dpo": "#ff7f0e", "dpo-lora": "#bcbd22", "sft": "#8c564b", "sft-lora": "#7f7f7f"}
+
+
+def run_colour(name: str) -> str | None:
+    """One colour per run across every figure (PPO full red, LoRA blue, GRPO green, DPO orange, SFT brown)."""
+    return RUN_COLOURS.get(name) or RUN_COLOURS.get(name.split("-")[-1])
+
+
+def method_curves_figure(runs: dict[str, list[dict]]):
+    """The offline methods' logs against their optimizer step: loss (SFT: nats/token on response tokens; DPO: its
+    sigmoid loss), and for DPO the implicit reward margin (nats), the preference accuracy and the exact KL to the
+    reference on the chosen responses (nats/token)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = (("loss", "loss (SFT: nats/token on responses; DPO: −log σ(β·margin))"),
+            ("reward_margin", "DPO implicit reward margin, chosen − rejected (nats)"),
+            ("preference_accuracy", "DPO preference accuracy (share of pairs with margin > 0)"),
+            ("kl_per_token", "DPO KL to the reference on chosen responses (nats/token)"))
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[title for _, title in rows])
+    for name, records in runs.items():
+        xs = [r["step"] for r in records]
+        for i, (key, _) in enumerate(rows, start=1):
+            ys = [r.get(key) for r in records]
+            if all(y is None for y in ys):
+                continue
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{name} {key.replace('_', ' ')}",
+                                     line=dict(color=run_colour(name))), row=i, col=1)
+    lo, hi = KL_BAND
+    fig.add_hrect(y0=lo, y1=hi, fillcolor="green", opacity=0.12, line_width=0, row=len(rows), col=1)
+    fig.update_xaxes(title_text="optimizer step", row=len(rows), col=1)
+    fig.update_layout(height=880, margin=dict(l=60, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.06))
     return fig
 
 

@@ -1,16 +1,20 @@
-"""Training-curves tab: KL to the reference (per token or per sequence), reward score and KL coefficient against
-PPO step or episode, for both PPO runs, read from each checkpoint's metrics.jsonl."""
+"""Training-curves tab: for every policy run that logged metrics — KL to the reference (per token or per
+sequence), reward score and KL coefficient against step or episode for the RL runs (PPO, GRPO, RLOO); loss,
+DPO's margin, accuracy and KL for the offline ones (SFT, DPO) — read from each checkpoint's metrics.jsonl."""
 from __future__ import annotations
 
 import gradio as gr
 
-from rlhflab.checkpoints import METRICS_FILE, markdown_table
-from rlhflab.errors import UserError
-from rlhflab.plots import training_curves_figure
-from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
-from space.registry import KINDS, Registry
+from pathlib import Path
 
-RUNS = (("full", "ppo-full"), ("lora", "ppo-lora"))  # checkpoint key -> trace name (its suffix picks the colour)
+from rlhflab.checkpoints import METRICS_FILE, markdown_table, read_jsonl
+from rlhflab.errors import UserError
+from rlhflab.plots import method_curves_figure, training_curves_figure
+from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
+from space.registry import EXPECTED_POLICIES, Registry
+
+TRACE_NAMES = {"full": "ppo-full", "lora": "ppo-lora"}  # policy key -> trace name where they differ
+RL_METHODS = ("ppo", "grpo", "rloo")
 REQUIRED_KEYS = ("step", "episode", "kl_per_token", "kl_per_sequence", "score", "kl_coef")
 X_CHOICES = [("PPO step", "step"), ("episode (prompts seen)", "episode")]
 KL_CHOICES = [("nats per token", "token"), ("nats per sequence", "sequence")]
@@ -20,30 +24,68 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_runs(registry: Registry) -> tuple[dict[str, list[dict]], list[str]]:
-    """{trace name: usable metric records} and notes on what is missing or malformed."""
+def load_runs(registry: Registry, kind: str = "rl") -> tuple[dict[str, list[dict]], list[str]]:
+    """{trace name: usable metric records} of every policy run of `kind` ("rl": PPO, GRPO, RLOO; "offline": SFT,
+    DPO) and notes on what is missing or malformed."""
     runs: dict[str, list[dict]] = {}
     notes: list[str] = []
-    for key, name in RUNS:
-        res = registry.resolve(key)
-        if not res.available:
-            notes.append(registry.missing_message(res))
+    entries = registry.policy_entries()
+    required = REQUIRED_KEYS if kind == "rl" else ("step", "loss")
+    for key in registry.missing_policies():
+        method = "ppo" if key in ("full", "lora") else key.split("-")[0]
+        if (method in RL_METHODS) != (kind == "rl"):
             continue
+        live = [r for r in read_jsonl(live_log(registry, key)) if all(_is_number(r.get(k)) for k in required)]
+        if live:  # still training: its work folder's log, drawn as it grows
+            runs[f"{TRACE_NAMES.get(key, key)} (training…)"] = sorted(live, key=lambda r: r["step"])
+        else:
+            notes.append(registry.missing_message(registry.resolve(key)))
+    for key, entry in entries.items():
+        if key == "base" or (entry.method in RL_METHODS) != (kind == "rl"):
+            continue
+        name = TRACE_NAMES.get(key, key)
         try:
             records = registry.ppo_metrics(key)
         except UserError as exc:
             notes.append(str(exc))
             continue
-        good = [r for r in records if all(_is_number(r.get(k)) for k in REQUIRED_KEYS)]
+        good = [r for r in records if all(_is_number(r.get(k)) for k in required)]
         if not records:
-            notes.append(f"The {KINDS[key].noun} ({res.detail}) has no {METRICS_FILE}; re-run "
-                         f"`{KINDS[key].command}` to log its curves.")
+            command = EXPECTED_POLICIES.get(key, (None, registry.kind(key).command))[1]
+            notes.append(f"The {entry.label} policy ({entry.source}) has no {METRICS_FILE}; re-run "
+                         f"`{command}` to log its curves.")
         elif len(good) < len(records):
             notes.append(f"{len(records) - len(good)} of {len(records)} records in {name}/{METRICS_FILE} lack "
-                         f"{', '.join(REQUIRED_KEYS)} and are not plotted.")
+                         f"{', '.join(required)} and are not plotted.")
         if good:
             runs[name] = sorted(good, key=lambda r: r["step"])
     return runs, notes
+
+
+def live_log(registry: Registry, key: str) -> Path:
+    """Where a run that is still training writes its per-step log (the trainer's work folder beside the store)."""
+    folder = EXPECTED_POLICIES.get(key, (key,))[0]
+    return registry.checkpoints_dir / f".{folder}-work" / METRICS_FILE
+
+
+def any_live(registry: Registry) -> bool:
+    return any(live_log(registry, key).is_file() for key in registry.missing_policies())
+
+
+def offline_summary_markdown(runs: dict[str, list[dict]]) -> str:
+    """First and last logged values of the offline runs (SFT loss; DPO loss, margin, accuracy, KL)."""
+    if not runs:
+        return ""
+
+    def first_last(records, key, fmt):
+        values = [r[key] for r in records if _is_number(r.get(key))]
+        return f"{fmt.format(values[0])} → {fmt.format(values[-1])}" if values else "—"
+
+    rows = [[name, len(records), first_last(records, "loss", "{:.3f}"), first_last(records, "reward_margin", "{:+.3f}"),
+             first_last(records, "preference_accuracy", "{:.2f}"), first_last(records, "kl_per_token", "{:.4f}")]
+            for name, records in runs.items()]
+    return markdown_table(["run", "steps logged", "loss, first → last step", "DPO margin (nats)",
+                           "DPO preference accuracy", "DPO KL on chosen (nats/token)"], rows)
 
 
 def summary_markdown(runs: dict[str, list[dict]]) -> str:
@@ -74,11 +116,15 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
             x_axis = gr.Radio(X_CHOICES, value="step", label="x axis")
             kl_units = gr.Radio(KL_CHOICES, value="token", label="KL units")
             refresh = gr.Button("Reload logs", size="sm")
-        plot = gr.Plot(label="PPO training curves", elem_id="curves-plot")
+        plot = gr.Plot(label="RL training curves (PPO, GRPO)", elem_id="curves-plot")
         summary = gr.Markdown(elem_id="curves-summary")
+        gr.Markdown("**SFT and DPO** — logged once per optimizer step; single-batch values, so expect noise.")
+        offline_notice = gr.Markdown(elem_id="curves-offline-notice")
+        offline_plot = gr.Plot(label="SFT and DPO training curves", elem_id="curves-offline-plot")
+        offline_summary = gr.Markdown(elem_id="curves-offline-summary")
 
     def kl_curves(x_axis, kl_units):
-        """KL (per token or per sequence), reward score and β against PPO step or episode for both PPO runs."""
+        """KL (per token or per sequence), reward score and β against step or episode for every RL run (PPO, GRPO)."""
         if x_axis not in ("step", "episode"):
             raise gr.Error(f"x_axis must be 'step' or 'episode', got {x_axis!r}.")
         if kl_units not in ("token", "sequence"):
@@ -88,5 +134,24 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         note = "\n\n".join(f"⚠️ {n}" for n in notes)
         return fig, summary_markdown(runs), note
 
+    def method_curves():
+        """Loss, and for DPO margin, preference accuracy and KL, against step for every SFT and DPO run."""
+        runs, notes = load_runs(registry, "offline")
+        fig = method_curves_figure(runs) if runs else None
+        return fig, offline_summary_markdown(runs), "\n\n".join(f"⚠️ {n}" for n in notes)
+
     gr.on([demo.load, refresh.click, x_axis.change, kl_units.change], kl_curves, [x_axis, kl_units],
           [plot, summary, notice], api_name="kl_curves")
+    gr.on([demo.load, refresh.click], method_curves, None, [offline_plot, offline_summary, offline_notice],
+          api_name="method_curves")
+
+    # While a run is still training (make demo serves the app before the pipeline ends), redraw every 15 s.
+    timer = gr.Timer(15)
+
+    def follow(x_axis, kl_units):
+        if not any_live(registry):
+            return (gr.skip(),) * 6
+        return (*kl_curves(x_axis, kl_units), *method_curves())
+
+    timer.tick(follow, [x_axis, kl_units], [plot, summary, notice, offline_plot, offline_summary, offline_notice],
+               api_name=False, queue=False)

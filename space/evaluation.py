@@ -9,6 +9,7 @@ import gradio as gr
 from rlhflab.checkpoints import markdown_table
 from rlhflab.errors import UserError
 from rlhflab.plots import reward_comparison_figure
+from rlhflab.stats import format_interval
 from space.registry import Registry
 
 EXAMPLE_COLUMNS = ["prompt", "base", "full", "lora"]
@@ -17,14 +18,14 @@ _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
 def _interval(value, signed: bool = True, percent: bool = False) -> str:
+    """results.json's [estimate, low, high] in the report's format; '—' when it is missing or malformed."""
     try:
         est, lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         return "—"
     if percent:
-        return f"{est:.1%} [{lo:.1%}, {hi:.1%}]"
-    fmt = "{:+.3f}" if signed else "{:.3f}"
-    return f"{fmt.format(est)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+        return format_interval(est, lo, hi, 1, pct=True)
+    return format_interval(est, lo, hi, 3, signed=signed)
 
 
 def results_table(results: dict) -> str:

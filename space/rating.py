@@ -6,6 +6,7 @@ to a JSONL file that huggingface_hub's CommitScheduler pushes to that Hub datase
 """
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 import uuid
@@ -23,6 +24,19 @@ SCORES = [1, 2, 3, 4, 5]
 SYNC_FOLDER = "ratings-hub"
 SYNC_EVERY_MINUTES = 5
 AGGREGATE_REFRESH_S = 15
+
+
+def rating_parameter_names() -> list[str]:
+    """/rate's inputs as its API names them: rater, response_a_coherence … response_c_harmlessness, task."""
+    return ["rater", *[f"response_{chr(97 + i)}_{c}" for i in range(MAX_RESPONSES) for c in CRITERIA], "task"]
+
+
+def named_parameters(fn, names: list[str]):
+    """`fn(*values)` with a signature that names each value, so gradio_client's view_api shows these names
+    instead of param_1 … param_N (Gradio names API parameters after the handler's signature)."""
+    fn.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                          for n in names])
+    return fn
 
 
 def is_score(value) -> bool:
@@ -198,8 +212,8 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
     gr.on([demo.load, next_btn.click], next_item, [rater], task_outputs, api_name="next_item")
     # preprocess=False: rate() checks every score itself, and its message names the response and criterion
     # (the radio's own check would only say "Value: 6 is not in the list of choices").
-    submit.click(rate, [rater, *radios, task], [aggregate, *task_outputs[:-1], status], api_name="rate",
-                 preprocess=False)
+    submit.click(named_parameters(rate, rating_parameter_names()), [rater, *radios, task],
+                 [aggregate, *task_outputs[:-1], status], api_name="rate", preprocess=False)
     gr.on([demo.load, refresh.click, timer.tick], ratings_table, None, [aggregate], api_name="ratings_table",
           show_progress="hidden")
     export.click(ratings_csv, None, [csv_file], api_name="ratings_csv")

@@ -139,7 +139,11 @@ class Registry:
         found = dict(discover_policies(self.checkpoints_dir))
         for key in ("full", "lora"):
             repo = (self.env.get(KINDS[key].env_var) or "").strip()
-            if key not in found and repo:
+            local = self.local_folder(key)
+            if key not in found and local.is_dir():  # a PPO folder from before cards named their method
+                found[key] = PolicyEntry(key, policy_label("ppo", key), str(local),
+                                         {"kind": "policy", "method": "ppo", "mode": key})
+            elif key not in found and repo:
                 found[key] = PolicyEntry(key, policy_label("ppo", key), repo,
                                          {"kind": "policy", "method": "ppo", "mode": key})
         for repo in [r.strip() for r in (self.env.get(POLICY_REPOS_ENV) or "").split(",") if r.strip()]:

@@ -284,8 +284,8 @@ def test_kl_curves_returns_a_plot(client):
         assert {"ppo-full KL", "ppo-lora KL", "ppo-full score", "ppo-lora β"} <= names
         title = json.dumps(figure["layout"])
         assert ("nats / token" if units == "token" else "nats / sequence") in title
-        assert ("PPO step" if x_axis == "step" else "episode") in title
-        assert "ppo-full" in summary and notice == ""
+        assert ("training step" if x_axis == "step" else "episode") in title
+        assert "ppo-full" in summary and "training/ppo.py" not in notice
 
 
 def test_sample_xrays_returns_an_image_and_png(client, tmp_path):
@@ -348,7 +348,7 @@ def test_rate_rejects_half_rated_response(client):
 def test_evaluation_and_about(client):
     plot, table, report, examples, notice = client.predict(api_name="/evaluation")
     assert notice == "" and "Evaluation report" in report
-    assert "+0.400 [+0.200, +0.600]" in table and "70.0%" in table
+    assert "+0.400 [+0.200, +0.600]" in table and "70.0 % [50.0, 90.0]" in table
     rows = examples["data"] if isinstance(examples, dict) else examples
     assert [r[0] for r in rows] == RATING_PROMPTS
     about = client.predict(api_name="/about")
