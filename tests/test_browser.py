@@ -71,15 +71,18 @@ def test_chat_answer_streams_in(page):
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
 
 
-def test_side_by_side_shows_three_answers(page):
-    page.get_by_label("All three side by side").check()
-    page.wait_for_selector("#compare-btn", state="visible")
+def test_side_by_side_two_chosen_policies(page):
+    page.get_by_label("Side by side (2–4 policies)").check()
+    page.locator("#chat-arena").get_by_label("LoRA PPO").uncheck()  # two of the default three remain
     page.fill("#chat-input textarea", "Tell me a fact about the moon.")
-    page.press("#chat-input textarea", "Enter")  # Enter goes through the visible button
-    page.wait_for_function("() => ['base', 'full', 'lora'].every(n => "
-                           "document.querySelector('#chat-' + n).innerText.includes('reward-model score'))")
+    page.press("#chat-input textarea", "Enter")  # at once after switching: the message must not be dropped
+    page.wait_for_function("() => [0, 1].every(i => "
+                           "document.querySelector('#chat-side-' + i).innerText.includes('reward-model score'))")
+    labels = page.inner_text("#chat-side-0") + page.inner_text("#chat-side-1")
+    assert "Base model" in labels and "Full PPO" in labels
+    assert not page.locator("#chat-side-2").is_visible(), "an unchosen side stays hidden"
     page.screenshot(path=str(ARTIFACTS / "side_by_side.png"), full_page=True)
-    page.get_by_label("Base model").check()
+    page.get_by_label("One policy").check()
 
 
 def test_training_curves_plot_renders(page):
@@ -99,6 +102,27 @@ def test_xray_grid_image_appears(page):
     assert width == (8 * 30 + 2) * 4
     assert "PHANTOM" in page.inner_text("#xray-caption")
     page.screenshot(path=str(ARTIFACTS / "xrays.png"), full_page=True)
+
+
+def test_reward_boxes_are_empty_until_scored(page):
+    _open_tab(page, "Reward model")
+    boxes = ["#reward-score", "#reward-score-a", "#reward-score-b", "#reward-probability"]
+    page.wait_for_selector("#reward-score textarea, #reward-score input")
+
+    def value(box: str) -> str:
+        return page.locator(f"{box} textarea, {box} input").first.input_value()
+
+    assert [value(b) for b in boxes] == ["", "", "", ""], "a score box shows a value before anything was scored"
+    page.get_by_role("button", name="Score response A").click()
+    page.wait_for_function("() => document.querySelector('#reward-score textarea, #reward-score input').value !== ''")
+    float(value("#reward-score"))
+    assert value("#reward-score-a") == ""
+    page.get_by_role("button", name="Compare A and B").click()
+    page.wait_for_function("() => document.querySelector('#reward-probability textarea, "
+                           "#reward-probability input').value !== ''")
+    assert abs(float(value("#reward-score-a")) - float(value("#reward-score"))) < 1e-3  # same prompt and response
+    assert 0 < float(value("#reward-probability")) < 1
+    page.screenshot(path=str(ARTIFACTS / "reward_scored.png"), full_page=True)
 
 
 def test_other_tabs_render(page):
