@@ -1,5 +1,6 @@
-"""DCGAN training throughput: our loop (one in-memory tensor, randperm slices) vs the textbook loop that reads
-ChestMNIST through medmnist's per-image PIL path (ToTensor + Normalize) and a DataLoader.
+"""DCGAN training throughput: the training loop itself (rlhflab.dcgan_training.train_epoch: one in-memory tensor,
+randperm slices) vs the textbook loop that reads ChestMNIST through medmnist's per-image PIL path
+(ToTensor + Normalize) and a DataLoader.
 
 Same models, initial weights, batch, step function (rlhflab.gan.train_step) and number of steps; the two
 loops alternate for a few rounds and the best round of each counts. The data is a synthetic npz in
@@ -24,6 +25,7 @@ from common import command, machine  # noqa: E402  (also puts the repository roo
 import torch  # noqa: E402
 
 from rlhflab.data.chestmnist import NPZ_NAME, read_chestmnist_npz, to_unit_range, write_chestmnist_npz  # noqa: E402
+from rlhflab.dcgan_training import epoch_batches, train_epoch  # noqa: E402
 from rlhflab.gan import Discriminator, Generator, dcgan_weights_init, train_step  # noqa: E402
 
 
@@ -46,7 +48,7 @@ def _sync(device):
 
 
 def _time_loop(batches, models, device, steps: int, warmup: int, train: bool) -> float:
-    """Images per second over `steps` batches after `warmup` untimed ones (train=False: data only)."""
+    """The baseline's images per second over `steps` batches after `warmup` untimed ones (train=False: data only)."""
     generator, discriminator = models
     opt_g, opt_d = _optimizers(generator, discriminator)
     it = iter(batches)
@@ -65,13 +67,26 @@ def _time_loop(batches, models, device, steps: int, warmup: int, train: bool) ->
     return images / (time.perf_counter() - start)
 
 
-def _ours(images: torch.Tensor, batch_size: int):
-    """training/dcgan.py's data path: slices of a fresh permutation of one resident tensor, epoch after epoch."""
-    n = len(images)
-    while True:
-        perm = torch.randperm(n, device=images.device)
-        for i in range(n // batch_size):
-            yield images[perm[i * batch_size:(i + 1) * batch_size]]
+def _time_ours(images: torch.Tensor, models, device, batch_size: int, steps: int, warmup: int, train: bool) -> float:
+    """Images per second of the training script's own epoch loop: an untimed epoch of `warmup` batches, then a
+    timed epoch of `steps` batches, both over the resident tensor (train=False: its batches alone)."""
+    generator, discriminator = models
+    opt_g, opt_d = _optimizers(generator, discriminator)
+
+    def epoch(n_batches: int) -> None:
+        part = images[:n_batches * batch_size]
+        if train:
+            train_epoch(generator, discriminator, opt_g, opt_d, part, batch_size)
+        else:
+            for _ in epoch_batches(part, batch_size):
+                pass
+
+    epoch(warmup)
+    _sync(device)
+    start = time.perf_counter()
+    epoch(steps)
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 def _baseline(root: Path, n_images: int, batch_size: int, num_workers: int):
@@ -94,6 +109,7 @@ def run(steps: int = 20, rounds: int = 2, batch_size: int = 128, width: int = 32
         num_workers: int = 0, warmup: int = 3, device: str | None = None, seed: int = 0) -> dict:
     """Measure both loops; returns images/s for each, the ratio, and where it was measured."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    n_images = max(n_images, steps * batch_size, warmup * batch_size)  # one epoch of ours holds every timed step
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -104,11 +120,16 @@ def run(steps: int = 20, rounds: int = 2, batch_size: int = 128, width: int = 32
         base_models = _models(width, seed, device)
         results = {"ours": [], "baseline": [], "ours_data_only": [], "baseline_data_only": []}
         for _ in range(rounds):
-            for name, make in (("ours", lambda: _ours(resident, batch_size)),
-                               ("baseline", lambda: _baseline(root, n_images, batch_size, num_workers))):
-                torch.manual_seed(seed)
-                results[name].append(_time_loop(make(), copy.deepcopy(base_models), device, steps, warmup, True))
-                results[f"{name}_data_only"].append(_time_loop(make(), base_models, device, steps, warmup, False))
+            torch.manual_seed(seed)
+            results["ours"].append(_time_ours(resident, copy.deepcopy(base_models), device, batch_size, steps,
+                                              warmup, True))
+            results["ours_data_only"].append(_time_ours(resident, base_models, device, batch_size, steps, warmup,
+                                                        False))
+            torch.manual_seed(seed)
+            results["baseline"].append(_time_loop(_baseline(root, n_images, batch_size, num_workers),
+                                                  copy.deepcopy(base_models), device, steps, warmup, True))
+            results["baseline_data_only"].append(_time_loop(_baseline(root, n_images, batch_size, num_workers),
+                                                            base_models, device, steps, warmup, False))
     best = {k: max(v) for k, v in results.items()}
     return {
         "benchmark": "dcgan_training_images_per_s",

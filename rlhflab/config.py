@@ -245,6 +245,27 @@ class EvalConfig:
 PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     RewardConfig: {
         "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), val_size=64, epochs=2,
+@dataclass
+class RewardEvalConfig:
+    profile: str = _f("spec", "configuration profile: spec or demo; its reward-training settings (data, sizes, "
+                              "max length) pick the held-out pairs the training run kept out")
+    reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id")
+    dataset: str | None = _f(None, "hh-rlhf id or local file (default: the profile's)")
+    val_size: int | None = _f(None, "held-out pairs evaluated (default: the profile's)")
+    seed: int = _f(42, "the training run's seed selects the same held-out pairs")
+    output: str | None = _f(None, "results JSON (default: <reward-model>/reward_eval.json)")
+
+
+@dataclass
+class GANEvalConfig:
+    checkpoint: str = _f(str(CHECKPOINTS_DIR / "dcgan"), "generator folder or Hub repo id")
+    data_root: str | None = _f(None, "folder holding chestmnist.npz (default: the one recorded in the checkpoint)")
+    num_samples: int = _f(1000, "generated and held-out images compared")
+    seed: int = _f(42, "sampling and classifier seed")
+    output: str | None = _f(None, "JSON written (default: diagnostics.json in a local checkpoint folder, else "
+                                  f"{CHECKPOINTS_DIR / 'eval' / 'dcgan_diagnostics.json'})")
+
+
                      max_length=128, freeze_layers=24, lr=1e-4),
     },
     PPOConfig: {
@@ -292,7 +313,8 @@ def profile_defaults(cls: type, profile: str) -> dict:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     values = {f.name: f.default for f in dataclasses.fields(cls)}
     values.update(PROFILE_OVERRIDES.get(cls, {}).get(profile, {}))
-    values["profile"] = profile
+    if "profile" in values:  # a config without profiles (GANEvalConfig) has only its dataclass defaults
+        values["profile"] = profile
     return values
 
 
@@ -310,7 +332,8 @@ def _parser_for(cls: type, defaults: dict, description: str | None) -> argparse.
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        # argparse %-formats help strings (for %(default)s): a literal "95 %" would end --help in a traceback
+        help_text = f.metadata.get("help", "").replace("%", "%%")
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=defaults[f.name], help=help_text)

@@ -1,6 +1,6 @@
 """DCGAN for 28×28 chest X-rays: the two networks, seeded sampling, grids, the generator checkpoint, and its diagnostics.
 
-Training (training/dcgan.py), evaluation (eval/gan.py) and the app all use these functions.
+Training (rlhflab/dcgan_training.py), evaluation (eval/gan.py) and the app all use these functions.
 The diagnostics need no downloaded network: pixel-space diversity, MS-SSIM, nearest-training-image
 distances, and a Fréchet distance in the features of a small classifier trained here on the same data.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlhflab.checkpoints import hardware_description, markdown_table, resolve_checkpoint  # noqa: F401
+from rlhflab.checkpoints import hardware_description, markdown_table, resolve_checkpoint, write_json  # noqa: F401
+from rlhflab.config import CHECKPOINTS_DIR, GANEvalConfig
+from rlhflab.data.chestmnist import XrayDataset, dataset_from_description
 from rlhflab.errors import UserError
 
 GENERATOR_FILE = "model.safetensors"
@@ -476,3 +479,41 @@ def diagnostics_table(diag: dict) -> str:
          f"{f['floor_train_vs_heldout']:.3f}", f"floor = real train vs real held-out; classifier macro AUC {auc}"],
     ]
     return markdown_table(["diagnostic", "generated", "real (held-out)", "note"], rows)
+
+
+# ---------------------------------------------------------------- evaluating a saved generator (eval/gan.py)
+
+
+def evaluate_checkpoint(checkpoint: str, data_root: str | None = None, num_samples: int = 1000,
+                        seed: int = 42) -> tuple[dict, Path]:
+    """Diagnostics of a generator checkpoint (folder or Hub id) against the data its config.json records."""
+    generator = load_generator(checkpoint)
+    description = generator.config.get("data")
+    if not description:
+        raise UserError(f"checkpoint {checkpoint} does not record its training data (config.json 'data'); "
+                        f"re-train it with training/dcgan.py.")
+    data: XrayDataset = dataset_from_description(description, root=data_root)
+    print(f"generator {generator.checkpoint_path}; data {data.source} ({len(data.train_images):,} training images)",
+          flush=True)
+    recorded, rebuilt = description.get("train_fingerprint"), data.description.get("train_fingerprint")
+    if recorded and recorded != rebuilt:
+        print(f"warning: these training images differ from the ones the generator saw (fingerprint {rebuilt}, "
+              f"recorded {recorded}): the data file or the phantom code changed; the memorisation numbers "
+              f"refer to the images loaded now.", file=sys.stderr, flush=True)
+    return gan_diagnostics(generator, data, num_samples=num_samples, seed=seed), generator.checkpoint_path
+
+
+def evaluate_generator(cfg: GANEvalConfig) -> dict:
+    """Run evaluate_checkpoint, write the diagnostics JSON and print its table; returns the diagnostics."""
+    diagnostics, folder = evaluate_checkpoint(cfg.checkpoint, cfg.data_root, cfg.num_samples, cfg.seed)
+    if cfg.output:
+        output = Path(cfg.output)
+    elif Path(cfg.checkpoint).is_dir():
+        output = folder / DIAGNOSTICS_FILE
+    else:  # a Hub id resolves into the HF cache, which is not ours to write
+        output = CHECKPOINTS_DIR / "eval" / "dcgan_diagnostics.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output, diagnostics)
+    print(diagnostics_table(diagnostics))
+    print(f"\n{diagnostics['frechet']['note']}\nwrote {output}")
+    return diagnostics

@@ -69,7 +69,9 @@ def paired_pass_gain(metrics: list[dict], samples: int = 2000) -> dict | None:
 
 
 def format_gain(gain: dict | None) -> str:
-    """'+0.28 [0.05, 0.51] (n = 48 prompts)' or 'n/a' when the run has no paired passes."""
+    """'+0.280 [+0.050, +0.510] (n = 48 prompts)' or 'n/a' when the run has no paired passes."""
     if not gain:
         return "n/a (needs two passes over the prompts)"
-    return f"{gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}] (n = {gain['n_prompts']} prompts)"
+    from rlhflab.stats import format_interval
+
+    return f"{format_interval(gain['mean'], gain['low'], gain['high'], signed=True)} (n = {gain['n_prompts']} prompts)"

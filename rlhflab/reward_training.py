@@ -14,10 +14,10 @@ from torch.utils.data import Dataset
 from rlhflab import stats
 from rlhflab.checkpoints import (Timer, command_line, hardware_description, markdown_table, report_push, save_atomically,
                                  write_json, write_model_card)
-from rlhflab.config import RewardConfig
+from rlhflab.config import RewardConfig, RewardEvalConfig, profile_defaults
 from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
-from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers, load_tokenizer,
-                            model_path)
+from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers,
+                            load_reward_model, load_tokenizer, model_path)
 from rlhflab.scoring import encode_for_reward, left_pad, reward_forward, score_responses
 
 EVAL_FILE = "reward_eval.json"
@@ -214,18 +214,33 @@ def evaluate_reward_model(model, tokenizer, pairs: list[PreferencePair], max_len
 
 def reward_eval_markdown(ev: dict) -> str:
     acc, lw = ev["accuracy"], ev["longer_wins_accuracy"]
-    rows = [["accuracy (r_chosen > r_rejected, ties wrong)", stats.fmt_ci(*[100 * v for v in acc], 1, "%"), ev["n_pairs"]],
-            ["'longer response wins' baseline", stats.fmt_ci(*[100 * v for v in lw], 1, "%"), ev["n_pairs"]],
+    rows = [["accuracy (r_chosen > r_rejected, ties wrong)", stats.format_interval(*acc, 1, pct=True), ev["n_pairs"]],
+            ["'longer response wins' baseline", stats.format_interval(*lw, 1, pct=True), ev["n_pairs"]],
             ["chance", "50.0 %", "-"]]
     for name, part in ev["accuracy_by_length"].items():
         label = "accuracy when chosen is longer" if name == "chosen_longer" else "accuracy when chosen is not longer"
-        rows.append([label, stats.fmt_ci(*[100 * v for v in part["accuracy"]], 1, "%") if part["accuracy"] else "n/a",
+        rows.append([label, stats.format_interval(*part["accuracy"], 1, pct=True) if part["accuracy"] else "n/a",
                      part["n"]])
     rows.append(["Pearson r(reward, response tokens)", f"{ev['reward_length_pearson_r']:.3f}", 2 * ev["n_pairs"]])
     c, r = np.array(ev["chosen_rewards"]), np.array(ev["rejected_rewards"])
     rows.append(["reward of chosen: mean ± sd", f"{c.mean():.3f} ± {c.std():.3f}", len(c)])
     rows.append(["reward of rejected: mean ± sd", f"{r.mean():.3f} ± {r.std():.3f}", len(r)])
     return markdown_table(["metric (95 % Wilson interval)", "value", "n"], rows)
+
+
+def evaluate_reward_checkpoint(cfg: RewardEvalConfig) -> Path:
+    """Evaluate a saved reward model on the held-out pairs its training profile kept out; prints the table and
+    writes the results JSON (default: reward_eval.json in the checkpoint folder); returns its path."""
+    training = profile_defaults(RewardConfig, cfg.profile)
+    _, val = train_val_pairs(cfg.dataset or training["dataset"], training["train_size"],
+                             cfg.val_size or training["val_size"], cfg.seed)
+    model, tok = load_reward_model(cfg.reward_model)
+    ev = evaluate_reward_model(model, tok, val.pairs, training["max_length"])
+    print(reward_eval_markdown(ev))
+    out = Path(cfg.output) if cfg.output else Path(cfg.reward_model) / EVAL_FILE
+    write_json(out, ev)
+    print(f"written {out}")
+    return out
 
 
 def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = None) -> Path:
@@ -349,9 +364,9 @@ def _write_card(folder, cfg, ev, trainable, total, train_set, seconds):
                          f"better. Trained with the {cfg.loss} pairwise loss on {len(train_set.pairs)} preference pairs "
                          f"({train_set.num_skipped} rows skipped: {dict(train_set.skipped)}).\n\nData: {data_line}."),
         "Held-out evaluation": (f"{ev['n_pairs']} validation pairs, best epoch {ev['best_epoch']:.0f} "
-                                f"(validation loss {ev['best_eval_loss']:.4f}). Accuracy **{100 * acc[0]:.1f} % "
-                                f"[{100 * acc[1]:.1f}, {100 * acc[2]:.1f}]** vs 'longer wins' {100 * lw[0]:.1f} % and "
-                                f"chance 50 %.\n\n" + reward_eval_markdown(ev)
+                                f"(validation loss {ev['best_eval_loss']:.4f}). Accuracy "
+                                f"**{stats.format_interval(*acc, 1, pct=True)}** vs 'longer wins' "
+                                f"{100 * lw[0]:.1f} % and chance 50 %.\n\n" + reward_eval_markdown(ev)
                                 + "\n\nPublished anchors on hh-rlhf: GPT-2-medium reward models reach about 61–67 %; "
                                   "'longer wins' is about 55 %."),
         "Parameters": f"trainable {trainable:,} of {total:,}",

@@ -45,9 +45,24 @@ def pearson(x, y) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def fmt_ci(est: float, low: float, high: float, digits: int = 3, unit: str = "") -> str:
+def format_interval(est: float, low: float, high: float, digits: int = 3, pct: bool = False, signed: bool = False,
+                    unit: str = "") -> str:
+    """The one way every report, card and app tab writes an estimate with its interval:
+
+    '0.412 [0.301, 0.520]'; signed=True: '+0.110 [-0.020, +0.240]' (gains and differences);
+    pct=True, for proportions given as fractions: '72.0 % [58.0, 83.0]'; unit follows the estimate:
+    '25.3 tokens [22.0, 28.0]'.
+    """
+    if pct:
+        est, low, high, unit = 100 * est, 100 * low, 100 * high, unit or "%"
+    spec = f"{'+' if signed else ''}.{digits}f"
     u = f" {unit}" if unit else ""
-    return f"{est:.{digits}f}{u} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{est:{spec}}{u} [{low:{spec}}, {high:{spec}}]"
+
+
+def fmt_ci(est: float, low: float, high: float, digits: int = 3, unit: str = "") -> str:
+    """format_interval under its earlier name (rlhflab/evaluation.py still calls it)."""
+    return format_interval(est, low, high, digits, unit=unit)
 
 
 def histogram(values, bins: int = 20) -> dict:

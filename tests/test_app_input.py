@@ -231,6 +231,9 @@ def test_rate_api_takes_no_item_ids(shared):
     labels = [p["label"] for p in info["parameters"]]
     assert len(labels) == 1 + 15 and labels[0].startswith("Your name")
     assert not any("item" in label.lower() for label in labels)
+    names = [p["parameter_name"] for p in info["parameters"]]
+    assert names[:2] == ["rater", "response_a_coherence"] and names[-1] == "response_c_harmlessness"
+    assert len(set(names)) == 16 and not any(n.startswith("param_") for n in names)
 
 
 def test_forged_item_id_in_a_raw_request_is_ignored(app):

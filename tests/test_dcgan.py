@@ -2,7 +2,6 @@
 missing-data error, and the diagnostics (MS-SSIM, memorisation distances, Fréchet distance)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -15,25 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from rlhflab.config import DCGANConfig, build_config
+from rlhflab.config import DCGANConfig, GANEvalConfig, build_config
 from rlhflab.data.chestmnist import (LABEL_NAMES, PHANTOM_SOURCE, load_xray_dataset, make_phantom_xrays,
                                      write_chestmnist_npz)
-from rlhflab.errors import UserError
-from rlhflab.gan import (Generator, frechet_distance, latent_interpolation, load_generator, make_grid_png, ms_ssim,
-                         nearest_neighbour_l2, sample_images, save_generator)
+from rlhflab.dcgan_training import train_dcgan
+from rlhflab.errors import UserError, cli_main
+from rlhflab.gan import (Generator, evaluate_generator, frechet_distance, latent_interpolation, load_generator,
+                         make_grid_png, ms_ssim, nearest_neighbour_l2, sample_images, save_generator)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_script(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-training = _load_script("training_dcgan", REPO / "training" / "dcgan.py")
-eval_gan = _load_script("eval_gan", REPO / "eval" / "gan.py")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +51,7 @@ def tiny_config(data_root: Path, out: Path, **overrides) -> DCGANConfig:
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "dcgan"
-    return training.train_dcgan(tiny_config(data_root, out, diagnostic_samples=40))
+    return train_dcgan(tiny_config(data_root, out, diagnostic_samples=40))
 
 
 def test_npz_has_chestmnist_format_and_loads_into_unit_range(data_root):
@@ -148,16 +137,16 @@ def test_load_generator_errors_are_one_sentence(tmp_path):
 def test_resume_continues_the_epoch_count_exactly(trained, data_root, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(trained, resumed)
-    training.train_dcgan(tiny_config(data_root, resumed, epochs=2, resume=True))
+    train_dcgan(tiny_config(data_root, resumed, epochs=2, resume=True))
     losses = [json.loads(line) for line in (resumed / "losses.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in losses] == [1, 2]
     assert json.loads((resumed / "training_state" / "state.json").read_text())["epoch"] == 2
     assert sorted(p.name for p in (resumed / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
     # 1 epoch + resume 1 epoch == 2 epochs straight (same RNG stream, optimizer state and batch-norm statistics)
-    straight = training.train_dcgan(tiny_config(data_root, tmp_path / "straight", epochs=2))
+    straight = train_dcgan(tiny_config(data_root, tmp_path / "straight", epochs=2))
     assert torch.equal(sample_images(load_generator(resumed), 0, 8), sample_images(load_generator(straight), 0, 8))
     with pytest.raises(UserError, match="already trained 2 epochs"):
-        training.train_dcgan(tiny_config(data_root, resumed, epochs=2, resume=True))
+        train_dcgan(tiny_config(data_root, resumed, epochs=2, resume=True))
 
 
 def test_missing_chestmnist_is_one_sentence_and_the_unreachable_data_exit_status(tmp_path):
@@ -183,8 +172,9 @@ def test_download_failure_without_network_is_the_same_sentence(tmp_path, monkeyp
         raise RuntimeError("Automatic download failed!\n    (multi-line medmnist text)")
 
     monkeypatch.setattr(medmnist.dataset.MedMNIST, "download", no_network)
+    config = build_config(DCGANConfig, "spec", data_root=str(tmp_path), output_dir=str(tmp_path / "out"))
     with pytest.raises(SystemExit) as exit_info:
-        training.main(["--data-root", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+        cli_main(train_dcgan)(config)  # as training/dcgan.py runs it
     assert exit_info.value.code == 4  # a dataset that could not be reached (rlhflab.errors.DATASET_UNAVAILABLE_EXIT)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "chestmnist.npz" in err and str(tmp_path) in err
@@ -213,9 +203,9 @@ def test_frechet_distance_is_zero_for_the_same_features_and_grows_with_a_shift()
     assert frechet_distance(feats, feats + 0.5) == pytest.approx(16 * 0.25, rel=1e-6)
 
 
-def test_eval_cli_writes_diagnostics(trained, tmp_path, capsys):
+def test_evaluate_generator_writes_diagnostics(trained, tmp_path, capsys):
     out = tmp_path / "diag.json"
-    eval_gan.main(["--checkpoint", str(trained), "--num-samples", "30", "--output", str(out)])
+    evaluate_generator(build_config(GANEvalConfig, checkpoint=str(trained), num_samples=30, output=str(out)))
     diagnostics = json.loads(out.read_text())
     assert diagnostics["num_generated"] == 30 and diagnostics["memorisation"]["heldout_to_train_l2"]["median"] > 0
     assert "NOT comparable to Inception FID" in diagnostics["frechet"]["note"]

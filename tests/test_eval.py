@@ -29,6 +29,18 @@ def test_paired_bootstrap_and_wilson():
     assert p == 0.8 and lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
 
 
+def test_one_interval_format_for_reports_cards_and_the_app():
+    from rlhflab.ppo_metrics import format_gain
+
+    assert stats.format_interval(0.4123, 0.3011, 0.5204) == "0.412 [0.301, 0.520]"
+    assert stats.format_interval(0.11, -0.02, 0.24, signed=True) == "+0.110 [-0.020, +0.240]"
+    assert stats.format_interval(0.72, 0.58, 0.83, 1, pct=True) == "72.0 % [58.0, 83.0]"
+    assert stats.format_interval(25.3, 22, 28, 1, unit="tokens") == "25.3 tokens [22.0, 28.0]"
+    assert stats.fmt_ci(72.0, 58.0, 83.0, 1, "%") == stats.format_interval(0.72, 0.58, 0.83, 1, pct=True)
+    gain = {"mean": 0.28, "low": 0.05, "high": 0.51, "n_prompts": 48}
+    assert format_gain(gain) == "+0.280 [+0.050, +0.510] (n = 48 prompts)"
+
+
 def test_kl_of_a_policy_to_itself_is_zero(tiny_llama_dir):
     from rlhflab.kl import kl_per_token, response_logprobs
     from rlhflab.models import load_causal_lm

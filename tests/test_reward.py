@@ -176,3 +176,17 @@ def test_training_on_cached_frozen_blocks_saves_the_whole_model(tmp_path, tiny_l
     assert losses[-1] < losses[0]
     ev = json.loads((out / "reward_eval.json").read_text())
     assert ev["accuracy"][0] > 0.6  # measured on text through the whole reloaded model
+
+
+def test_evaluating_the_saved_checkpoint_repeats_the_training_runs_evaluation(trained_reward, toy_dataset, tmp_path,
+                                                                              capsys):
+    """eval/reward_model.py's function picks the same held-out pairs from the seed and gets the same accuracy."""
+    from rlhflab.config import RewardEvalConfig
+    from rlhflab.reward_training import evaluate_reward_checkpoint
+
+    path, cfg = trained_reward
+    out = evaluate_reward_checkpoint(build_config(RewardEvalConfig, "demo", reward_model=str(path), dataset=toy_dataset,
+                                                  val_size=12, seed=cfg.seed, output=str(tmp_path / "ev.json")))
+    ev, saved = json.loads(out.read_text()), json.loads((path / "reward_eval.json").read_text())
+    assert ev["n_pairs"] == 12 and ev["accuracy"] == pytest.approx(saved["accuracy"])
+    assert "| metric (95 % Wilson interval) |" in capsys.readouterr().out
