@@ -242,9 +242,6 @@ class EvalConfig:
     ratings_db: str = _f(str(CHECKPOINTS_DIR / "eval" / "ratings.sqlite"), "SQLite ratings store")
 
 
-PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
-    RewardConfig: {
-        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), val_size=64, epochs=2,
 @dataclass
 class RewardEvalConfig:
     profile: str = _f("spec", "configuration profile: spec or demo; its reward-training settings (data, sizes, "
@@ -266,6 +263,9 @@ class GANEvalConfig:
                                   f"{CHECKPOINTS_DIR / 'eval' / 'dcgan_diagnostics.json'})")
 
 
+PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
+    RewardConfig: {
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), val_size=64, epochs=2,
                      max_length=128, freeze_layers=24, lr=1e-4),
     },
     PPOConfig: {
