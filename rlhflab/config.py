@@ -219,7 +219,10 @@ class DCGANConfig:
 @dataclass
 class EvalConfig:
     profile: str = _f("spec", "configuration profile: spec or demo")
-    policies: str = _f("base,full,lora", "comma-separated policies to compare")
+    policies: str = _f("all", "comma-separated policies to compare (keys of the checkpoint store: base, sft, full, "
+                              "lora, dpo, grpo, ...), or all: the base and every policy checkpoint in the store")
+    best_of_n: str = _f("", "comma-separated n: add a 'best-of-n (base)' row per n (n base samples per prompt, the "
+                            "reward model's pick), e.g. 4,16")
     base_model: str = _f(DEFAULT_BASE_MODEL, "base policy")
     reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint")
     full_model: str = _f(str(CHECKPOINTS_DIR / "ppo-full"), "full-PPO checkpoint")
@@ -302,7 +305,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     EvalConfig: {
         # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once
-        "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000, batch_size=64),
+        "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000, batch_size=64, best_of_n="4"),
     },
 }
 

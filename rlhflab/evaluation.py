@@ -1,6 +1,7 @@
 """Evaluation of the policies: reward before/after PPO with intervals, KL to base, curves, rating items, report."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,20 +60,59 @@ def run_evaluation(cfg: EvalConfig, progress=print) -> Path:
         return _run_evaluation(cfg, progress)
 
 
+def policy_sources(cfg: EvalConfig) -> dict[str, Path]:
+    """The policy checkpoints to evaluate (key -> folder): --policies all means every policy in the store;
+    --full-model / --lora-model name the PPO runs' folders."""
+    from rlhflab.config import CHECKPOINTS_DIR
+    from rlhflab.policies import discover_policies
+
+    store = Path(cfg.full_model).parent if Path(cfg.full_model).parent.is_dir() else CHECKPOINTS_DIR
+    found = {k: Path(e.source) for k, e in discover_policies(store).items()}
+    overrides = {"full": Path(cfg.full_model), "lora": Path(cfg.lora_model)}
+    names = [n.strip() for n in cfg.policies.split(",") if n.strip()]
+    if names == ["all"]:
+        found.update({k: p for k, p in overrides.items() if p.is_dir()})
+        return {k: found[k] for k in found}
+    out = {}
+    for name in names:
+        if name == "base":
+            continue
+        path = overrides.get(name) if name in overrides else found.get(name, store / name)
+        out[name] = resolve_checkpoint(path)
+    return out
+
+
+def best_of_n_values(cfg: EvalConfig) -> list[int]:
+    try:
+        values = [int(v) for v in cfg.best_of_n.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--best-of-n takes comma-separated whole numbers (e.g. 4,16), got {cfg.best_of_n!r}.") from None
+    if any(n < 2 or n > 64 for n in values):
+        raise UserError(f"--best-of-n values must be between 2 and 64, got {cfg.best_of_n!r}.")
+    return values
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """KL(best-of-n || base) <= log n - (n - 1)/n nats per sequence (an upper bound, tight for distinct samples)."""
+    return math.log(n) - (n - 1) / n
+
+
 def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     timer = Timer()
-    names = [n.strip() for n in cfg.policies.split(",") if n.strip()]
-    paths = {"full": cfg.full_model, "lora": cfg.lora_model}
-    policy_dirs = {n: resolve_checkpoint(paths[n]) for n in names if n in paths}
+    policy_dirs = policy_sources(cfg)
+    names = ["base", *policy_dirs] if ("base" in cfg.policies.split(",") or cfg.policies == "all") else list(policy_dirs)
+    bon = best_of_n_values(cfg)
+    if bon and "base" not in names:
+        raise UserError("--best-of-n samples from the base model: include base in --policies.")
     prompts, prompt_source = heldout_prompts(cfg, policy_dirs)
-    policies = PolicySet(cfg.base_model, str(policy_dirs["full"]) if "full" in policy_dirs else None,
-                         str(policy_dirs["lora"]) if "lora" in policy_dirs else None, dtype=policy_dtype(cfg.bf16))
+    policies = PolicySet(cfg.base_model, {k: str(p) for k, p in policy_dirs.items()}, dtype=policy_dtype(cfg.bf16))
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
     settings = _settings(cfg)
     torch.manual_seed(cfg.seed)
 
     responses: dict[str, list[str]] = {}
     tokens: dict[str, list[int]] = {}
+    finished: dict[str, list[bool]] = {}
     logps: dict[str, list[torch.Tensor]] = {}
     for name in names:
         t = Timer()
@@ -81,6 +121,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
             gens = generate_batch(model, tok, prompts, settings, batch_size=cfg.batch_size)
             responses[name] = [g.text for g in gens]
             tokens[name] = [g.num_tokens for g in gens]
+            finished[name] = [g.finished for g in gens]
             if name != "base":
                 logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
         progress(f"generated {len(prompts)} responses with {name} in {t.elapsed_s:.0f} s")
@@ -94,6 +135,22 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     rewards = {n: np.array(score_responses(reward_model, reward_tok, prompts, responses[n], cfg.batch_size))
                for n in names}
     progress(f"scored {len(names) * len(prompts)} responses")
+    for n_samples in bon:  # n base samples per prompt (seeded apart from the base row's), the reward model's pick
+        t = Timer()
+        key = f"best-of-{n_samples}"
+        with policies.use("base") as (model, tok):
+            samples = generate_batch(model, tok, [p for p in prompts for _ in range(n_samples)],
+                                     GenerationSettings(**{**settings.as_dict(), "seed": settings.seed + n_samples}),
+                                     batch_size=cfg.batch_size)
+        scores = np.array(score_responses(reward_model, reward_tok, [p for p in prompts for _ in range(n_samples)],
+                                          [g.text for g in samples], cfg.batch_size)).reshape(len(prompts), n_samples)
+        pick = scores.argmax(1)
+        chosen = [samples[i * n_samples + j] for i, j in enumerate(pick)]
+        responses[key], tokens[key] = [g.text for g in chosen], [g.num_tokens for g in chosen]
+        finished[key] = [g.finished for g in chosen]
+        rewards[key] = scores[np.arange(len(prompts)), pick]
+        names.append(key)
+        progress(f"best-of-{n_samples} from the base: {n_samples * len(prompts)} samples in {t.elapsed_s:.0f} s")
 
     b = cfg.bootstrap_samples
     results = {"command": command_line(), "settings": asdict(cfg), "generation": settings.as_dict(),
@@ -105,18 +162,26 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         entry = {"n": len(prompts), "reward_mean": list(stats.bootstrap_ci(rewards[n], samples=b, seed=1)),
                  "response_tokens_mean": list(stats.bootstrap_ci(tokens[n], samples=b, seed=2)),
                  "reward_length_pearson_r": stats.pearson(rewards[n], tokens[n]),
-                 "source": policies.source(n) if n == "base" else str(policy_dirs[n])}
+                 "cut_rate": float(1 - np.mean(finished[n])),
+                 "source": (policies.source(n) if n == "base" else str(policy_dirs[n]) if n in policy_dirs
+                            else f"{n} samples of the base, reranked by the reward model")}
+        if n.startswith("best-of-"):
+            n_samples = int(n.rsplit("-", 1)[1])
+            entry["kl_bound_per_sequence"] = best_of_n_kl_bound(n_samples)
+            entry["kl_bound_per_token"] = best_of_n_kl_bound(n_samples) / max(float(np.mean(tokens[n])), 1.0)
         if n != "base" and "base" in names:
             entry["gain_vs_base"] = list(stats.paired_bootstrap_diff(rewards[n], rewards["base"], samples=b, seed=3))
             wins = int((rewards[n] > rewards["base"]).sum())
             entry["win_rate_vs_base"] = list(stats.wilson_interval(wins, len(prompts)))
-            kl = kl_per_token(logps[n], base_logps[n])
-            entry["kl_per_token_to_base"] = list(stats.bootstrap_ci(kl, samples=b, seed=4))
+            if n in logps:
+                kl = kl_per_token(logps[n], base_logps[n])
+                entry["kl_per_token_to_base"] = list(stats.bootstrap_ci(kl, samples=b, seed=4))
             entry["length_gain_vs_base"] = list(stats.paired_bootstrap_diff(tokens[n], tokens["base"], samples=b,
                                                                             seed=5))
         results["policies"][n] = entry
-    results["training_curves"] = {n: summarize_metrics(read_jsonl(policy_dirs[n] / METRICS_FILE))
-                                  for n in policy_dirs}
+    results["training_curves"] = {n: summarize_metrics(records) for n in policy_dirs
+                                  if (records := read_jsonl(policy_dirs[n] / METRICS_FILE))
+                                  and "kl_coef" in records[0]}  # the RL runs (PPO, GRPO); SFT/DPO log other fields
     results["examples"] = [{"prompt": prompts[i], **{n: responses[n][i] for n in names},
                             **{f"{n}_reward": float(rewards[n][i]) for n in names}} for i in range(min(5, len(prompts)))]
     results["per_prompt"] = {n: {"reward": rewards[n].round(4).tolist(), "tokens": tokens[n]} for n in names}
@@ -125,9 +190,11 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     store = RatingsStore(cfg.ratings_db)
     k = min(cfg.num_rating_prompts, len(prompts))
+    rated = [n for n in names if not n.startswith("best-of-")]
     store.replace_items([{"prompt_index": i, "prompt": prompts[i], "policy": n, "response": responses[n][i]}
-                         for i in range(k) for n in names])
-    results["rating_items"] = {"prompts": k, "policies": names, "db": str(cfg.ratings_db)}
+                         for i in range(k) for n in rated])
+    results["rating_items"] = {"prompts": k, "policies": rated, "db": str(cfg.ratings_db),
+                               "cut_rate": {n: float(1 - np.mean(finished[n][:k])) for n in rated}}
     results["seconds"] = timer.elapsed_s
     write_json(out / RESULTS_FILE, results)
     _write_figures(out, policy_dirs, results)
@@ -141,7 +208,8 @@ def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> No
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    runs = {f"ppo-{n}": read_jsonl(d / METRICS_FILE) for n, d in policy_dirs.items()}
+    runs = {{"full": "ppo-full", "lora": "ppo-lora"}.get(n, n): records for n, d in policy_dirs.items()
+            if (records := read_jsonl(d / METRICS_FILE)) and "kl_coef" in records[0]}
     for fig, name in ((training_curves_figure(runs), "kl_per_token"),
                       (training_curves_figure(runs, per_sequence=True), "kl_per_sequence"),
                       (reward_comparison_figure(results), "reward_by_policy")):
@@ -149,10 +217,8 @@ def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> No
         fig.write_html(figs / f"{name}.html", include_plotlyjs=True, full_html=True)
 
 
-def _ci(v, digits=3, pct=False):
-    if pct:
-        return stats.fmt_ci(*[100 * x for x in v], 1, "%")
-    return stats.fmt_ci(*v, digits)
+def _ci(v, digits=3, pct=False, signed=False):
+    return stats.format_interval(*v, 1 if pct else digits, pct=pct, signed=signed)
 
 
 def _r(value: float) -> str:
@@ -170,20 +236,32 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              f"seed {g['seed']} — identical for every policy.\n",
              "Intervals are 95 % bootstrap intervals over prompts (paired for gains), Wilson intervals for win rates. "
              "Reward = reward-model score (logit); KL in nats per token, k1 estimate on the policy's own responses.\n",
-             "## Reward before and after PPO\n"]
+             "## Reward of every policy\n"]
     rows = []
     for name, e in pols.items():
-        rows.append([name, _ci(e["reward_mean"]), _ci(e["gain_vs_base"]) if "gain_vs_base" in e else "—",
+        if "kl_per_token_to_base" in e:
+            kl = _ci(e["kl_per_token_to_base"], 4)
+        elif "kl_bound_per_sequence" in e:
+            kl = (f"≤ {e['kl_bound_per_token']:.4f} (bound: log n − (n−1)/n = {e['kl_bound_per_sequence']:.3f} "
+                  f"nats/sequence)")
+        else:
+            kl = "—"
+        cut = f"{100 * e['cut_rate']:.0f} %" if "cut_rate" in e else "—"
+        rows.append([name, _ci(e["reward_mean"]), _ci(e["gain_vs_base"], signed=True) if "gain_vs_base" in e else "—",
                      _ci(e["win_rate_vs_base"], pct=True) if "win_rate_vs_base" in e else "—",
-                     _ci(e["response_tokens_mean"], 1), _r(e["reward_length_pearson_r"]),
-                     _ci(e["kl_per_token_to_base"], 4) if "kl_per_token_to_base" in e else "—", e["n"]])
+                     _ci(e["response_tokens_mean"], 1), cut, _r(e["reward_length_pearson_r"]), kl, e["n"]])
     lines.append(markdown_table(["policy", "mean reward", "gain vs base", "win rate vs base", "response tokens",
-                                 "r(reward, length)", "KL to base (nats/token)", "n prompts"], rows))
+                                 "cut at max tokens", "r(reward, length)", "KL to base (nats/token)", "n prompts"],
+                                rows))
+    lines.append("\nBest-of-n rows draw n samples per prompt from the base and keep the reward model's pick: no "
+                 "weights change, and its KL to the base has no per-token log-probability to measure, so the "
+                 "known upper bound is shown (per token: divided by the picked responses' mean length).\n")
     lines.append("\nIs the gain only length? Compare the gain with the length change and the reward–length "
                  "correlation: " + "; ".join(
                      f"{name}: length change {_ci(e['length_gain_vs_base'], 1)} tokens" for name, e in pols.items()
                      if "length_gain_vs_base" in e) + ".\n")
-    lines.append("![reward by policy](figures/reward_by_policy.html)\n")
+    lines.append("Mean reward per policy with its interval: `figures/reward_by_policy.html` (interactive; the app's "
+                 "Evaluation tab draws it above this report).\n")
     lines.append("## KL and reward during PPO\n")
     lo, hi = KL_BAND
     rows = []
@@ -210,7 +288,9 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
     lines.append("## Human evaluation (blind)\n")
     ri = results.get("rating_items", {})
     lines.append(f"{ri.get('prompts', 0)} prompts × {len(ri.get('policies', []))} policies stored for blind rating "
-                 f"(app → Human evaluation tab). Current aggregate:\n")
+                 f"(app → Human evaluation tab, up to three responses at a time). Responses cut at the token limit "
+                 f"(rate completeness with that in mind): " + ", ".join(
+                     f"{n} {100 * r:.0f} %" for n, r in ri.get("cut_rate", {}).items()) + ". Current aggregate:\n")
     lines.append(aggregate_markdown(store.aggregate()) if store else "No ratings yet.")
     lines.append(f"\n---\nProduced by `{results['command']}` in {results.get('seconds', 0):.0f} s.")
     return "\n".join(lines) + "\n"

@@ -82,8 +82,9 @@ class RatingsStore:
         with self._conn() as db:
             return [dict(r) for r in db.execute(_SELECT_ITEMS)]
 
-    def blind_task(self, rater: str, seed: int | None = None) -> dict | None:
-        """The prompt this rater has rated least, with its responses shuffled and policies hidden."""
+    def blind_task(self, rater: str, seed: int | None = None, max_responses: int | None = None) -> dict | None:
+        """The prompt this rater has rated least, with its responses shuffled and policies hidden; with more policies
+        than `max_responses`, the ones this rater has rated least come first, so each task shows new ones."""
         with self._conn() as db:
             rows = [dict(r) for r in db.execute(_SELECT_ITEMS_WITH_DONE, (rater,))]
         if not rows:
@@ -97,6 +98,8 @@ class RatingsStore:
         index = rng.choice(candidates)
         group = by_prompt[index]
         rng.shuffle(group)
+        if max_responses:
+            group = sorted(group, key=lambda r: r["done"])[:max_responses]  # stable: the shuffle decides ties
         return {"prompt_index": index, "prompt": group[0]["prompt"],
                 "responses": [{"item_id": r["item_id"], "response": r["response"]} for r in group],
                 "rated_before": fewest > 0}

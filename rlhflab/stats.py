@@ -60,11 +60,6 @@ def format_interval(est: float, low: float, high: float, digits: int = 3, pct: b
     return f"{est:{spec}}{u} [{low:{spec}}, {high:{spec}}]"
 
 
-def fmt_ci(est: float, low: float, high: float, digits: int = 3, unit: str = "") -> str:
-    """format_interval under its earlier name (rlhflab/evaluation.py still calls it)."""
-    return format_interval(est, low, high, digits, unit=unit)
-
-
 def histogram(values, bins: int = 20) -> dict:
     counts, edges = np.histogram(np.asarray(values, dtype=float), bins=bins)
     return {"counts": counts.tolist(), "edges": edges.tolist()}

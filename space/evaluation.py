@@ -34,16 +34,22 @@ def results_table(results: dict) -> str:
     for name, p in (results.get("policies") or {}).items():
         if not isinstance(p, dict):
             continue
+        kl = _interval(p.get("kl_per_token_to_base"), signed=False)
+        if kl == "—" and isinstance(p.get("kl_bound_per_token"), (int, float)):
+            kl = f"≤ {p['kl_bound_per_token']:.4f} (best-of-n bound)"
+        cut = f"{100 * p['cut_rate']:.0f} %" if isinstance(p.get("cut_rate"), (int, float)) else "—"
         rows.append([name, _interval(p.get("reward_mean")), _interval(p.get("gain_vs_base")),
-                     _interval(p.get("win_rate_vs_base"), percent=True),
-                     _interval(p.get("kl_per_token_to_base"), signed=False),
-                     _interval(p.get("response_tokens_mean"), signed=False), p.get("n", "—")])
+                     _interval(p.get("win_rate_vs_base"), percent=True), kl,
+                     _interval(p.get("response_tokens_mean"), signed=False), cut, p.get("n", "—")])
     if not rows:
         return "results.json lists no policies."
     header = ["policy", "mean reward [95 % CI]", "gain vs base", "win rate vs base", "KL to base (nats/token)",
-              "response tokens", "n"]
-    settings = results.get("settings")
-    tail = f"\n\nGeneration settings: `{settings}`" if settings else ""
+              "response tokens", "cut at max tokens", "n"]
+    tail = ""
+    generation = results.get("generation")
+    if isinstance(generation, dict) and generation:  # the sampling settings only: no local paths
+        tail += "\n\n**Generation settings** (identical for every policy)\n\n" + markdown_table(
+            ["setting", "value"], [[k.replace("_", " "), v] for k, v in generation.items()])
     command = results.get("command")
     tail += f"\n\nProduced by `{command}`." if command else ""
     return markdown_table(header, rows) + tail
@@ -63,12 +69,20 @@ def inline_local_images(report: str, folder: Path) -> str:
     return _IMAGE_LINK.sub(swap, report)
 
 
-def examples_rows(results: dict) -> list[list[str]]:
-    rows = []
-    for ex in (results.get("examples") or [])[:MAX_EXAMPLES]:
-        if isinstance(ex, dict):
-            rows.append([str(ex.get(c, "")) for c in EXAMPLE_COLUMNS])
-    return rows
+def example_columns(results: dict) -> list[str]:
+    """prompt, then one column per evaluated policy (base, SFT, PPO, DPO, GRPO, best-of-n, ...)."""
+    policies = [n for n in (results.get("policies") or {}) if isinstance(n, str)]
+    return ["prompt", *policies] if policies else EXAMPLE_COLUMNS
+
+
+def examples_rows(results: dict):
+    """The held-out examples as a table with a column per policy."""
+    import pandas as pd
+
+    columns = example_columns(results)
+    rows = [[str(ex.get(c, "")) for c in columns] for ex in (results.get("examples") or [])[:MAX_EXAMPLES]
+            if isinstance(ex, dict)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def build_evaluation_tab(registry: Registry, demo: gr.Blocks) -> None:

@@ -146,7 +146,7 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         if not res.available:
             return show_task(None, f"⚠️ {registry.missing_message(res)} It stores the items to rate.")
         try:
-            new_task = registry.ratings_store().blind_task(rater or "anonymous")
+            new_task = registry.ratings_store().blind_task(rater or "anonymous", max_responses=MAX_RESPONSES)
         except UserError as exc:
             return show_task(None, f"⚠️ {exc}")
         if new_task is None:

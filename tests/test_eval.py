@@ -36,7 +36,6 @@ def test_one_interval_format_for_reports_cards_and_the_app():
     assert stats.format_interval(0.11, -0.02, 0.24, signed=True) == "+0.110 [-0.020, +0.240]"
     assert stats.format_interval(0.72, 0.58, 0.83, 1, pct=True) == "72.0 % [58.0, 83.0]"
     assert stats.format_interval(25.3, 22, 28, 1, unit="tokens") == "25.3 tokens [22.0, 28.0]"
-    assert stats.fmt_ci(72.0, 58.0, 83.0, 1, "%") == stats.format_interval(0.72, 0.58, 0.83, 1, pct=True)
     gain = {"mean": 0.28, "low": 0.05, "high": 0.51, "n_prompts": 48}
     assert format_gain(gain) == "+0.280 [+0.050, +0.510] (n = 48 prompts)"
 
@@ -103,7 +102,10 @@ def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, f
                        ratings_db=str(tmp_path / "eval" / "ratings.sqlite"))
     out = run_evaluation(cfg, progress=lambda *_: None)
     results = json.loads((out / "results.json").read_text())
-    assert results["num_prompts"] == 4 and set(results["policies"]) == {"base", "full", "lora"}
+    assert results["num_prompts"] == 4 and set(results["policies"]) == {"base", "full", "lora", "best-of-4"}
+    bon = results["policies"]["best-of-4"]  # the demo profile's best-of-n row: no weights, a bound for its KL
+    assert bon["kl_bound_per_sequence"] == pytest.approx(np.log(4) - 3 / 4) and "kl_per_token_to_base" not in bon
+    assert 0 <= bon["cut_rate"] <= 1 and "gain_vs_base" in bon
     for name in ("full", "lora"):
         e = results["policies"][name]
         assert e["gain_vs_base"][1] <= e["gain_vs_base"][0] <= e["gain_vs_base"][2]
