@@ -8,6 +8,7 @@ from space.chat import build_chat_tab, chat_notice, refresh_pickers
 from space.curves import build_curves_tab
 from space.evaluation import build_evaluation_tab
 from space.rating import build_rating_tab
+from space.status import pipeline_status_markdown
 from space.registry import Registry
 from space.reward import build_reward_tab
 from space.xrays import build_xrays_tab
@@ -15,6 +16,7 @@ from space.xrays import build_xrays_tab
 TITLE = "RLHF + GAN checkpoint lab"
 DEFAULT_CONCURRENCY = 4  # light events (files, SQLite, plots); model events set their own limits
 CSS = """
+#pipeline-status { color: #1d4ed8; }
 #chat-notice, #reward-notice, #curves-notice, #eval-notice, #rating-notice, #xrays-notice { color: #b45309; }
 footer { display: none !important; }
 /* Gradio's hover rule outranks its checked rule, so a chosen radio under the pointer looked unchosen. */
@@ -33,6 +35,8 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
         gr.Markdown(f"# {TITLE}\nChat with every policy the lab trained (base, SFT, PPO full and LoRA, DPO, GRPO), "
                     "alone or side by side, score text with the reward model, follow the training curves, read the "
                     "evaluation, rate answers blind, and sample synthetic chest X-rays. Checkpoints load on first use.")
+        status = gr.Markdown(pipeline_status_markdown(registry), elem_id="pipeline-status")
+        status_timer = gr.Timer(10)
         with gr.Tabs():
             chat_box, policy_picker, arena_picker = build_chat_tab(registry)
             reward_box = build_reward_tab(registry)
@@ -49,6 +53,16 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
         demo.load(checkpoint_status, None, [chat_box, reward_box], api_name="checkpoint_status")
         demo.load(lambda p, a: refresh_pickers(registry, p, a), [policy_picker, arena_picker],
                   [policy_picker, arena_picker], api_name=False, queue=False)
+
+        def follow_pipeline(shown, policy, policies):
+            """While the pipeline trains: its status line, and the policy pickers grow as checkpoints land."""
+            text = pipeline_status_markdown(registry)
+            if not text and not shown:
+                return gr.skip(), gr.skip(), gr.skip()
+            return (text, *refresh_pickers(registry, policy, policies))
+
+        status_timer.tick(follow_pipeline, [status, policy_picker, arena_picker], [status, policy_picker, arena_picker],
+                          api_name=False, queue=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 

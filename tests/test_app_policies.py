@@ -160,3 +160,25 @@ def test_missing_methods_are_named_with_their_commands(tmp_path, tiny_llama_dir)
     notice = chat_notice(registry)
     for command in ("training/sft.py", "training/ppo.py --mode lora", "training/dpo.py", "training/grpo.py"):
         assert command in notice
+
+
+def test_status_line_follows_the_background_pipeline(tmp_path, tiny_llama_dir):
+    from space.registry import Registry
+    from space.status import pipeline_status_markdown
+
+    registry = Registry(env={"RLHFLAB_CHECKPOINTS": str(tmp_path), "RLHFLAB_BASE_MODEL": str(tiny_llama_dir)})
+    assert pipeline_status_markdown(registry) == ""  # no pipeline: no line
+    path = tmp_path / "logs" / "pipeline_status.json"
+    path.parent.mkdir()
+    status = {"updated": 1000.0, "done": False, "failed": [], "finished": ["reward"],
+              "running": [{"name": "PPO (full)", "started": 880.0, "expected_s": 300},
+                          {"name": "GRPO", "started": 940.0, "expected_s": None}],
+              "pending": [{"name": "evaluation", "expected_s": 240}]}
+    path.write_text(json.dumps(status))
+    text = pipeline_status_markdown(registry, now=1000.0)
+    assert "**PPO (full)** (2:00 of ~5:00)" in text and "**GRPO** (1:00 so far)" in text
+    assert "waiting: evaluation" in text and "about 5 min left" in text  # 180 s + 240 s / 2 jobs
+    assert pipeline_status_markdown(registry, now=1000.0 + 600) == ""  # a pipeline that stopped writing is gone
+    path.write_text(json.dumps({**status, "done": True, "running": [], "pending": [], "failed": ["dpo"]}))
+    assert "dpo" in pipeline_status_markdown(registry, now=1001.0) and "failures" in pipeline_status_markdown(
+        registry, now=1001.0)

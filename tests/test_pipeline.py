@@ -122,12 +122,15 @@ def test_follow_thread_share_adopts_the_pipelines_share(tmp_path, monkeypatch):
 
 
 def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
-    from rlhflab.config import DCGANConfig, PPOConfig, RewardConfig, parse_config
+    from rlhflab.config import (DCGANConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig,
+                                parse_config)
 
-    classes = {"reward": RewardConfig, "ppo-full": PPOConfig, "ppo-lora": PPOConfig, "dcgan": DCGANConfig}
+    classes = {"reward": RewardConfig, "ppo-full": PPOConfig, "ppo-lora": PPOConfig, "dcgan": DCGANConfig,
+               "sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
+    assert {s.output for s in pipeline.STEPS} == {*classes, "eval"}
     for step in pipeline.STEPS:
         if step.output not in classes:
-            assert step.stand_in == []  # the evaluation reads what the PPO runs saved
+            assert step.stand_in == []  # the evaluation reads what the RL runs saved
             continue
         cmd = step.command("spec", step.stand_in)
         cfg = parse_config(classes[step.output], cmd[2:])  # the step's own parser accepts the flags
@@ -136,8 +139,29 @@ def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
             assert Path(cfg.dataset).is_file() and cfg.val_size == 64 and cfg.train_size == 1000
         elif step.output == "dcgan":
             assert cfg.allow_phantom and not cfg.download and cfg.epochs == 1000
+        elif step.output in ("sft", "dpo"):
+            assert Path(cfg.dataset).is_file() and cfg.batch_size == 2 and cfg.lr == 1e-5
+        elif step.output == "grpo":
+            assert Path(cfg.dataset).is_file() and cfg.lang == "en" and cfg.num_generations == 4
         else:
             assert Path(cfg.dataset).is_file() and cfg.lang == "en" and cfg.batch_size == 64
+
+
+def test_status_file_says_what_runs_and_what_waits(tmp_path):
+    import json
+
+    steps = _steps(tmp_path)
+    for s in steps:
+        s.demo_s = 42
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=steps, cores=2)
+    status = json.loads((tmp_path / "store" / "logs" / pipeline.STATUS_FILE).read_text())
+    assert status["done"] and status["running"] == [] and status["pending"] == []
+    assert sorted(status["finished"]) == sorted(s.output for s in steps) and status["failed"] == []
+    running = [pipeline._Running(steps[0], None, [], tmp_path, 0.0, 1)]
+    pipeline.write_status(tmp_path / "s.json", "demo", running, steps[1:], [], [], 0.0)
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert status["running"][0]["name"] == steps[0].name and status["running"][0]["expected_s"] == 42
+    assert [p["name"] for p in status["pending"]] == [s.name for s in steps[1:]] and not status["done"]
 
 
 def test_stand_in_flags_reach_the_step_only_when_asked(tmp_path):

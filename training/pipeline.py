@@ -1,15 +1,19 @@
-"""Build every checkpoint that is missing — reward model, full PPO, LoRA PPO, DCGAN, evaluation — then
-optionally serve the app: `python training/pipeline.py --profile demo|spec [--serve]`.
+"""Build every checkpoint that is missing — reward model, SFT, PPO full and LoRA, DPO, GRPO, DCGAN, evaluation —
+and serve the app: `python training/pipeline.py --profile demo|spec [--serve]`.
 
 Each step runs as its own process (its output goes to checkpoints/logs/<step>.log) under one
 progress display; a finished checkpoint is reused, and a failed step keeps the ones before it
 and names the command to re-run. With `--jobs 2` (the default on a CPU-only machine) steps that
-do not depend on each other (the two PPO runs and the DCGAN) run side by side with the CPU
-threads split between them, which finishes sooner than running them one after another.
+do not depend on each other run side by side with the CPU threads split between them, which
+finishes sooner than running them one after another. With `--serve` the app starts first, on
+whatever checkpoints exist, and each tab fills in as its checkpoint lands; the pipeline writes
+what is still running (and how long it should take) to checkpoints/logs/pipeline_status.json,
+which the app shows.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -37,26 +41,50 @@ class Step:
     hub_suffix: str | None = None
     after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
     stand_in: list[str] = field(default_factory=list)  # flags that point the step at the embedded stand-in data
+    demo_s: float | None = None  # how long the step takes in the demo profile on a 2-core CPU (for the status line)
 
     def command(self, profile: str, extra: list[str]) -> list[str]:
         return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
 
 
-_OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # both PPO runs' prompts
+_OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # the RL runs' prompts
+_HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the preference pairs
 
-# In priority order. The DCGAN needs nothing, but waits for the reward model so that the reward
-# model (the step everything else waits for) gets the whole CPU.
+# In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
+# runs wait for it. The DCGAN needs nothing and goes last, beside the evaluation. demo_s: measured in the demo
+# profile beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo).
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), "--val-size", "64"]),
+         stand_in=[*_HH_STAND_IN, "--val-size", "64"], demo_s=200),
+    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=150),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=_OASST_STAND_IN),
+         stand_in=_OASST_STAND_IN, demo_s=280),
     Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=_OASST_STAND_IN),
+         stand_in=_OASST_STAND_IN, demo_s=270),
+    Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
+         demo_s=240),
+    Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"]),
-    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None, ["reward", "ppo-full", "ppo-lora"]),
+         stand_in=["--allow-phantom", "--no-download"], demo_s=90),
+    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
+         ["reward", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=240),
 ]
+STATUS_FILE = "pipeline_status.json"
+
+
+def write_status(path: Path, profile: str, running: list, pending: list, finished: list[str], failed: list[str],
+                 t0: float) -> None:
+    """What the app's status line reads: each running step with its start and expected duration, what waits."""
+    now = time.time()
+    status = {"profile": profile, "updated": now, "started": t0,
+              "running": [{"name": r.step.name, "output": r.step.output, "started": r.wall_start,
+                           "expected_s": r.step.demo_s if profile == "demo" else None} for r in running],
+              "pending": [{"name": s.name, "output": s.output,
+                           "expected_s": s.demo_s if profile == "demo" else None} for s in pending],
+              "finished": finished, "failed": failed, "done": not running and not pending}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
+    os.replace(tmp, path)  # the app never reads a half-written file
 
 
 def is_done(step: Step, checkpoints: Path) -> bool:
@@ -90,6 +118,7 @@ class _Running:
     log: Path
     start: float
     threads: int
+    wall_start: float = field(default_factory=time.time)
 
 
 def _share_file(logs: Path, step: Step) -> Path:
@@ -136,6 +165,12 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
     last_status = time.perf_counter()
     pending, running, finished, failed = list(todo), [], set(), []
     todo_outputs = {s.output for s in todo}
+    status_path = logs / STATUS_FILE
+    wall_t0 = time.time()
+
+    def save_status():
+        write_status(status_path, profile, running, pending, sorted(finished), [f[0].step.output for f in failed],
+                     wall_t0)
 
     def ready(step: Step) -> bool:
         # a dependency that is not part of this run (reused, or left out by --only) counts as met:
@@ -168,6 +203,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
                     launch(step, share)
         elif not running:
             break
+        save_status()
         time.sleep(0.5)
         for r in list(running):
             rc = r.proc.poll()
@@ -195,6 +231,8 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
             last_status = time.perf_counter()
             print(f"[{time.perf_counter() - t0:.0f} s] {desc}: {status}", flush=True)
 
+    pending.clear()
+    save_status()
     bar.set_postfix_str("")
     bar.close()
     for r, rc, seconds in failed:
@@ -216,24 +254,41 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("spec", "demo"), default="spec")
     parser.add_argument("--push-to-hub-prefix", default=None,
-                        help="push each checkpoint to PREFIX-reward, PREFIX-ppo-full, PREFIX-ppo-lora, PREFIX-dcgan")
-    parser.add_argument("--only", default=None, help="comma-separated subset: reward,ppo-full,ppo-lora,dcgan,eval")
+                        help="push each checkpoint to PREFIX-reward, PREFIX-sft, PREFIX-ppo-full, PREFIX-ppo-lora, "
+                             "PREFIX-grpo, PREFIX-dpo, PREFIX-dcgan")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated subset: reward,sft,ppo-full,ppo-lora,grpo,dpo,dcgan,eval")
     parser.add_argument("--jobs", type=int, default=None,
                         help="steps run side by side, CPU threads split between them "
                              "(default: 2 on a CPU-only machine with 2+ cores, 1 with a GPU)")
     parser.add_argument("--stand-in-data", action="store_true",
                         help="train on the embedded stand-in data (data/demo/, PHANTOM X-rays) at the profile's sizes, "
                              "for a machine that cannot reach the Hub; the model cards say so")
-    parser.add_argument("--serve", action="store_true", help="start the app afterwards")
+    parser.add_argument("--serve", action="store_true",
+                        help="start the app first (on the checkpoints that exist) and keep it running; each tab fills "
+                             "in as its checkpoint lands")
     args = parser.parse_args(argv)
-    ok = run_pipeline(args.profile, CHECKPOINTS_DIR, args.push_to_hub_prefix,
-                      args.only.split(",") if args.only else None,
-                      jobs=args.jobs if args.jobs is not None else default_jobs(),
-                      stand_in_data=args.stand_in_data)
+    app = None
     if args.serve:
-        if not ok:
-            print("starting the app anyway: tabs whose checkpoints are missing say how to make them.")
-        os.execv(sys.executable, [sys.executable, str(ROOT / "app.py")])
+        # The app starts at once: it shows the base model straight away and picks up each checkpoint as it lands.
+        # It idles while nobody uses it, so the training steps keep the cores.
+        app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT,
+                               env={**os.environ, "RLHFLAB_PIPELINE_STATUS": str(CHECKPOINTS_DIR / "logs" / STATUS_FILE)})
+        print("the app is starting on http://127.0.0.1:7860 while the checkpoints train; "
+              f"progress: {CHECKPOINTS_DIR / 'logs'}", flush=True)
+    try:
+        ok = run_pipeline(args.profile, CHECKPOINTS_DIR, args.push_to_hub_prefix,
+                          args.only.split(",") if args.only else None,
+                          jobs=args.jobs if args.jobs is not None else default_jobs(),
+                          stand_in_data=args.stand_in_data)
+        if app is not None:
+            print("all steps ended; the app keeps running (Ctrl-C stops it)." if ok else
+                  "the app keeps running: tabs whose checkpoints are missing say how to make them.", flush=True)
+            sys.exit(app.wait())
+    except KeyboardInterrupt:
+        if app is not None:
+            app.terminate()
+        raise
     sys.exit(0 if ok else 1)
 
 
