@@ -18,7 +18,7 @@ from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.kl import kl_per_token, response_logprobs
 from rlhflab.models import autocast, follow_thread_share, load_reward_model, policy_dtype
 from rlhflab.policies import PolicySet
-from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
+from rlhflab.ppo_metrics import run_summary_table, summarize_metrics
 from rlhflab.ratings import RatingsStore, aggregate_markdown
 from rlhflab.scoring import score_responses
 
@@ -218,7 +218,36 @@ def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> No
 
 
 def _ci(v, digits=3, pct=False, signed=False):
-    return stats.format_interval(*v, 1 if pct else digits, pct=pct, signed=signed)
+    """results.json's [estimate, low, high] as text; '—' when it is missing or malformed (the app reads files
+    written by other versions)."""
+    try:
+        est, lo, hi = (float(x) for x in v)
+    except (TypeError, ValueError):
+        return "—"
+    return stats.format_interval(est, lo, hi, 1 if pct else digits, pct=pct, signed=signed)
+
+
+def policy_results_table(results: dict) -> str:
+    """The one table of every evaluated policy (report.md and the app's Evaluation tab): mean reward, gain and win
+    rate vs base, KL to base (a bound for best-of-n), length, cut rate, reward-length correlation, n."""
+    rows = []
+    for name, e in (results.get("policies") or {}).items():
+        if not isinstance(e, dict):
+            continue
+        kl = _ci(e.get("kl_per_token_to_base"), 4)
+        if kl == "—" and isinstance(e.get("kl_bound_per_sequence"), (int, float)):
+            kl = (f"≤ {e.get('kl_bound_per_token', float('nan')):.4f} (bound: log n − (n−1)/n = "
+                  f"{e['kl_bound_per_sequence']:.3f} nats/sequence)")
+        cut = f"{100 * e['cut_rate']:.0f} %" if isinstance(e.get("cut_rate"), (int, float)) else "—"
+        r = e.get("reward_length_pearson_r")
+        rows.append([name, _ci(e.get("reward_mean"), signed=True), _ci(e.get("gain_vs_base"), signed=True),
+                     _ci(e.get("win_rate_vs_base"), pct=True), kl, _ci(e.get("response_tokens_mean"), 1), cut,
+                     _r(r) if isinstance(r, (int, float)) else "—", e.get("n", "—")])
+    if not rows:
+        return "results.json lists no policies."
+    return markdown_table(["policy", "mean reward [95 % CI]", "gain vs base", "win rate vs base",
+                           "KL to base (nats/token)", "response tokens", "cut at max tokens", "r(reward, length)",
+                           "n prompts"], rows)
 
 
 def _r(value: float) -> str:
@@ -237,22 +266,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              "Intervals are 95 % bootstrap intervals over prompts (paired for gains), Wilson intervals for win rates. "
              "Reward = reward-model score (logit); KL in nats per token, k1 estimate on the policy's own responses.\n",
              "## Reward of every policy\n"]
-    rows = []
-    for name, e in pols.items():
-        if "kl_per_token_to_base" in e:
-            kl = _ci(e["kl_per_token_to_base"], 4)
-        elif "kl_bound_per_sequence" in e:
-            kl = (f"≤ {e['kl_bound_per_token']:.4f} (bound: log n − (n−1)/n = {e['kl_bound_per_sequence']:.3f} "
-                  f"nats/sequence)")
-        else:
-            kl = "—"
-        cut = f"{100 * e['cut_rate']:.0f} %" if "cut_rate" in e else "—"
-        rows.append([name, _ci(e["reward_mean"]), _ci(e["gain_vs_base"], signed=True) if "gain_vs_base" in e else "—",
-                     _ci(e["win_rate_vs_base"], pct=True) if "win_rate_vs_base" in e else "—",
-                     _ci(e["response_tokens_mean"], 1), cut, _r(e["reward_length_pearson_r"]), kl, e["n"]])
-    lines.append(markdown_table(["policy", "mean reward", "gain vs base", "win rate vs base", "response tokens",
-                                 "cut at max tokens", "r(reward, length)", "KL to base (nats/token)", "n prompts"],
-                                rows))
+    lines.append(policy_results_table(results))
     lines.append("\nBest-of-n rows draw n samples per prompt from the base and keep the reward model's pick: no "
                  "weights change, and its KL to the base has no per-token log-probability to measure, so the "
                  "known upper bound is shown (per token: divided by the picked responses' mean length).\n")
@@ -262,20 +276,8 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
                      if "length_gain_vs_base" in e) + ".\n")
     lines.append("Mean reward per policy with its interval: `figures/reward_by_policy.html` (interactive; the app's "
                  "Evaluation tab draws it above this report).\n")
-    lines.append("## KL and reward during PPO\n")
-    lo, hi = KL_BAND
-    rows = []
-    for name, s in results.get("training_curves", {}).items():
-        if s:
-            rows.append([name, s["steps_logged"], f"{s['kl_per_token_last']:.4f}",
-                         "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
-                         f"{s['score_first']:.3f} ± {s.get('score_first_se', float('nan')):.3f} → "
-                         f"{s['score_last']:.3f} ± {s.get('score_last_se', float('nan')):.3f} "
-                         f"({s.get('window_label', str(s['window_steps']) + ' steps each')}; ± SE over steps)",
-                         format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
-    lines.append(markdown_table(["run", "PPO steps", "KL, mean of last steps (nats/token)", f"in {lo}–{hi} band",
-                                 "reward-model score first → last", "score gain, paired by prompt (95 % CI)",
-                                 "final β"], rows) if rows else "No PPO logs.")
+    lines.append("## KL and reward during the RL runs (PPO, GRPO)\n")
+    lines.append(run_summary_table(results.get("training_curves", {})))
     lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
                  "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")
     lines.append("## Example responses\n")

@@ -75,3 +75,27 @@ def format_gain(gain: dict | None) -> str:
     from rlhflab.stats import format_interval
 
     return f"{format_interval(gain['mean'], gain['low'], gain['high'], signed=True)} (n = {gain['n_prompts']} prompts)"
+
+
+def run_summary_table(summaries: dict[str, dict]) -> str:
+    """The one table of RL runs (PPO, GRPO): KL first → last window and whether the last is in the band, score
+    first → last (± standard error over steps), the score gain paired by prompt, the final β. The model cards,
+    report.md and the app's curves tab all show it."""
+    from rlhflab.checkpoints import markdown_table
+
+    lo, hi = KL_BAND
+    rows = []
+    for name, s in summaries.items():
+        if not s:
+            continue
+        rows.append([name, s["steps_logged"],
+                     f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f}",
+                     "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
+                     f"{s['score_first']:.3f} ± {s.get('score_first_se', float('nan')):.3f} → "
+                     f"{s['score_last']:.3f} ± {s.get('score_last_se', float('nan')):.3f}",
+                     s.get("window_label", ""), format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
+    if not rows:
+        return "No RL training logs."
+    return markdown_table(["run", "steps logged", "KL nats/token, first → last window", f"last window in {lo}–{hi}?",
+                           "reward-model score, first → last (± SE over steps)", "windows",
+                           "score gain, paired by prompt (95 % CI)", "final β"], rows)

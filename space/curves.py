@@ -10,7 +10,7 @@ from pathlib import Path
 from rlhflab.checkpoints import METRICS_FILE, markdown_table, read_jsonl
 from rlhflab.errors import UserError
 from rlhflab.plots import method_curves_figure, training_curves_figure
-from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
+from rlhflab.ppo_metrics import KL_BAND, run_summary_table, summarize_metrics
 from space.registry import EXPECTED_POLICIES, Registry
 
 TRACE_NAMES = {"full": "ppo-full", "lora": "ppo-lora"}  # policy key -> trace name where they differ
@@ -91,18 +91,7 @@ def offline_summary_markdown(runs: dict[str, list[dict]]) -> str:
 def summary_markdown(runs: dict[str, list[dict]]) -> str:
     if not runs:
         return ""
-    lo, hi = KL_BAND
-    rows = []
-    for name, records in runs.items():
-        s = summarize_metrics(records)
-        in_band = "yes" if lo <= s["kl_per_token_last"] <= hi else "no"
-        rows.append([name, s["steps_logged"], f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f}",
-                     in_band, f"{s['score_first']:.3f} → {s['score_last']:.3f} ({s.get('window_label', '')})",
-                     format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
-    header = ["run", "steps logged", "KL nats/token, first → last window (mean)",
-              f"last-window KL in {lo}–{hi}?", "score, first → last", "score gain, paired by prompt (95 % CI)",
-              "final β"]
-    return markdown_table(header, rows)
+    return run_summary_table({name: summarize_metrics(records) for name, records in runs.items()})
 
 
 def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:

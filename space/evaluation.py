@@ -9,7 +9,7 @@ import gradio as gr
 from rlhflab.checkpoints import markdown_table
 from rlhflab.errors import UserError
 from rlhflab.plots import reward_comparison_figure
-from rlhflab.stats import format_interval
+from rlhflab.evaluation import policy_results_table
 from space.registry import Registry
 
 EXAMPLE_COLUMNS = ["prompt", "base", "full", "lora"]
@@ -17,34 +17,9 @@ MAX_EXAMPLES = 20
 _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
-def _interval(value, signed: bool = True, percent: bool = False) -> str:
-    """results.json's [estimate, low, high] in the report's format; '—' when it is missing or malformed."""
-    try:
-        est, lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return "—"
-    if percent:
-        return format_interval(est, lo, hi, 1, pct=True)
-    return format_interval(est, lo, hi, 3, signed=signed)
-
-
 def results_table(results: dict) -> str:
-    """One row per policy: mean reward, gain and win rate vs base, KL per token to base, response length."""
-    rows = []
-    for name, p in (results.get("policies") or {}).items():
-        if not isinstance(p, dict):
-            continue
-        kl = _interval(p.get("kl_per_token_to_base"), signed=False)
-        if kl == "—" and isinstance(p.get("kl_bound_per_token"), (int, float)):
-            kl = f"≤ {p['kl_bound_per_token']:.4f} (best-of-n bound)"
-        cut = f"{100 * p['cut_rate']:.0f} %" if isinstance(p.get("cut_rate"), (int, float)) else "—"
-        rows.append([name, _interval(p.get("reward_mean")), _interval(p.get("gain_vs_base")),
-                     _interval(p.get("win_rate_vs_base"), percent=True), kl,
-                     _interval(p.get("response_tokens_mean"), signed=False), cut, p.get("n", "—")])
-    if not rows:
-        return "results.json lists no policies."
-    header = ["policy", "mean reward [95 % CI]", "gain vs base", "win rate vs base", "KL to base (nats/token)",
-              "response tokens", "cut at max tokens", "n"]
+    """The policy results table (the report's own), the generation settings and the command that produced them."""
+    table = policy_results_table(results)
     tail = ""
     generation = results.get("generation")
     if isinstance(generation, dict) and generation:  # the sampling settings only: no local paths
@@ -52,7 +27,7 @@ def results_table(results: dict) -> str:
             ["setting", "value"], [[k.replace("_", " "), v] for k, v in generation.items()])
     command = results.get("command")
     tail += f"\n\nProduced by `{command}`." if command else ""
-    return markdown_table(header, rows) + tail
+    return table + tail
 
 
 def inline_local_images(report: str, folder: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import (BASE_SETTINGS, _write_jsonl, chat_args, compare_args, make_client, running_app, text_of,
+from tests.test_app import (_write_jsonl, chat_args, compare_args, make_client, running_app, text_of,
                             write_tiny_checkpoints)
 
 SEVEN = ["base", "sft", "full", "lora", "dpo", "dpo-lora", "grpo"]
