@@ -171,8 +171,9 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
             entry["kl_bound_per_token"] = best_of_n_kl_bound(n_samples) / max(float(np.mean(tokens[n])), 1.0)
         if n != "base" and "base" in names:
             entry["gain_vs_base"] = list(stats.paired_bootstrap_diff(rewards[n], rewards["base"], samples=b, seed=3))
-            wins = int((rewards[n] > rewards["base"]).sum())
-            entry["win_rate_vs_base"] = list(stats.wilson_interval(wins, len(prompts)))
+            wtl = stats.win_rate_with_ties(rewards[n], rewards["base"], samples=b, seed=6)
+            entry["win_rate_vs_base"] = wtl["rate"]  # ties count half
+            entry["wins_ties_losses_vs_base"] = [wtl["wins"], wtl["ties"], wtl["losses"]]
             if n in logps:
                 kl = kl_per_token(logps[n], base_logps[n])
                 entry["kl_per_token_to_base"] = list(stats.bootstrap_ci(kl, samples=b, seed=4))
@@ -240,13 +241,15 @@ def policy_results_table(results: dict) -> str:
                   f"{e['kl_bound_per_sequence']:.3f} nats/sequence)")
         cut = f"{100 * e['cut_rate']:.0f} %" if isinstance(e.get("cut_rate"), (int, float)) else "—"
         r = e.get("reward_length_pearson_r")
+        wtl = e.get("wins_ties_losses_vs_base")
+        wtl = "/".join(str(x) for x in wtl) if isinstance(wtl, list) and len(wtl) == 3 else "—"
         rows.append([name, _ci(e.get("reward_mean"), signed=True), _ci(e.get("gain_vs_base"), signed=True),
-                     _ci(e.get("win_rate_vs_base"), pct=True), kl, _ci(e.get("response_tokens_mean"), 1), cut,
+                     _ci(e.get("win_rate_vs_base"), pct=True), wtl, kl, _ci(e.get("response_tokens_mean"), 1), cut,
                      _r(r) if isinstance(r, (int, float)) else "—", e.get("n", "—")])
     if not rows:
         return "results.json lists no policies."
-    return markdown_table(["policy", "mean reward [95 % CI]", "gain vs base", "win rate vs base",
-                           "KL to base (nats/token)", "response tokens", "cut at max tokens", "r(reward, length)",
+    return markdown_table(["policy", "mean reward [95 % CI]", "gain vs base", "win rate vs base (ties half)",
+                           "wins/ties/losses", "KL to base (nats/token)", "response tokens", "cut at max tokens", "r(reward, length)",
                            "n prompts"], rows)
 
 
@@ -263,7 +266,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              f"Generation: {'greedy' if g['greedy'] else 'sampling'}, temperature {g['temperature']}, top-k {g['top_k']}, "
              f"top-p {g['top_p']}, repetition penalty {g['repetition_penalty']}, max {g['max_new_tokens']} new tokens, "
              f"seed {g['seed']} — identical for every policy.\n",
-             "Intervals are 95 % bootstrap intervals over prompts (paired for gains), Wilson intervals for win rates. "
+             "Intervals are 95 % bootstrap intervals over prompts (paired for gains and win rates; a tie counts half). "
              "Reward = reward-model score (logit); KL in nats per token, k1 estimate on the policy's own responses.\n",
              "## Reward of every policy\n"]
     lines.append(policy_results_table(results))

@@ -192,7 +192,9 @@ def evaluate_reward_model(model, tokenizer, pairs: list[PreferencePair], max_len
     correct = r_c > r_r  # ties count wrong
     n = len(pairs)
     acc = stats.wilson_interval(int(correct.sum()), n)
-    longer_wins = stats.wilson_interval(int((len_c > len_r).sum()), n)
+    # The baseline picks the longer response; a pair of equal lengths is a coin flip, so it counts half.
+    longer = stats.win_rate_with_ties(len_c, len_r, seed=3)
+    longer_wins = longer["rate"]
     chosen_longer = len_c > len_r
     split = {}
     for name, mask in (("chosen_longer", chosen_longer), ("chosen_not_longer", ~chosen_longer)):
@@ -202,6 +204,8 @@ def evaluate_reward_model(model, tokenizer, pairs: list[PreferencePair], max_len
         "n_pairs": n,
         "accuracy": list(acc),
         "longer_wins_accuracy": list(longer_wins),
+        "longer_wins_ties": longer["ties"],  # pairs of equal length (each counted half)
+        "reward_ties": int((r_c == r_r).sum()),  # counted wrong in the accuracy, as the spec says
         "accuracy_by_length": split,
         "reward_length_pearson_r": stats.pearson(np.concatenate([r_c, r_r]), np.concatenate([len_c, len_r])),
         "margin_mean": float((r_c - r_r).mean()),
@@ -282,7 +286,7 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
         num_train_epochs=cfg.epochs, learning_rate=cfg.lr, optim="adamw_torch", weight_decay=0.0,
         lr_scheduler_type="linear", warmup_steps=0, eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-        save_total_limit=2, logging_steps=5, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
+        save_total_limit=2, logging_steps=5, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, bf16=bf16, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
     )

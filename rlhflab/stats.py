@@ -38,6 +38,18 @@ def wilson_interval(successes: int, n: int, level: float = 0.95):
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
+def win_rate_with_ties(a, b, samples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """How often a beats b, pair by pair: wins, ties and losses, and the win rate with ties counting half (a tie is
+    no evidence either way; counted as a loss, a policy that often answers like the base would look worse than it
+    is), with a percentile bootstrap interval over pairs."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError("paired samples must have the same shape")
+    points = np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
+    return {"wins": int((a > b).sum()), "ties": int((a == b).sum()), "losses": int((a < b).sum()),
+            "rate": list(bootstrap_ci(points, samples=samples, level=level, seed=seed))}
+
+
 def pearson(x, y) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.size < 2 or x.std() == 0 or y.std() == 0:

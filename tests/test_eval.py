@@ -118,3 +118,11 @@ def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, f
     assert (out / "figures" / "kl_per_token.json").is_file()
     store = RatingsStore(cfg.ratings_db)
     assert len(store.items()) == 2 * 3
+
+
+def test_ties_count_half_and_are_reported():
+    w = stats.win_rate_with_ties([1, 1, 2, 0], [0, 1, 2, 1], samples=200)
+    assert (w["wins"], w["ties"], w["losses"]) == (1, 2, 1)
+    assert w["rate"][0] == pytest.approx(0.5)  # (1 + 0.5 * 2) / 4
+    same = stats.win_rate_with_ties([3.0] * 10, [3.0] * 10, samples=200)
+    assert same["rate"] == [0.5, 0.5, 0.5], "identical answers are no evidence either way"
