@@ -1,8 +1,10 @@
 """Evaluation of the policies: reward before/after PPO with intervals, KL to base, curves, rating items, report."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from rlhflab.config import EvalConfig
 from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
 from rlhflab.generation import GenerationSettings, generate_batch
-from rlhflab.kl import kl_per_token, response_logprobs
+from rlhflab.kl import exact_kl_of_responses, kl_per_token, response_logprobs
 from rlhflab.models import autocast, follow_thread_share, load_reward_model, policy_dtype
 from rlhflab.policies import PolicySet
 from rlhflab.ppo_metrics import run_summary_table, summarize_metrics
@@ -82,6 +84,12 @@ def policy_sources(cfg: EvalConfig) -> dict[str, Path]:
     return out
 
 
+@contextlib.contextmanager
+def _model_of(policies: PolicySet, name: str):
+    with policies.use(name) as (model, _):
+        yield model
+
+
 def best_of_n_values(cfg: EvalConfig) -> list[int]:
     try:
         values = [int(v) for v in cfg.best_of_n.split(",") if v.strip()]
@@ -111,6 +119,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     torch.manual_seed(cfg.seed)
 
     responses: dict[str, list[str]] = {}
+    response_ids: dict[str, list[list[int]]] = {}
     tokens: dict[str, list[int]] = {}
     finished: dict[str, list[bool]] = {}
     logps: dict[str, list[torch.Tensor]] = {}
@@ -120,6 +129,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         with policies.use(name) as (model, tok):
             gens = generate_batch(model, tok, prompts, settings, batch_size=cfg.batch_size)
             responses[name] = [g.text for g in gens]
+            response_ids[name] = [g.token_ids or [] for g in gens]
             tokens[name] = [g.num_tokens for g in gens]
             finished[name] = [g.finished for g in gens]
             if name != "base":
@@ -131,6 +141,15 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         with policies.use("base") as (model, tok):
             for name in logps:
                 base_logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
+    exact: dict[str, tuple[list[float], list[int]]] = {}
+    if "base" in names:
+        with policies.use("base") as (_, tokenizer):
+            pass
+        for name in logps:
+            follow_thread_share()
+            exact[name] = exact_kl_of_responses(partial(_model_of, policies, name), partial(_model_of, policies, "base"),
+                                                tokenizer, prompts, response_ids[name], temperature=cfg.temperature,
+                                                batch_size=cfg.batch_size)
     follow_thread_share()
     rewards = {n: np.array(score_responses(reward_model, reward_tok, prompts, responses[n], cfg.batch_size))
                for n in names}
@@ -174,9 +193,15 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
             wtl = stats.win_rate_with_ties(rewards[n], rewards["base"], samples=b, seed=6)
             entry["win_rate_vs_base"] = wtl["rate"]  # ties count half
             entry["wins_ties_losses_vs_base"] = [wtl["wins"], wtl["ties"], wtl["losses"]]
-            if n in logps:
-                kl = kl_per_token(logps[n], base_logps[n])
-                entry["kl_per_token_to_base"] = list(stats.bootstrap_ci(kl, samples=b, seed=4))
+            if n in exact:
+                # Exact KL over the vocabulary on the tokens the policy generated (end-of-turn included), with both
+                # models' next-token distributions at the sampling temperature (softmax(logits / T), as PPO's KL is
+                # computed; top-k/top-p left out), as total KL / total tokens with a bootstrap over prompts.
+                entry["kl_per_token_to_base"] = list(stats.ratio_bootstrap_ci(*exact[n], samples=b, seed=4))
+                entry["kl_estimator"] = f"exact, softmax(logits / {cfg.temperature}), total KL / total tokens"
+                entry["kl_per_sequence_to_base"] = float(np.mean(exact[n][0]))
+                k1 = kl_per_token(logps[n], base_logps[n])  # the earlier estimate, on re-tokenised text, for comparison
+                entry["kl_k1_per_token_to_base"] = list(stats.bootstrap_ci(k1, samples=b, seed=4))
             entry["length_gain_vs_base"] = list(stats.paired_bootstrap_diff(tokens[n], tokens["base"], samples=b,
                                                                             seed=5))
         results["policies"][n] = entry
@@ -249,8 +274,8 @@ def policy_results_table(results: dict) -> str:
     if not rows:
         return "results.json lists no policies."
     return markdown_table(["policy", "mean reward [95 % CI]", "gain vs base", "win rate vs base (ties half)",
-                           "wins/ties/losses", "KL to base (nats/token)", "response tokens", "cut at max tokens", "r(reward, length)",
-                           "n prompts"], rows)
+                           "wins/ties/losses", "KL to base (nats/token)", "response tokens", "cut at max tokens",
+                           "r(reward, length)", "n prompts"], rows)
 
 
 def _r(value: float) -> str:
@@ -267,7 +292,9 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              f"top-p {g['top_p']}, repetition penalty {g['repetition_penalty']}, max {g['max_new_tokens']} new tokens, "
              f"seed {g['seed']} — identical for every policy.\n",
              "Intervals are 95 % bootstrap intervals over prompts (paired for gains and win rates; a tie counts half). "
-             "Reward = reward-model score (logit); KL in nats per token, k1 estimate on the policy's own responses.\n",
+             "Reward = reward-model score (logit). KL to base in nats per token: exact (Σ p log p/q over the vocabulary) "
+             "on the tokens each policy generated, end-of-turn token included, both models at the sampling "
+             "temperature, total KL ÷ total tokens.\n",
              "## Reward of every policy\n"]
     lines.append(policy_results_table(results))
     lines.append("\nBest-of-n rows draw n samples per prompt from the base and keep the reward model's pick: no "

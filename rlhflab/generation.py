@@ -90,6 +90,7 @@ class Generation:
     num_tokens: int
     prompt_truncated: bool = False
     finished: bool = True
+    token_ids: list[int] | None = None  # the response as generated, its end-of-turn token included when it stopped
 
 
 @torch.no_grad()
@@ -114,14 +115,15 @@ def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings
         responses = seqs[:, batch["input_ids"].shape[1]:]
         for row, was_truncated in zip(responses, truncated):
             ids = row.tolist()
-            finished = False
+            finished, generated = False, ids
             for i, t in enumerate(ids):
                 if t in eos_ids:
-                    ids, finished = ids[:i], True
+                    ids, generated, finished = ids[:i], ids[:i + 1], True
                     break
             ids = [t for t in ids if t != tokenizer.pad_token_id]
+            generated = [t for t in generated if t != tokenizer.pad_token_id or t in eos_ids]
             out.append(Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids),
-                                  was_truncated, finished))
+                                  was_truncated, finished, generated))
         if progress is not None:
             progress(len(chunk))
     return out

@@ -1,4 +1,5 @@
-"""KL between policies on given responses: per-token log-probabilities and the per-token KL estimate."""
+"""KL between policies: the exact per-token KL over the vocabulary (the reference, SPEC §9) where both models'
+logits are at hand, and the k1 estimate from per-token log-probabilities of given responses."""
 from __future__ import annotations
 
 import torch
@@ -41,3 +42,67 @@ def kl_per_token(policy_logprobs: list[torch.Tensor], reference_logprobs: list[t
     KL(policy || reference) per token — the same estimator TRL's PPO logs.
     """
     return [float((p - q).mean()) if p.numel() else 0.0 for p, q in zip(policy_logprobs, reference_logprobs)]
+
+
+def exact_kl_sum(policy_logits: torch.Tensor, reference_logits: torch.Tensor, mask: torch.Tensor,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ over the masked positions of KL(p ‖ q), number of positions), with p and q the two models' next-token
+    distributions softmax(logits / temperature): KL = Σ_v p_v (log p_v − log q_v), computed in fp32 over the whole
+    vocabulary (exact, not a sampled estimate). Logits are (..., vocab), mask has their leading shape."""
+    logp = torch.log_softmax(policy_logits.float() / temperature, dim=-1)
+    logq = torch.log_softmax(reference_logits.float() / temperature, dim=-1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    m = mask.bool()
+    return kl[m].sum(), m.sum()
+
+
+def _response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):
+    """Left-padded prompts followed by right-padded response token ids (as generated: no re-tokenising)."""
+    from rlhflab.generation import encode_prompts
+
+    batch, _ = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    width = max(1, max(len(r) for r in response_ids))
+    n = len(prompts)
+    resp = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    resp_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, r in enumerate(response_ids):
+        if r:
+            resp[i, :len(r)] = torch.tensor(r)
+            resp_mask[i, :len(r)] = 1
+    ids = torch.cat([batch["input_ids"], resp], 1)
+    mask = torch.cat([batch["attention_mask"], resp_mask], 1)
+    return ids, mask, resp_mask, batch["input_ids"].shape[1]
+
+
+@torch.no_grad()
+def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
+    """The logits that predict each response position (fp32, on the CPU)."""
+    device = next(model.parameters()).device
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                   position_ids=position_ids.to(device)).logits
+    return logits[:, context - 1:-1].float().cpu()
+
+
+def exact_kl_of_responses(use_policy, use_reference, tokenizer, prompts: list, response_ids: list[list[int]],
+                          temperature: float = 1.0, batch_size: int = 16,
+                          max_prompt_tokens: int = 1024) -> tuple[list[float], list[int]]:
+    """Per response: (Σ exact KL(policy ‖ reference) over its tokens, its token count), on the tokens the policy
+    generated (end-of-turn token included). `use_policy` / `use_reference` are context managers yielding a model
+    (e.g. PolicySet.use bound to a name): each chunk enters one then the other, so two policies that share weights
+    (an adapter and its base) never need to be held at once."""
+    sums: list[float] = []
+    counts: list[int] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = response_ids[start:start + batch_size]
+        ids, mask, resp_mask, ctx = _response_batch(tokenizer, prompts[start:start + batch_size], chunk,
+                                                    max_prompt_tokens)
+        with use_policy() as model:
+            p_logits = response_logits(model, ids, mask, ctx)
+        with use_reference() as model:
+            q_logits = response_logits(model, ids, mask, ctx)
+        for i in range(len(chunk)):
+            kl, n = exact_kl_sum(p_logits[i], q_logits[i], resp_mask[i], temperature)
+            sums.append(float(kl))
+            counts.append(int(n))
+    return sums, counts

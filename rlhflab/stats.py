@@ -26,6 +26,19 @@ def paired_bootstrap_diff(a, b, samples: int = 2000, level: float = 0.95, seed: 
     return bootstrap_ci(a - b, samples=samples, level=level, seed=seed)
 
 
+def ratio_bootstrap_ci(numerators, denominators, samples: int = 2000, level: float = 0.95, seed: int = 0):
+    """(Σ numerators / Σ denominators, low, high), resampling the units (e.g. responses) with both parts together:
+    a per-token rate over responses of different lengths (total KL ÷ total tokens)."""
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if num.size == 0 or den.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, size=(samples, num.size))
+    ratios = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
+    alpha = (1 - level) / 2
+    return float(num.sum() / den.sum()), float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))
+
+
 def wilson_interval(successes: int, n: int, level: float = 0.95):
     """(proportion, low, high): Wilson score interval, sensible for small n and extreme proportions."""
     if n == 0:
