@@ -14,6 +14,7 @@ import torch
 from rlhflab.checkpoints import METRICS_FILE, Timer, command_line, hardware_description, markdown_table, read_jsonl
 from rlhflab.config import DPOConfig
 from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
+from rlhflab.kl import exact_kl_sum
 from rlhflab.models import count_parameters, format_prompt, format_response
 from rlhflab.policy_training import load_start_policy, lora_config, policy_output_dir, prepare_resume, \
     save_policy_checkpoint
@@ -38,10 +39,8 @@ def kl_sum_and_tokens(policy_logits: torch.Tensor, ref_logits: torch.Tensor, com
     """(Σ KL(policy ‖ reference) over the chosen responses' tokens, their count): the exact KL of each next-token
     distribution, Σ_v p log(p/q) over the vocabulary, in nats. Rows are TRL's [chosen..., rejected...] batch."""
     half = completion_mask.shape[0] // 2
-    at = completion_mask[:half, 1:].bool()  # logits at position t predict token t + 1
-    p = torch.log_softmax(policy_logits[:half, :-1][at].float(), dim=-1)
-    q = torch.log_softmax(ref_logits[:half, :-1][at].float(), dim=-1)
-    return (p.exp() * (p - q)).sum(), at.sum()
+    at = completion_mask[:half, 1:]  # logits at position t predict token t + 1
+    return exact_kl_sum(policy_logits[:half, :-1], ref_logits[:half, :-1], at)
 
 
 def _trainer_class():

@@ -49,11 +49,10 @@ def exact_kl_sum(policy_logits: torch.Tensor, reference_logits: torch.Tensor, ma
     """(Σ over the masked positions of KL(p ‖ q), number of positions), with p and q the two models' next-token
     distributions softmax(logits / temperature): KL = Σ_v p_v (log p_v − log q_v), computed in fp32 over the whole
     vocabulary (exact, not a sampled estimate). Logits are (..., vocab), mask has their leading shape."""
-    logp = torch.log_softmax(policy_logits.float() / temperature, dim=-1)
-    logq = torch.log_softmax(reference_logits.float() / temperature, dim=-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
-    m = mask.bool()
-    return kl[m].sum(), m.sum()
+    m = mask.bool()  # select first: only the kept positions are converted to fp32 over the vocabulary
+    logp = torch.log_softmax(policy_logits[m].float() / temperature, dim=-1)
+    logq = torch.log_softmax(reference_logits[m].float() / temperature, dim=-1)
+    return (logp.exp() * (logp - logq)).sum(), m.sum()
 
 
 def _response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):
