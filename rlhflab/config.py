@@ -287,13 +287,16 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
     SFTConfig: {
-        # two passes over 64 examples (16 steps): the card compares the passes' mean loss on the same examples
+        # two passes over 64 examples (16 steps): the card compares the passes' mean loss on the same examples.
+        # LoRA at 2e-4 moved that loss a third as far as full SFT does; at 6e-4 about two thirds.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=64, epochs=2, batch_size=8, lr=2e-5,
-                     max_length=192, lora_lr=2e-4),
+                     max_length=192, lora_lr=6e-4),
     },
     DPOConfig: {
+        # 12 steps; the KL to the reference ends near 0.01 nats/token (full) and 0.005 (LoRA), far inside 0.1.
+        # LoRA at 5e-5 barely moved the margin (0.03 nats over the last 3 steps); 2e-4: 0.20 (full DPO: 0.29).
         "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=96, batch_size=8, lr=5e-6,
-                     max_length=192, lora_lr=5e-5),
+                     max_length=192, lora_lr=2e-4),
     },
     GRPOConfig: {
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,

@@ -19,7 +19,7 @@ from rlhflab.models import count_parameters, format_prompt, format_response
 from rlhflab.policy_training import load_start_policy, lora_config, policy_output_dir, prepare_resume, \
     save_policy_checkpoint
 from rlhflab.sft import (adapter_sentence, common_trainer_args, hyperparameter_table, preference_data_line,
-                         require_examples, run_trainer, window_means)
+                         removed_on_failure, require_examples, run_trainer, window_means)
 
 KL_ESTIMATOR = "exact"  # sum over the whole vocabulary of p log(p/q), not a sampled estimate
 
@@ -140,7 +140,8 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> Path:
     out = policy_output_dir("dpo", cfg.mode, cfg.output_dir)
     work = out.parent / f".{out.name}-work"
     log_path = work / METRICS_FILE
-    trainer, start = build_dpo_trainer(cfg, train_set.pairs, work, callbacks)
+    with removed_on_failure(work):
+        trainer, start = build_dpo_trainer(cfg, train_set.pairs, work, callbacks)
     resume_from = prepare_resume(work, log_path, cfg.resume)
     run_trainer(trainer, log_path, _to_record, resume_from, lambda r: (
         f"loss {r['loss']:.4f}, reward margin {r['reward_margin']:.3f} nats, preference accuracy "
@@ -179,8 +180,9 @@ def _save(cfg: DPOConfig, trainer, start: str, train_set, log_path: Path, out: P
                                                 "preference pairs")),
         "Parameters": f"trainable {trainable:,} of {total:,}",
         "Training result": (f"{info['steps']} optimizer steps of {cfg.batch_size} pairs:\n\n{result}\n\n"
-                            f"Per-step metrics: `{METRICS_FILE}` (the KL there is Σ_v p log(p/q) over the "
-                            f"vocabulary at each chosen-response token, total over tokens)."),
+                            f"Step 1 scores the reference itself: every margin is 0 and its accuracy 0 (ties count "
+                            f"as wrong). Per-step metrics: `{METRICS_FILE}` (its KL is Σ_v p log(p/q) over the "
+                            f"vocabulary at each chosen-response token, total KL over total tokens)."),
         "Hyperparameters": hyperparameter_table(cfg),
         "How it was made": (f"`{command_line()}` in {timer.elapsed_s:.0f} s on {hardware_description()}; "
                             f"bf16 autocast: {args.bf16}."),

@@ -5,7 +5,9 @@ on the response tokens only. Resume, per-step metrics and the checkpoint folder 
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -55,6 +57,19 @@ def common_trainer_args(cfg, work: Path) -> dict:
         # small models on a CPU: recomputing activations costs ~20 % time and memory is not the limit
         activation_checkpointing=False, **trainer_precision(cfg.bf16),
     )
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path):
+    """Remove `folder` when the block fails and the folder was not there before it: the Trainer makes its output
+    folder as it is built, before the run knows it has anything to train on."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def require_examples(trainer, n_given: int, cfg) -> None:
@@ -140,7 +155,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> Path:
     out = policy_output_dir("sft", cfg.mode, cfg.output_dir)
     work = out.parent / f".{out.name}-work"
     log_path = work / METRICS_FILE
-    trainer, start = build_sft_trainer(cfg, train_set.pairs, work, callbacks)
+    with removed_on_failure(work):
+        trainer, start = build_sft_trainer(cfg, train_set.pairs, work, callbacks)
     resume_from = prepare_resume(work, log_path, cfg.resume)
     run_trainer(trainer, log_path, _to_record, resume_from, lambda r: (
         f"loss {r['loss']:.4f} nats/token, token accuracy {r['mean_token_accuracy']:.3f}"))

@@ -34,8 +34,8 @@ def dpo_data(tmp_path_factory):
 
 
 def dpo_cfg(tmp_path, base, data, mode="full", **kw):
-    values = dict(mode=mode, base_model=str(base), dataset=data, train_size=32, batch_size=4, lr=1e-3, lora_lr=1e-2,
-                  max_length=64, bf16=False, output_dir=str(tmp_path / f"dpo-{mode}"))
+    values = dict(mode=mode, base_model=str(base), dataset=data, train_size=32, epochs=1, batch_size=4, lr=1e-3,
+                  lora_lr=1e-2, max_length=64, bf16=False, output_dir=str(tmp_path / f"dpo-{mode}"))
     values.update(kw)
     return build_config(DPOConfig, "demo", **values)
 
@@ -119,9 +119,18 @@ def test_logged_kl_is_the_exact_kl_to_the_reference(tmp_path, tiny_llama_dir, dp
     assert logged == pytest.approx(expected, rel=1e-4)
 
 
+def test_models_without_a_chat_template_get_plain_text_pairs(tmp_path, tiny_gpt2_dir, dpo_data):
+    trainer, _ = build_dpo_trainer(dpo_cfg(tmp_path, tiny_gpt2_dir, dpo_data), load_pairs(dpo_data).pairs[:4],
+                                   tmp_path / "work")
+    tok, row = trainer.processing_class, trainer.train_dataset[0]
+    assert tok.decode(row["prompt_ids"]).endswith("\n\nAssistant:")
+    assert tok.decode(row["chosen_ids"]) == " " + CHOSEN + tok.eos_token
+    assert tok.decode(row["rejected_ids"]) == " " + REJECTED + tok.eos_token
+
+
 def test_init_from_an_sft_checkpoint_starts_dpo_there(tmp_path, tiny_llama_dir, dpo_data, dpo_runs):
     sft_cfg = build_config(SFTConfig, "demo", base_model=str(tiny_llama_dir), dataset=dpo_data, train_size=24,
-                           batch_size=4, lr=3e-3, max_length=64, bf16=False, output_dir=str(tmp_path / "sft"))
+                           epochs=1, batch_size=4, lr=3e-3, max_length=64, bf16=False, output_dir=str(tmp_path / "sft"))
     sft = train_sft(sft_cfg)
     cfg = dpo_cfg(tmp_path, tiny_llama_dir, dpo_data, "lora", init_from=str(sft), max_steps=2)
     out = train_dpo(cfg)

@@ -31,8 +31,8 @@ def sft_data(tmp_path_factory):
 
 
 def sft_cfg(tmp_path, base, data, mode="full", **kw):
-    values = dict(mode=mode, base_model=str(base), dataset=data, train_size=24, batch_size=4, lr=3e-3, lora_lr=1e-2,
-                  max_length=64, bf16=False, output_dir=str(tmp_path / f"sft-{mode}"))
+    values = dict(mode=mode, base_model=str(base), dataset=data, train_size=24, epochs=1, batch_size=4, lr=3e-3,
+                  lora_lr=1e-2, max_length=64, bf16=False, output_dir=str(tmp_path / f"sft-{mode}"))
     values.update(kw)
     return build_config(SFTConfig, "demo", **values)
 
@@ -124,7 +124,7 @@ def test_prompts_longer_than_max_length_stop_with_one_sentence(tmp_path, tiny_ll
     cfg = sft_cfg(tmp_path, tiny_llama_dir, str(write_jsonl(tmp_path / "long.jsonl", rows)), max_length=32)
     with pytest.raises(UserError, match="raise --max-length"):
         train_sft(cfg)
-    assert not (tmp_path / "sft-full").exists()
+    assert not (tmp_path / "sft-full").exists() and not (tmp_path / ".sft-full-work").exists()
 
 
 class InterruptAfterSave(TrainerCallback):
@@ -170,7 +170,8 @@ def test_card_windows_are_whole_passes_when_the_run_made_two():
 
     two_passes = [{"epoch": e, "loss": loss} for e, loss in ((0.5, 4.0), (1.0, 2.0), (1.5, 3.0), (2.0, 1.0))]
     columns, first, last = window_means(two_passes, ["loss"])
-    assert columns == ["first pass (2 steps)", "last pass (2 steps)"] and (first, last) == ({"loss": 3.0}, {"loss": 2.0})
+    assert columns == ["first pass (2 steps)", "last pass (2 steps)"]
+    assert (first, last) == ({"loss": 3.0}, {"loss": 2.0})
     one_pass = [{"epoch": (i + 1) / 8, "loss": float(i)} for i in range(8)]
     columns, first, last = window_means(one_pass, ["loss"])
     assert columns == ["first 2 steps", "last 2 steps"] and (first, last) == ({"loss": 0.5}, {"loss": 6.5})
