@@ -189,4 +189,5 @@ def _save(cfg: DPOConfig, trainer, start: str, train_set, log_path: Path, out: P
         "Use": "```python\nfrom rlhflab.models import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```",
     }
     return save_policy_checkpoint(out, policy, trainer.processing_class, cfg, method="dpo", start=start, info=info,
-                                  title=f"DPO policy ({cfg.mode})", sections=sections, metrics_path=log_path)
+                                  title=f"DPO policy ({cfg.mode})", sections=sections, metrics_path=log_path,
+                                  work_dir=log_path.parent)

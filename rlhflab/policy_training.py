@@ -215,7 +215,8 @@ def prepare_resume(work: Path, log_path: Path, resume: bool) -> Path | None:
 # ---------------------------------------------------------------- the checkpoint
 def save_policy_checkpoint(out: Path, model, tokenizer, cfg, *, method: str, start: str, info: dict, title: str,
                            sections: dict[str, str], metrics_path: Path | None = None,
-                           extra: Callable[[Path], None] | None = None, datasets: list[str] | None = None) -> Path:
+                           extra: Callable[[Path], None] | None = None, datasets: list[str] | None = None,
+                           work_dir: Path | None = None) -> Path:
     """Write a policy checkpoint atomically in Hub layout: weights (the whole model, or only the LoRA adapter
     with its base named as the user named it), tokenizer, metrics.jsonl, policy_info.json, training_config.json
     and a model card whose front matter says method, mode, base and start. Then push when asked."""
@@ -243,6 +244,11 @@ def save_policy_checkpoint(out: Path, model, tokenizer, cfg, *, method: str, sta
         write_model_card(folder, metadata, title, sections)
 
     save_atomically(out, write)
+    if work_dir is not None:  # the checkpoint holds everything now; each resumable Trainer state is GBs of disk
+        import shutil
+
+        for state in Path(work_dir).glob("checkpoint-*"):
+            shutil.rmtree(state, ignore_errors=True)
     print(f"{POLICY_METHODS[method][0]} ({cfg.mode}) checkpoint saved to {out}", flush=True)
     report_push(out, cfg.push_to_hub)
     return out

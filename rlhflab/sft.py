@@ -211,4 +211,5 @@ def _save(cfg: SFTConfig, trainer, start: str, train_set, log_path: Path, out: P
                 "Start DPO, PPO or GRPO from it with `--init-from sft`."),
     }
     return save_policy_checkpoint(out, policy, trainer.processing_class, cfg, method="sft", start=start, info=info,
-                                  title=f"SFT policy ({cfg.mode})", sections=sections, metrics_path=log_path)
+                                  title=f"SFT policy ({cfg.mode})", sections=sections, metrics_path=log_path,
+                                  work_dir=log_path.parent)
