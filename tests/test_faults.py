@@ -449,7 +449,7 @@ def test_truncated_adapter_in_the_app_names_the_file(broken, tiny_llama_dir):
 
     folder = broken / "lora-truncated"
     with pytest.raises(UserError) as info:
-        PolicySet(str(tiny_llama_dir), lora_path=str(folder)).load("lora")
+        PolicySet(str(tiny_llama_dir), {"lora": str(folder)}).load("lora")
     message = str(info.value)
     assert str(folder / "adapter_model.safetensors") in message and "corrupt or truncated" in message, message
 

@@ -122,7 +122,8 @@ def test_bf16_policies_chat_including_a_lora_adapter_on_the_bf16_base(tmp_path, 
     from test_app import write_tiny_checkpoints
 
     store = write_tiny_checkpoints(tmp_path / "store", tiny_llama_dir, kinds=("full", "lora"))
-    policies = PolicySet(str(tiny_llama_dir), str(store / "ppo-full"), str(store / "ppo-lora"), dtype=torch.bfloat16)
+    policies = PolicySet(str(tiny_llama_dir), {"full": str(store / "ppo-full"), "lora": str(store / "ppo-lora")},
+                         dtype=torch.bfloat16)
     settings = GenerationSettings(max_new_tokens=6, greedy=True)
     answers, last_logits = {}, {}
     for name in ("base", "full", "lora"):

@@ -135,7 +135,7 @@ def test_a_lora_adapter_with_only_adapter_model_bin_is_refused(tmp_path, tiny_ll
     with pytest.raises(UserError, match=r"adapter_model\.bin \(pickle\), which this project never loads"):
         load_policy(str(adapter))
     with pytest.raises(UserError, match=r"adapter_model\.bin \(pickle\)"):
-        PolicySet(str(tiny_llama_dir), lora_path=str(adapter)).load("lora")
+        PolicySet(str(tiny_llama_dir), {"lora": str(adapter)}).load("lora")
 
 
 # ---------------------------------------------------------------- (2) the Hub token is never printed or written
