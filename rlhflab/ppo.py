@@ -26,6 +26,7 @@ from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
 from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, follow_thread_share, format_prompt,
                             freeze_lower_layers, load_causal_lm, load_reward_model, lora_target_modules, model_path)
+from rlhflab.policy_training import POLICY_INFO_FILE, load_start_policy, policy_metadata
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
@@ -309,9 +310,9 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     work = out.parent / f".{out.name}-work"
     prompts = load_prompts(cfg.dataset, cfg.lang)  # a bad dataset fails here, before any model is loaded
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
-    policy, tokenizer = load_causal_lm(cfg.base_model)
+    policy, tokenizer, start = load_start_policy(cfg.base_model, cfg.init_from)  # --init-from, else --base-model
     if reward_tok.get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {cfg.base_model}; "
+        raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {start}; "
                         f"train the reward model on the same base (--base-model).")
     train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer, prompts)
     plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(train_prompts), cfg.epochs,
@@ -335,7 +336,10 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     value_source = saved / "value" if state else model_path(cfg.reward_model)
     value_model = build_value_model(value_source, cfg.value_freeze_layers, tokenizer.pad_token_id,
                                     zero_head=cfg.value_head == "zero" and state is None)
+    ref_model = None  # TRL copies the policy it is given (full) or disables the adapters (LoRA)
     if state and cfg.mode == "full":
+        # the reference stays the start: a copy of the resumed policy would measure KL from the resume point
+        ref_model = policy
         policy, _ = load_causal_lm(str(saved / "policy"))
 
     TRLPPOConfig, PPOTrainer, trainer_module = _trl()
@@ -353,7 +357,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         kl_coef=kl_coef, lam=cfg.gae_lambda, missing_eos_penalty=cfg.missing_eos_penalty,
         seed=cfg.seed + done_steps,
         bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-        num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
+        num_sample_generations=0, save_strategy="no", report_to=cfg.report_to, logging_steps=1,
         dataset_num_proc=None, disable_tqdm=False,
         optim=cfg.lora_optim if cfg.mode == "lora" and cfg.lora_optim else cfg.optim,
     )
@@ -364,7 +368,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=lora_target_modules(policy), task_type="CAUSAL_LM", bias="none")
     train_dataset = datasets.Dataset.from_dict({"input_ids": queries})
-    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref_model,
                          reward_model=reward_model, train_dataset=train_dataset, value_model=value_model,
                          peft_config=peft_config)
     policy_model = trainer.policy_model
@@ -444,7 +448,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
             raise RuntimeError(f"LoRA training changed base weights: {changed[:3]}")
     metrics = read_jsonl(log_path)
     info = {
-        "mode": cfg.mode, "base_model": cfg.base_model, "reward_model": cfg.reward_model,
+        "mode": cfg.mode, "base_model": cfg.base_model, "init_from": start, "reward_model": cfg.reward_model,
         "steps": plan["steps"], "rollout_batch": cfg.batch_size, "trl_args": dict(plan),
         "policy_trainable_params": trainable, "policy_total_params": total,
         "value_trainable_params": v_trainable, "value_total_params": v_total,
@@ -460,12 +464,13 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         if cfg.mode == "lora":  # name the base as the user did (not a local cache path), so it loads anywhere
             adapter_cfg_path = folder / "adapter_config.json"
             adapter_cfg = json.loads(adapter_cfg_path.read_text())
-            adapter_cfg["base_model_name_or_path"] = cfg.base_model
+            adapter_cfg["base_model_name_or_path"] = start
             adapter_cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
         shutil.copy(log_path, folder / METRICS_FILE)
         save_prompts(folder / HELDOUT_FILE, heldout)
         save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
         write_json(folder / PPO_INFO_FILE, info)
+        write_json(folder / POLICY_INFO_FILE, policy_metadata("ppo", cfg.mode, cfg.base_model, start))
         write_json(folder / "training_config.json", asdict(cfg))
         _write_card(folder, cfg, info)
 
@@ -505,9 +510,11 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
     demo = cfg.profile == "demo" or "data/demo" in cfg.dataset
     data_line = (f"`{cfg.dataset}` — **embedded stand-in prompts written for this project in oasst1 format, not "
                  f"OpenAssistant/oasst1**" if demo else f"`{cfg.dataset}` (prompter messages only)")
-    metadata = {"library_name": "peft" if cfg.mode == "lora" else "transformers", "base_model": cfg.base_model,
+    start = info["init_from"]
+    metadata = {"library_name": "peft" if cfg.mode == "lora" else "transformers", "base_model": start,
                 "tags": ["rlhf", "ppo", "trl", "rlhflab"] + (["lora"] if cfg.mode == "lora" else []),
-                "datasets": [cfg.dataset], "pipeline_tag": "text-generation"}
+                "datasets": [cfg.dataset], "pipeline_tag": "text-generation",
+                "rlhflab": policy_metadata("ppo", cfg.mode, cfg.base_model, start)}
     lo, hi = KL_BAND
     in_band = s and lo <= s["kl_per_token_last"] <= hi
     results = markdown_table(["metric", "first window", "last window"], [
@@ -518,10 +525,10 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
          f"{s.get('kl_per_token_last', float('nan')):.4f}"],
     ]) if s else "no steps logged"
     lora = (f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
-            f"{info['lora_target_modules']}; this folder holds only the adapter — load it onto `{cfg.base_model}`."
+            f"{info['lora_target_modules']}; this folder holds only the adapter — load it onto `{start}`."
             if cfg.mode == "lora" else "All policy parameters trained.")
     sections = {
-        "What this is": (f"A PPO policy ({cfg.mode}) fine-tuned from `{cfg.base_model}` against the frozen reward "
+        "What this is": (f"A PPO policy ({cfg.mode}) fine-tuned from `{start}` against the frozen reward "
                          f"model `{cfg.reward_model}` with TRL 1.12's PPOTrainer. {lora}\n\nPrompts: {data_line}; "
                          f"{info['train_prompts']} training prompts, {info['heldout_prompts']} held out "
                          f"(`{HELDOUT_FILE}`, never trained on)."),

@@ -1,4 +1,4 @@
-"""Scale-out: reward and PPO training under `torchrun --nproc_per_node 2` (gloo on CPU) with tiny models."""
+"""Scale-out: reward, PPO and GRPO training under `torchrun --nproc_per_node 2` (gloo on CPU) with tiny models."""
 import json
 import os
 import subprocess
@@ -47,3 +47,19 @@ def test_two_process_reward_and_ppo(tmp_path, tiny_llama_dir, prompts_file, full
     assert [m["step"] for m in metrics] == [1, 2] and metrics[-1]["episode"] == 8
     single = {p.name for p in full_run.iterdir()}
     assert {p.name for p in ppo_out.iterdir()} == single
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed in this environment")
+def test_two_process_grpo(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    out = tmp_path / "grpo"
+    _torchrun([str(ROOT / "training" / "grpo.py"), "--mode", "full", "--profile", "demo",
+               "--base-model", str(tiny_llama_dir), "--reward-model", str(tiny_reward_dir), "--dataset", prompts_file,
+               "--num-prompts", "16", "--num-heldout", "4", "--batch-size", "2", "--num-generations", "2",
+               "--max-prompt-length", "64", "--max-response-length", "8", "--max-steps", "2", "--no-bf16",
+               "--output-dir", str(out)], tmp_path)
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    # 2 prompts x 2 responses per step, 2 on each process; KL is the mean over both processes' tokens
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[-1]["episode"] == 8
+    assert abs(metrics[0]["kl_per_token"]) < 1e-3 and len(metrics[0]["rollout_scores"]) == 2
+    assert metrics[1]["kl_coef"] == metrics[0]["kl_coef_next"] != metrics[0]["kl_coef"]
+    assert {"model.safetensors", "README.md", "policy_info.json", "heldout_prompts.jsonl"} <= {p.name for p in out.iterdir()}
