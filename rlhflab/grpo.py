@@ -39,7 +39,7 @@ from rlhflab.policy_training import (POLICY_METHODS, is_stand_in, learning_rate,
                                      trainer_metrics_callback)
 from rlhflab.ppo import (HELDOUT_FILE, TRAIN_PROMPTS_FILE, AdaptiveKLController, _frozen_block_linears_to,
                          prepare_prompts, prompt_key)
-from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics
+from rlhflab.ppo_metrics import KL_BAND, format_gain, run_summary_table, summarize_metrics
 from rlhflab.scoring import score_responses
 
 KL_ESTIMATORS = {"grpo": "k3", "rloo": "k1"}
@@ -305,13 +305,8 @@ def _card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict
                  f"OpenAssistant/oasst1**" if is_stand_in(cfg) else f"`{cfg.dataset}` (prompter messages only)")
     lo, hi = KL_BAND
     kl_last = s.get("kl_per_token_last", nan)
-    results = markdown_table(["metric", "first window", "last window"], [
-        ["mean reward-model score (± standard error over steps)",
-         f"{s.get('score_first', nan):.3f} ± {s.get('score_first_se', nan):.3f}",
-         f"{s.get('score_last', nan):.3f} ± {s.get('score_last_se', nan):.3f}"],
-        [f"KL to reference (nats/token, {info['kl_estimator']} estimate)", f"{s.get('kl_per_token_first', nan):.4f}",
-         f"{kl_last:.4f}"],
-    ]) if s else "no steps logged"
+    run = policy_output_dir(method, cfg.mode).name
+    results = run_summary_table({run: s}) if s else "no steps logged"  # as in report.md and the app
     how = (f"TRL 1.12's {'GRPOTrainer' if method == 'grpo' else 'RLOOTrainer'}: {cfg.num_generations} responses per "
            f"prompt, each response's advantage its reward minus "
            + ("the mean of its group" if method == "grpo" else "the mean of the other responses to its prompt")

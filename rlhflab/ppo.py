@@ -31,7 +31,7 @@ from rlhflab.policy_training import POLICY_INFO_FILE, load_start_policy, policy_
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
 PPO_INFO_FILE = "ppo_info.json"
-from rlhflab.ppo_metrics import KL_BAND, format_gain, summarize_metrics  # noqa: F401
+from rlhflab.ppo_metrics import KL_BAND, format_gain, run_summary_table, summarize_metrics  # noqa: F401
 
 
 # ---------------------------------------------------------------- KL controller
@@ -517,13 +517,7 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
                 "rlhflab": policy_metadata("ppo", cfg.mode, cfg.base_model, start)}
     lo, hi = KL_BAND
     in_band = s and lo <= s["kl_per_token_last"] <= hi
-    results = markdown_table(["metric", "first window", "last window"], [
-        ["mean reward-model score (± standard error over steps)",
-         f"{s.get('score_first', float('nan')):.3f} ± {s.get('score_first_se', float('nan')):.3f}",
-         f"{s.get('score_last', float('nan')):.3f} ± {s.get('score_last_se', float('nan')):.3f}"],
-        ["KL to reference (nats/token)", f"{s.get('kl_per_token_first', float('nan')):.4f}",
-         f"{s.get('kl_per_token_last', float('nan')):.4f}"],
-    ]) if s else "no steps logged"
+    results = run_summary_table({f"ppo-{cfg.mode}": s}) if s else "no steps logged"  # as in report.md and the app
     lora = (f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
             f"{info['lora_target_modules']}; this folder holds only the adapter — load it onto `{start}`."
             if cfg.mode == "lora" else "All policy parameters trained.")
