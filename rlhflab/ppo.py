@@ -220,6 +220,7 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
                 "pass": (step - 1) // steps_per_pass + 1 if steps_per_pass else 1,  # pass over the prompts
                 "episode": int(logs.get("episode", state.episode)) + episode_offset,
                 "kl_per_token": kl_seq / length,
+                "kl_estimator": "k1",  # TRL's: log pi - log pi_ref of the sampled tokens, summed per sequence
                 "kl_per_sequence": kl_seq,
                 "kl_coef": float(args.kl_coef),
                 "score": float(logs["objective/scores"]),

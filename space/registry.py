@@ -57,7 +57,9 @@ EXPECTED_POLICIES = {
 }
 POLICY_REPOS_ENV = "RLHFLAB_POLICY_REPOS"  # comma-separated Hub repo ids of policy checkpoints of any method
 # Where a LoRA run names its base, most portable first (file, field).
-LORA_BASE_FIELDS = (("ppo_info.json", "base_model"), ("adapter_config.json", "base_model_name_or_path"))
+# A run started with --init-from (an SFT checkpoint) names that start in init_from: its adapter sits on it.
+LORA_BASE_FIELDS = (("ppo_info.json", "init_from"), ("ppo_info.json", "base_model"),
+                    ("adapter_config.json", "base_model_name_or_path"))
 
 
 @dataclass(frozen=True)
