@@ -287,22 +287,25 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
     SFTConfig: {
-        # two passes over 64 examples (16 steps): the card compares the passes' mean loss on the same examples.
-        # LoRA at 2e-4 moved that loss a third as far as full SFT does; at 6e-4 about two thirds.
-        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=64, epochs=2, batch_size=8, lr=2e-5,
+        # two passes over 32 examples (8 steps): the card compares the passes' mean loss on the same examples.
+        # LoRA at 2e-4 moved that loss a third as far as full SFT does; at 6e-4 about two thirds. (64 examples took
+        # 225 s beside the reward model in make demo; the whole demo must fit 15 minutes.)
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=32, epochs=2, batch_size=8, lr=2e-5,
                      max_length=192, lora_lr=6e-4),
     },
     DPOConfig: {
-        # 12 steps; the KL to the reference ends near 0.01 nats/token (full) and 0.005 (LoRA), far inside 0.1.
-        # LoRA at 5e-5 barely moved the margin (0.03 nats over the last 3 steps); 2e-4: 0.20 (full DPO: 0.29).
-        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=96, batch_size=8, lr=5e-6,
+        # 6 steps at lr 1e-5 (12 steps at 5e-6 took 343 s beside other steps in make demo; the KL to the reference
+        # ended near 0.01 nats/token, far inside 0.1). LoRA at 5e-5 barely moved the margin (0.03 nats over the last
+        # 3 steps); 2e-4: 0.20 (full DPO: 0.29).
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=48, batch_size=8, lr=1e-5,
                      max_length=192, lora_lr=2e-4),
     },
     GRPOConfig: {
-        # PPO's 48 prompts (same seed: the same training and held-out prompts) x 2 passes = 24 steps of 4 prompts x 4
-        # responses, about 6 s each on 2 cores with bf16. KL per token over the last pass: lr 2e-6 and 1e-5 stayed
-        # below the band (0.005, 0.015 with 12-16 steps), 3e-5 ended just above it (0.10), 2e-5 inside (0.058).
-        "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
+        # The first 24 of PPO's 48 prompts (same seed and held-out set) x 2 passes = 12 steps of 4 prompts x 4
+        # responses, about 6 s each on 2 cores with bf16 (24 steps took 376 s on one thread in make demo). KL per
+        # token over the last pass with 24 steps: lr 2e-6 and 1e-5 stayed below the band (0.005, 0.015 with 12-16
+        # steps), 3e-5 ended just above it (0.10), 2e-5 inside (0.058).
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
                      batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
                      lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16),
     },

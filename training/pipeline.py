@@ -51,23 +51,23 @@ _OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "
 _HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the preference pairs
 
 # In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
-# runs wait for it. The DCGAN needs nothing and goes last, beside the evaluation. demo_s: measured in the demo
-# profile beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo).
+# runs wait for it. The DCGAN needs nothing and goes last, beside the evaluation. demo_s: the demo profile's
+# time on one thread beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo run 7).
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=[*_HH_STAND_IN, "--val-size", "64"], demo_s=200),
-    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=150),
+         stand_in=[*_HH_STAND_IN, "--val-size", "64"], demo_s=300),
+    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=120),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
          stand_in=_OASST_STAND_IN, demo_s=280),
     Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
          stand_in=_OASST_STAND_IN, demo_s=270),
     Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
-         demo_s=240),
+         demo_s=190),
     Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=90),
+         stand_in=["--allow-phantom", "--no-download"], demo_s=50),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=240),
+         ["reward", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
 ]
 STATUS_FILE = "pipeline_status.json"
 
