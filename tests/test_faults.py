@@ -222,6 +222,44 @@ def test_ppo_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_pat
     load_policy(str(out))
 
 
+def test_sft_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_path, cli, tiny_llama_dir):
+    """The Trainer-based policy trainers (SFT here; DPO and GRPO share prepare_resume) under real signals."""
+    from rlhflab.models import load_policy
+
+    rows = [hh_row([f"Question number {i}?"], f"A good answer {i}.", f"A bad answer {i}.") for i in range(24)]
+    data = write_jsonl(tmp_path / "hh.jsonl", rows)
+    out, work = tmp_path / "sft", tmp_path / ".sft-work"
+    steps = 12  # 24 pairs / batch 2; a Trainer checkpoint every 12 / 4 = 3 steps
+    args = ["--base-model", str(tiny_llama_dir), "--dataset", str(data), "--train-size", "24", "--batch-size", "2",
+            "--epochs", "1", "--max-length", "64", "--lr", "1e-3", "--no-bf16", "--output-dir", str(out)]
+
+    def saved_step() -> int:  # the newest complete Trainer checkpoint (trainer_state.json is written last)
+        done = [read_json(p / "trainer_state.json")["global_step"] for p in work.glob("checkpoint-*")
+                if (p / "trainer_state.json").is_file()]
+        return max(done, default=0)
+
+    def logged_past_the_save(after: int):
+        return lambda: saved_step() > after and max(r["step"] for r in read_jsonl(work / "metrics.jsonl")) > saved_step()
+
+    run = cli("sft-1", "sft.py", args)
+    run.assert_interrupted_by_ctrl_c(run.signal_when(logged_past_the_save(0), signal.SIGINT))
+    first = saved_step()
+    assert 3 <= first < steps and not out.exists()
+
+    run = cli("sft-2", "sft.py", args + ["--resume"])
+    status = run.signal_when(logged_past_the_save(first), signal.SIGKILL)
+    assert status == -signal.SIGKILL, run.tail()
+    assert run.steps_printed("step ")[0] == first + 1  # continued after the saved step, not from step 1
+    second = saved_step()
+
+    run = cli("sft-3", "sft.py", args + ["--resume"])
+    assert run.wait() == 0, run.tail()
+    assert run.steps_printed("step ") == list(range(second + 1, steps + 1))
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, steps + 1))
+    assert read_json(out / "policy_info.json")["steps"] == steps
+    load_policy(str(out))
+
+
 def test_dcgan_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_epoch_and_survives_a_failed_push(tmp_path, cli):
     from rlhflab.data.chestmnist import write_chestmnist_npz
     from rlhflab.gan import load_generator
