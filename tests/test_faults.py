@@ -557,3 +557,29 @@ def test_failed_push_keeps_the_checkpoint_and_says_what_to_do(situation, tmp_pat
             report_push(folder, "me/reward")
         assert str(info.value) == result.message
         assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("method, config", [("sft", "SFTConfig"), ("dpo", "DPOConfig"), ("grpo", "GRPOConfig")])
+def test_new_trainers_push_through_the_same_path_and_keep_the_checkpoint(method, config, tmp_path, monkeypatch,
+                                                                         tiny_llama_dir):
+    """SFT, DPO and GRPO save and push through save_policy_checkpoint -> report_push, PPO's path: a failed push
+    (no token here) is one sentence and the written checkpoint, card included, stays."""
+    import huggingface_hub.constants as hub_constants
+
+    from rlhflab import config as configs
+    from rlhflab.models import load_causal_lm, load_policy
+    from rlhflab.policy_training import read_policy_metadata, save_policy_checkpoint
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-login"))
+    monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
+    out = tmp_path / method
+    cfg = configs.build_config(getattr(configs, config), "demo", base_model=str(tiny_llama_dir), output_dir=str(out),
+                               push_to_hub=f"me/{method}")
+    model, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    with pytest.raises(UserError, match=rf"push to me/{method} not attempted: no Hugging Face token.*is intact"):
+        save_policy_checkpoint(out, model, tokenizer, cfg, method=method, start=str(tiny_llama_dir), info={},
+                               title=f"{method} policy", sections={"What this is": "test"})
+    assert read_policy_metadata(out)["method"] == method and (out / "README.md").is_file()
+    load_policy(str(out))
