@@ -127,8 +127,7 @@ class PolicySet:
         if not is_adapter_checkpoint(path):
             return False
         adapter_base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        return _same_model(adapter_base, self.base_model) or (
-            Path(str(adapter_base)).name in EMBEDDED_MODELS and Path(str(adapter_base)).name == self.base_model)
+        return _same_model(adapter_base, self.base_model)
 
     def group(self, name: str) -> str:
         """Which loaded weights `name` runs on: policies of one group take turns, different groups run together."""

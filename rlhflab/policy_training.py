@@ -7,6 +7,7 @@ discovers policies by reading that, never by a hard-coded folder name.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -122,18 +123,25 @@ def card_front_matter(text: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+@functools.lru_cache(maxsize=256)
+def _card_block(path: str, mtime_ns: int, size: int):
+    """The card's `rlhflab` block, parsed once per version of the file: the app lists the store's policies on every
+    request, and a card only changes when its checkpoint is rewritten (which changes its mtime)."""
+    return card_front_matter(Path(path).read_text(encoding="utf-8")).get(CARD_KEY)
+
+
 def read_policy_metadata(folder: str | Path) -> dict | None:
     """What a local checkpoint folder says it is: its card's `rlhflab` block, else policy_info.json, else (PPO
     checkpoints written before the block existed) ppo_info.json. None when it is not a policy."""
     folder = Path(folder)
     card = folder / CARD_FILE
-    if card.is_file():
-        try:
-            block = card_front_matter(card.read_text(encoding="utf-8")).get(CARD_KEY)
-        except OSError:
-            block = None
-        if isinstance(block, dict) and block.get("kind") == "policy" and block.get("method") in POLICY_METHODS:
-            return block
+    try:
+        stat = card.stat()
+        block = _card_block(str(card), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        block = None
+    if isinstance(block, dict) and block.get("kind") == "policy" and block.get("method") in POLICY_METHODS:
+        return dict(block)
     for name in (POLICY_INFO_FILE, "ppo_info.json"):
         path = folder / name
         if not path.is_file():
