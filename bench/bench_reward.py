@@ -27,7 +27,7 @@ def run(pairs: int = 64) -> dict:
     out = {}
     for name, kw in variants.items():
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = build_config(RewardConfig, "demo", train_size=pairs, val_size=8, epochs=1,
+            cfg = build_config(RewardConfig, "demo", train_size=pairs, dev_size=8, epochs=1,
                                output_dir=str(Path(tmp) / "rm"), **kw)
             started = time.perf_counter()
             train_reward_model(cfg)  # the whole call: the demo recipe's one-off pass over the frozen blocks counts

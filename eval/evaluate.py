@@ -1,4 +1,5 @@
-"""Compare base, full-PPO and LoRA-PPO policies on held-out prompts: `python eval/evaluate.py --help`.
+"""Compare every policy (and best-of-n) with the base on held-out prompts, scored by the training reward model
+and by an independent judge (--judge-model; n/a without one): `python eval/evaluate.py --help`.
 
 Writes results.json, report.md, figures/ and the blind-rating items into one folder the app reads;
 `--ratings` aggregates the stored human ratings into a policy x criterion table.

@@ -1,7 +1,12 @@
-"""Evaluate a reward model on held-out preference pairs: `python eval/reward_model.py --help`.
+"""Evaluate a reward model on its held-out test pairs: `python eval/reward_model.py --help`.
 
+The test pairs are the ones the checkpoint's split.json names (never trained on, never used to pick the epoch).
 Accuracy with a 95 % interval, the 'longer wins' baseline, accuracy split by length, reward-length
-correlation; writes reward_eval.json beside the checkpoint (or to --output).
+correlation; writes reward_eval.json beside the checkpoint (or to --output). With --judge-model, a second reward
+model (the independent judge) is evaluated on the same pairs and both accuracies are shown side by side with
+their paired difference:
+
+    python eval/reward_model.py --reward-model checkpoints/reward --judge-model checkpoints/judge
 """
 import sys
 from pathlib import Path

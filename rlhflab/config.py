@@ -15,6 +15,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS_DIR = Path(os.environ.get("RLHFLAB_CHECKPOINTS", REPO_ROOT / "checkpoints"))
 DEMO_DATA_DIR = REPO_ROOT / "data" / "demo"
+JUDGE_DIR = CHECKPOINTS_DIR / "judge"  # the independent reward model that scores policies and trains none
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 PROFILES = ("spec", "demo")
 THREADS_FILE_ENV = "RLHFLAB_THREADS_FILE"  # the pipeline's CPU thread share for a step (models.follow_thread_share)
@@ -26,15 +27,29 @@ REPORT_TO_HELP = ("also log to this tracker (TRL's report_to): none, tensorboard
 INIT_FROM_HELP = ("start the policy and its reference from this checkpoint instead of --base-model: 'sft' "
                   "(checkpoints/sft), a local folder or a Hub id")
 
+PROBE_EVERY_HELP = ("over-optimisation probe every N steps and before the first (0 = off): the policy answers a fixed "
+                    "set of held-out prompts, scored by the reward model and the judge, with the exact KL to the "
+                    "reference (overopt.jsonl)")
+PROBE_JUDGE_HELP = ("judge reward model the probe also scores with (never trained against): local folder or Hub id; "
+                    "missing: the judge fields are null")
+
 
 def _f(default, help_text: str, **kw):
     return field(default=default, metadata={"help": help_text, **kw})
 
 
+REWARD_SEED, JUDGE_SEED = 42, 4242  # the judge's own seed: its head and data order are not the reward model's twin
+REWARD_TRAIN_SIZE = 1000  # the spec's subset for the training reward model
+
+
 @dataclass
 class RewardConfig:
     profile: str = _f("spec", "configuration profile: spec (the specification's sizes) or demo (embedded data, CPU sizes)")
-    base_model: str = _f(DEFAULT_BASE_MODEL, "backbone: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder")
+    role: str = _f("reward", "reward: the reward model policies train against (policy side of the data); judge: the "
+                             "independent reward model that only scores policies (the disjoint, larger judge side)",
+                   choices=("reward", "judge"))
+    base_model: str = _f(DEFAULT_BASE_MODEL, "backbone: 'smollm2-135m-instruct' (embedded), a Hub id or a local folder "
+                                             "(a judge may be larger than the reward model, e.g. gpt2-medium)")
     dataset: str = _f("Anthropic/hh-rlhf", "hh-rlhf Hub id or a local JSON/JSONL file in its format")
     loss: str = _f("ranking", "pairwise loss: ranking (max(0, margin - (r_c - r_r))) or bradley-terry (-log sigmoid(r_c - r_r))",
                    choices=("ranking", "bradley-terry"))
@@ -43,15 +58,32 @@ class RewardConfig:
     batch_size: int = _f(8, "preference pairs per optimizer step")
     epochs: int = _f(3, "passes over the training pairs")
     max_length: int = _f(512, "tokens of prompt + response kept (prompt truncated from the left)")
-    train_size: int = _f(1000, "training pairs sampled (seeded)")
-    val_size: int = _f(200, "validation pairs (held out, seeded)")
+    train_size: int | None = _f(None, f"training pairs from the role's side (seeded; default {REWARD_TRAIN_SIZE} "
+                                      f"for the reward model and {REWARD_TRAIN_SIZE} x judge_share / (1 - judge_share) "
+                                      f"for the judge, so the judge gets the larger share; capped by the side's pairs)")
+    dev_size: int = _f(200, "dev pairs from the role's side (seeded, disjoint from train): they pick the best epoch")
+    test_size: int = _f(500, "test pairs shared by the reward model and the judge (the Hub's test split, or a fixed "
+                             "slice of a local file; the same for every seed): accuracy is reported on them only")
+    judge_share: float = _f(0.6, "share of the non-test pairs on the judge side (by a hash of the prompt; the rest "
+                                 "is the policy side: the reward model, SFT and DPO)")
     freeze_layers: int = _f(0, "freeze the embeddings and this many lowest transformer blocks (0 = train everything)")
-    seed: int = _f(42, "random seed")
-    output_dir: str = _f(str(CHECKPOINTS_DIR / "reward"), "checkpoint folder written")
+    seed: int | None = _f(None, f"random seed (default {REWARD_SEED}, or {JUDGE_SEED} for --role judge)")
+    output_dir: str | None = _f(None, f"checkpoint folder written (default {CHECKPOINTS_DIR / 'reward'}, or "
+                                      f"{JUDGE_DIR} for --role judge)")
     resume: bool = _f(False, "continue from the last saved training state in output_dir")
     push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it (GPU, CPU with AMX/AVX512-bf16)")
     report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
+
+    def __post_init__(self):  # the role's defaults, so `--role judge` alone makes a judge in its own folder
+        judge = self.role == "judge"
+        if self.seed is None:
+            self.seed = JUDGE_SEED if judge else REWARD_SEED
+        if self.output_dir is None:
+            self.output_dir = str(JUDGE_DIR if judge else CHECKPOINTS_DIR / "reward")
+        if self.train_size is None and 0 < self.judge_share < 1:
+            self.train_size = round(REWARD_TRAIN_SIZE * self.judge_share / (1 - self.judge_share)) if judge \
+                else REWARD_TRAIN_SIZE
 
 
 @dataclass
@@ -77,6 +109,14 @@ class PPOConfig:
     kl_coef: float = _f(0.05, "initial KL coefficient (beta)")
     kl_horizon: int = _f(10000, "adaptive KL controller horizon, in episodes (Ziegler et al. 2019)")
     fixed_kl: bool = _f(False, "keep the KL coefficient fixed (no adaptive controller)")
+    kl_estimator: str = _f("exact", "per-token KL the adaptive controller follows: exact (sum over the vocabulary of "
+                                    "p log p/q at every response position, from the logits the step computes anyway), "
+                                    "k1 (TRL's log p - log q of the sampled token) or k3 (exp(r) - 1 - r, r = log q - "
+                                    "log p); all three are logged. The reward's KL penalty stays TRL's k1",
+                           choices=("exact", "k1", "k3"))
+    probe_every: int = _f(5, PROBE_EVERY_HELP)
+    probe_prompts: int = _f(64, "held-out prompts the over-optimisation probe answers (the first N, fixed)")
+    judge_model: str = _f(str(CHECKPOINTS_DIR / "judge"), PROBE_JUDGE_HELP)
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.1, "LoRA dropout")
@@ -95,6 +135,8 @@ class PPOConfig:
     lora_optim: str | None = _f(None, "optimizer in LoRA mode (default: --optim)")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses that do not finish")
     seed: int = _f(42, "random seed")
+    data_seed: int | None = _f(None, "seed of the train / held-out prompt split (default: --seed); fixed while --seed "
+                                     "varies, runs over several seeds share one held-out set")
     output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/ppo-<mode>)")
     resume: bool = _f(False, "continue from the last saved training state")
     push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
@@ -177,11 +219,21 @@ class GRPOConfig:
     kl_target: float = _f(0.05, "target KL to the reference, nats per token (adaptive controller, as in PPO)")
     kl_horizon: int = _f(10000, "adaptive KL controller horizon, in episodes (Ziegler et al. 2019)")
     fixed_kl: bool = _f(False, "keep the KL coefficient fixed (no adaptive controller)")
+    kl_estimator: str = _f("exact", "per-token KL the adaptive controller follows: exact (sum over the vocabulary of "
+                                    "p log p/q; costs one extra no-grad forward of the policy and of the reference per "
+                                    "step), k1 or k3 of the sampled tokens; TRL's own (GRPO: k3, RLOO: k1) needs no "
+                                    "extra forward, the other one does",
+                           choices=("exact", "k1", "k3"))
+    probe_every: int = _f(5, PROBE_EVERY_HELP)
+    probe_prompts: int = _f(64, "held-out prompts the over-optimisation probe answers (the first N, fixed)")
+    judge_model: str = _f(str(CHECKPOINTS_DIR / "judge"), PROBE_JUDGE_HELP)
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.1, "LoRA dropout")
     lora_lr: float | None = _f(None, "learning rate in LoRA mode (default: --lr)")
     seed: int = _f(42, "random seed")
+    data_seed: int | None = _f(None, "seed of the train / held-out prompt split (default: --seed); fixed while --seed "
+                                     "varies, runs over several seeds share one held-out set")
     output_dir: str | None = _f(None, "checkpoint folder (default checkpoints/grpo, or checkpoints/grpo-lora)")
     resume: bool = _f(False, "continue from the last saved training state")
     push_to_hub: str | None = _f(None, "Hub repo id to push the checkpoint to (REPO_ID)")
@@ -225,6 +277,8 @@ class EvalConfig:
                             "reward model's pick), e.g. 4,16")
     base_model: str = _f(DEFAULT_BASE_MODEL, "base policy")
     reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint")
+    judge_model: str = _f(str(JUDGE_DIR), "independent judge reward model (local folder or Hub id), never used "
+                                          "to train a policy; every gain is also reported under it (n/a when missing)")
     full_model: str = _f(str(CHECKPOINTS_DIR / "ppo-full"), "full-PPO checkpoint")
     lora_model: str = _f(str(CHECKPOINTS_DIR / "ppo-lora"), "LoRA-PPO checkpoint")
     prompts: str | None = _f(None, "held-out prompts JSONL (default: the one the PPO run saved)")
@@ -247,12 +301,15 @@ class EvalConfig:
 
 @dataclass
 class RewardEvalConfig:
-    profile: str = _f("spec", "configuration profile: spec or demo; its reward-training settings (data, sizes, "
-                              "max length) pick the held-out pairs the training run kept out")
-    reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id")
-    dataset: str | None = _f(None, "hh-rlhf id or local file (default: the profile's)")
-    val_size: int | None = _f(None, "held-out pairs evaluated (default: the profile's)")
-    seed: int = _f(42, "the training run's seed selects the same held-out pairs")
+    profile: str = _f("spec", "configuration profile: spec or demo; its reward-training max length, and its test "
+                              "size where the checkpoint has no split.json")
+    reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id; its "
+                                                             "split.json names the test pairs evaluated")
+    judge_model: str | None = _f(None, f"also evaluate this reward model (e.g. the judge, {JUDGE_DIR}) on the same "
+                                       "test pairs, side by side, with the paired difference")
+    dataset: str | None = _f(None, "hh-rlhf id or local file (default: the one in the checkpoint's split.json; "
+                                   "needed for a checkpoint without one)")
+    test_size: int | None = _f(None, "test pairs, only for a checkpoint without split.json (default: the profile's)")
     output: str | None = _f(None, "results JSON (default: <reward-model>/reward_eval.json)")
 
 
@@ -268,7 +325,9 @@ class GANEvalConfig:
 
 PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     RewardConfig: {
-        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), val_size=64, epochs=2,
+        # 338 pairs: 64 shared test pairs; of the other 274, about 106 on the policy side (the reward model trains
+        # on 86, 20 pick its epoch) and 168 on the judge side (148 train, 20 dev)
+        "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), dev_size=20, test_size=64, epochs=2,
                      max_length=128, freeze_layers=24, lr=1e-4),
     },
     PPOConfig: {
@@ -283,7 +342,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
                      lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
-                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0),
+                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0, probe_every=4, probe_prompts=16),
     },
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
     SFTConfig: {
@@ -307,7 +366,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # steps), 3e-5 ended just above it (0.10), 2e-5 inside (0.058).
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
                      batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
-                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16),
+                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=4, probe_prompts=16),
     },
     DCGANConfig: {
         "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,

@@ -13,7 +13,7 @@ import torch
 
 from rlhflab.checkpoints import METRICS_FILE, Timer, command_line, hardware_description, markdown_table, read_jsonl
 from rlhflab.config import DPOConfig
-from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
+from rlhflab.data.hh_rlhf import PreferencePair, policy_pairs
 from rlhflab.kl import exact_kl_sum
 from rlhflab.models import count_parameters, format_prompt, format_response
 from rlhflab.policy_training import load_start_policy, lora_config, policy_output_dir, prepare_resume, \
@@ -134,7 +134,8 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> Path:
     """
     timer = Timer()
     torch.manual_seed(cfg.seed)
-    train_set, _ = train_val_pairs(cfg.dataset, cfg.train_size, 0, cfg.seed)  # a bad dataset stops here
+    # the policy side only: the judge trains on the other side and must not have seen a policy's data
+    train_set = policy_pairs(cfg.dataset, cfg.train_size, cfg.seed)  # a bad dataset stops here
     print(f"preference pairs: {len(train_set.pairs)}; skipped rows: {train_set.num_skipped} "
           f"({dict(train_set.skipped)})", flush=True)
     out = policy_output_dir("dpo", cfg.mode, cfg.output_dir)

@@ -93,35 +93,36 @@ class Generation:
     token_ids: list[int] | None = None  # the response as generated, its end-of-turn token included when it stopped
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings, batch_size: int = 16,
                    max_prompt_tokens: int | None = None, progress=None) -> list[Generation]:
-    """Responses to `prompts` (strings or chat histories), batched with left padding.
+    """Responses to `prompts` (strings or chat histories), batched with left padding, on the decode engine.
 
-    Sampling is seeded once per call, so the same settings give the same outputs.
+    Sampling is seeded once per call, so the same settings give the same outputs; greedy outputs are
+    generate()'s token for token (at the model's own precision).
     """
     settings.validate()
     device = next(model.parameters()).device
     limit = max_prompt_tokens or prompt_token_limit(tokenizer, model, settings.max_new_tokens)
     torch.manual_seed(settings.seed)
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     eos_ids = _stop_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     out: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         batch, truncated = encode_prompts(tokenizer, chunk, limit)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        seqs = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=eos_ids)
-        responses = seqs[:, batch["input_ids"].shape[1]:]
-        for row, was_truncated in zip(responses, truncated):
-            ids = row.tolist()
+        steps = list(decode_batch(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                  settings, eos_ids, pad_id, generator=generator))
+        responses = torch.stack(steps, 1).tolist() if steps else [[] for _ in chunk]
+        for ids, was_truncated in zip(responses, truncated):
             finished, generated = False, ids
             for i, t in enumerate(ids):
                 if t in eos_ids:
                     ids, generated, finished = ids[:i], ids[:i + 1], True
                     break
-            ids = [t for t in ids if t != tokenizer.pad_token_id]
-            generated = [t for t in generated if t != tokenizer.pad_token_id or t in eos_ids]
+            ids = [t for t in ids if t != pad_id]
+            generated = [t for t in generated if t != pad_id or t in eos_ids]
             out.append(Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids),
                                   was_truncated, finished, generated))
         if progress is not None:
@@ -160,33 +161,348 @@ def logits_processors(settings: GenerationSettings):
     return procs
 
 
-@torch.inference_mode()
-def decode_tokens(model, input_ids: torch.Tensor, settings: GenerationSettings, stop_ids: list[int]):
-    """Yield new token ids one at a time for a single prompt (batch 1), with a KV cache.
+# ---- the decode engine
+#
+# One forward step over a preallocated KV cache, shared by chat (batch 1), best-of-n and evaluation
+# (batched, left padding). Measured on a 2-core AMD EPYC (AVX512-BF16), SmolLM2-135M, batch 1 bf16:
+# transformers' forward with a growing cache spends ~6 ms a token in Python and its matmuls stream
+# bf16 weights at ~20 GB/s; oneDNN with weights packed once for its blocked layout streams them about
+# twice as fast, and a lean per-layer loop cuts the Python time (numbers in BENCHMARKS.md).
 
-    A lean loop over model.forward: at batch 1 on a CPU, generate()'s per-token bookkeeping
-    and the streamer thread are a measurable share of the time (see BENCHMARKS.md).
+def _grow(buf: torch.Tensor, needed: int) -> torch.Tensor:
+    """`buf` (..., capacity, head_dim) with room for `needed` positions: doubled and copied when too small."""
+    if buf.shape[-2] >= needed:
+        return buf
+    bigger = buf.new_zeros(*buf.shape[:-2], max(needed, 2 * buf.shape[-2]), buf.shape[-1])
+    bigger[..., :buf.shape[-2], :] = buf
+    return bigger
+
+
+class _PreallocatedLayer:
+    """A transformers cache layer that writes into a preallocated buffer (no torch.cat per token) and hands
+    attention a view of exactly the filled length, so the maths is the growing cache's."""
+
+    def __new__(cls, capacity: int):
+        from transformers.cache_utils import DynamicLayer
+
+        class Layer(DynamicLayer):
+            def lazy_initialization(self, key_states, value_states):
+                super().lazy_initialization(key_states, value_states)
+                shape = (*key_states.shape[:-2], capacity, key_states.shape[-1])
+                self._k = key_states.new_zeros(shape)
+                self._v = value_states.new_zeros(*value_states.shape[:-2], capacity, value_states.shape[-1])
+                self._n = 0
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                end = self._n + key_states.shape[-2]
+                self._k, self._v = _grow(self._k, end), _grow(self._v, end)
+                self._k[..., self._n:end, :] = key_states
+                self._v[..., self._n:end, :] = value_states
+                self._n = end
+                self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+                return self.keys, self.values
+
+        return Layer()
+
+
+def _mkldnn_bf16_ok(model) -> bool:
+    p = next(model.parameters())
+    return (p.device.type == "cpu" and p.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+class _PackedLinear:
+    """y = x Wᵀ (+ b) with W packed once for oneDNN's bf16 kernel; `parts` are the output widths of the
+    modules fused into it (q|k|v, gate|up), split again on the way out."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
+        w = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+        self.bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach() if b is not None else w.new_zeros(t.shape[0]) for b, t in zip(biases, weights)])
+        self.parts = [t.shape[0] for t in weights]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return list(y.split(self.parts, -1)) if len(self.parts) > 1 else [y]
+
+
+def _lora_deltas(module) -> list | None:
+    """peft LoRA on `module` as [(A, B, scaling)] for its active adapters ([] when none apply, None when the
+    layer does something this engine does not replicate: merged weights, DoRA or other variants)."""
+    if not hasattr(module, "lora_A"):
+        return []
+    if getattr(module, "merged", False) or getattr(module, "lora_variant", {}):
+        return None
+    if module.disable_adapters:
+        return []
+    return [(module.lora_A[a].weight, module.lora_B[a].weight, module.scaling[a])
+            for a in module.active_adapters if a in module.lora_A]
+
+
+def _apply_lora(result: torch.Tensor, x: torch.Tensor, deltas: list) -> torch.Tensor:
+    # peft's lora.Linear.forward, step for step: the input is cast to the adapter's dtype and the sum is
+    # taken in the wider dtype, then cast back to the base layer's output dtype.
+    if not deltas:
+        return result
+    out_dtype = result.dtype
+    for a, b, scaling in deltas:
+        xa = x.to(a.dtype)
+        result = result + torch.nn.functional.linear(torch.nn.functional.linear(xa, a), b) * scaling
+    return result.to(out_dtype)
+
+
+def _base_linear(module):
+    return getattr(module, "base_layer", module)
+
+
+class DecodeEngine:
+    """Forward steps of one causal LM over a preallocated KV cache.
+
+    `kind` says which step runs: "llama-packed-bf16" (Llama-family weights in bf16 on a CPU: the
+    projections packed for oneDNN, q|k|v and gate|up fused, LoRA adapters applied as peft does),
+    "llama" (the same lean per-layer loop calling the model's own modules: exact, no weight copies) or
+    "transformers" (any other model: its own forward with the preallocated cache). Build with
+    `decode_engine(model)`, which keeps one engine per model and rebuilds it when the weights change.
     """
-    from transformers import DynamicCache
 
+    def __init__(self, model, packed: bool | None = None):
+        self.model = model
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.lm = inner
+        core = getattr(inner, "model", None)
+        self.config = inner.config
+        llama = (getattr(self.config, "model_type", None) == "llama" and core is not None
+                 and hasattr(core, "layers") and hasattr(core, "rotary_emb") and hasattr(inner, "lm_head"))
+        self.core = core if llama else None
+        if packed is None:
+            packed = llama and _mkldnn_bf16_ok(model)
+        self.kind = "transformers" if not llama else ("llama-packed-bf16" if packed else "llama")
+        self._weights_key = self._key()
+        self._packed = None
+        if self.kind == "llama-packed-bf16":
+            self._packed = [
+                (_PackedLinear(*self._wb([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])),
+                 _PackedLinear(*self._wb([l.self_attn.o_proj])),
+                 _PackedLinear(*self._wb([l.mlp.gate_proj, l.mlp.up_proj])),
+                 _PackedLinear(*self._wb([l.mlp.down_proj])))
+                for l in core.layers]
+            self._head = _PackedLinear(*self._wb([inner.lm_head]))
+
+    @staticmethod
+    def _wb(modules):
+        bases = [_base_linear(m) for m in modules]
+        return [b.weight for b in bases], [b.bias for b in bases]
+
+    def _key(self):
+        # A tensor's _version counts in-place writes (optimizer steps, load_state_dict), so packed copies
+        # made from older weights are never used after training moved them.
+        return tuple((p.data_ptr(), _version(p)) for p in self.model.parameters())
+
+    def current(self) -> bool:
+        return self._key() == self._weights_key
+
+    def start(self, attention_mask: torch.Tensor, capacity: int) -> "_DecodeState":
+        return _DecodeState(self, attention_mask, capacity)
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter; it cannot be trained either
+        return -1
+
+
+def decode_engine(model) -> DecodeEngine:
+    """The model's decode engine, built on first use and rebuilt when its weights have changed."""
+    engine = getattr(model, "_rlhflab_engine", None)
+    if engine is None or not engine.current():
+        engine = DecodeEngine(model)
+        object.__setattr__(model, "_rlhflab_engine", engine)  # a plain attribute, not a submodule
+    return engine
+
+
+class _DecodeState:
+    """One batch being decoded: its KV cache, which key positions are real tokens, and each row's position."""
+
+    def __init__(self, engine: DecodeEngine, attention_mask: torch.Tensor, capacity: int):
+        self.engine = engine
+        self.mask = attention_mask.bool()
+        self.padded = not bool(self.mask.all())
+        self.length = 0
+        self.capacity = max(capacity, attention_mask.shape[1])
+        self.lora = None
+        if engine.kind != "transformers":
+            cfg = engine.config
+            n_layers, device = len(engine.core.layers), attention_mask.device
+            heads = cfg.num_attention_heads
+            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+            self.kv_heads = cfg.num_key_value_heads
+            dtype = next(engine.core.parameters()).dtype
+            shape = (attention_mask.shape[0], self.kv_heads, self.capacity, self.head_dim)
+            self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+            self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+            if engine.kind == "llama-packed-bf16":
+                self.lora = [[_lora_deltas(m) for m in (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj,
+                                                        l.self_attn.o_proj, l.mlp.gate_proj, l.mlp.up_proj,
+                                                        l.mlp.down_proj)] for l in engine.core.layers]
+                self.lora_head = _lora_deltas(engine.lm.lm_head)
+                if any(d is None for row in self.lora for d in row) or self.lora_head is None:
+                    raise _Unsupported
+        else:
+            from transformers.cache_utils import Cache
+
+            n_layers = engine.config.get_text_config(decoder=True).num_hidden_layers
+            self.cache = Cache(layers=[_PreallocatedLayer(self.capacity) for _ in range(n_layers)])
+
+    def positions(self, new: int) -> torch.Tensor:
+        """Position ids of the last `new` tokens as generate() numbers them: real tokens count from 0."""
+        pos = self.mask.long().cumsum(-1) - 1
+        pos = pos.masked_fill(~self.mask, 1)
+        return pos[:, -new:]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, vocab) at the last position after feeding `tokens` (batch, new); the first call is the
+        prompt, with the mask given at start, later calls one token per row."""
+        new = tokens.shape[1]
+        if self.length:
+            ones = self.mask.new_ones(self.mask.shape[0], new)
+            self.mask = torch.cat([self.mask, ones], 1)
+        position_ids = self.positions(new)
+        if self.engine.kind == "transformers":
+            out = self.engine.model(input_ids=tokens, attention_mask=self.mask.long(), position_ids=position_ids,
+                                    past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            self.length += new
+            return out.logits[:, -1, :]
+        return self._llama(tokens, position_ids)
+
+    def _attention_mask(self, new: int, end: int) -> torch.Tensor | None:
+        if not self.padded:
+            return None
+        keys = self.mask[:, None, None, :end]
+        if new == 1:
+            return keys
+        q = torch.arange(end - new, end, device=keys.device)[:, None]
+        k = torch.arange(end, device=keys.device)[None, :]
+        # A padding query may see only itself: with no key at all its softmax would be NaN, and that NaN would
+        # reach real tokens through its cached value (0 × NaN). Real tokens never attend to it.
+        return (keys & (k <= q)) | (k == q)
+
+    def _llama(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        F = torch.nn.functional
+        engine, core = self.engine, self.engine.core
+        batch, new = tokens.shape
+        start, end = self.length, self.length + new
+        if end > self.capacity:
+            self.k = [_grow(t, end) for t in self.k]
+            self.v = [_grow(t, end) for t in self.v]
+            self.capacity = self.k[0].shape[-2]
+        mask = self._attention_mask(new, end)
+        h = core.embed_tokens(tokens)
+        cos, sin = core.rotary_emb(h, position_ids)
+        heads, kv_heads, d = self.engine.config.num_attention_heads, self.kv_heads, self.head_dim
+        for i, layer in enumerate(core.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            if self._packed_layer(i) is None:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            else:
+                lora = self.lora[i]
+                q, k, v = self._packed_layer(i)[0](x)
+                q, k, v = _apply_lora(q, x, lora[0]), _apply_lora(k, x, lora[1]), _apply_lora(v, x, lora[2])
+            q = q.view(batch, new, heads, d).transpose(1, 2)
+            k = k.view(batch, new, kv_heads, d).transpose(1, 2)
+            v = v.view(batch, new, kv_heads, d).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.k[i][:, :, start:end] = k
+            self.v[i][:, :, start:end] = v
+            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]
+            # transformers' SDPA path: GQA inside the kernel without a mask, repeated heads with one.
+            if mask is None:
+                o = F.scaled_dot_product_attention(q, keys, values, is_causal=new > 1, scale=attn.scaling,
+                                                   enable_gqa=heads != kv_heads)
+            else:
+                groups = heads // kv_heads
+                o = F.scaled_dot_product_attention(q, repeat_kv(keys, groups), repeat_kv(values, groups),
+                                                   attn_mask=mask, scale=attn.scaling)
+            o = o.transpose(1, 2).reshape(batch, new, heads * d)
+            if self._packed_layer(i) is None:
+                h = h + attn.o_proj(o)
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+            else:
+                h = h + _apply_lora(self._packed_layer(i)[1](o)[0], o, lora[3])
+                x = layer.post_attention_layernorm(h)
+                gate, up = self._packed_layer(i)[2](x)
+                gate, up = _apply_lora(gate, x, lora[4]), _apply_lora(up, x, lora[5])
+                y = layer.mlp.act_fn(gate) * up
+                h = h + _apply_lora(self._packed_layer(i)[3](y)[0], y, lora[6])
+        self.length = end
+        h = core.norm(h[:, -1:, :])
+        if engine._packed is None:
+            return engine.lm.lm_head(h)[:, -1, :]
+        return _apply_lora(engine._head(h)[0], h, self.lora_head)[:, -1, :]
+
+    def _packed_layer(self, i: int):
+        return None if self.engine._packed is None else self.engine._packed[i]
+
+
+class _Unsupported(Exception):
+    """The packed step cannot replicate this model's current adapter setup; the exact step runs instead."""
+
+
+def _start(model, attention_mask: torch.Tensor, capacity: int) -> _DecodeState:
+    engine = decode_engine(model)
+    try:
+        return engine.start(attention_mask, capacity)
+    except _Unsupported:
+        return DecodeEngine(model, packed=False).start(attention_mask, capacity)
+
+
+@torch.inference_mode()
+def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+                 stop_ids: list[int], pad_id: int, generator: torch.Generator | None = None):
+    """Yield the next token of every row, (batch,) per step, for a left-padded batch of prompts.
+
+    A row that produced a stop id gets `pad_id` from then on (as generate() pads it); decoding ends when
+    every row has stopped or after settings.max_new_tokens steps. Logits go through `logits_processors`.
+    """
     procs = logits_processors(settings)
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    device = next(model.parameters()).device
-    seq = input_ids.to(device)
-    cache = DynamicCache(config=getattr(model, "config", None))
-    logits = model(input_ids=seq, past_key_values=cache, use_cache=True).logits[:, -1, :]
-    for _ in range(settings.max_new_tokens):
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    device = input_ids.device
+    state = _start(model, attention_mask.to(device), input_ids.shape[1] + settings.max_new_tokens)
+    stops = torch.tensor(stop_ids, device=device, dtype=torch.long)
+    running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=device)
+    seq = input_ids
+    logits = state.forward(input_ids)
+    for step in range(settings.max_new_tokens):
         scores = procs(seq, logits.float())
         if settings.greedy:
-            token = scores.argmax(-1, keepdim=True)
+            token = scores.argmax(-1)
         else:
-            token = torch.multinomial(torch.softmax(scores, -1).cpu(), 1, generator=generator).to(device)
-        tid = int(token)
+            token = torch.multinomial(torch.softmax(scores, -1).cpu(), 1, generator=generator).squeeze(1).to(device)
+        token = torch.where(running, token, torch.full_like(token, pad_id))
+        yield token
+        running = running & ~torch.isin(token, stops)
+        if not bool(running.any()) or step + 1 == settings.max_new_tokens:
+            return
+        seq = torch.cat([seq, token[:, None]], dim=1)
+        logits = state.forward(token[:, None])
+
+
+def decode_tokens(model, input_ids: torch.Tensor, settings: GenerationSettings, stop_ids: list[int]):
+    """Yield new token ids one at a time for a single prompt (batch 1), on the decode engine."""
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    for token in decode_batch(model, ids, torch.ones_like(ids), settings, stop_ids, pad_id=-1):
+        tid = int(token[0])
         if tid in stop_ids:
             return
         yield tid
-        seq = torch.cat([seq, token], dim=1)
-        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1, :]
 
 
 def stream_generate(model, tokenizer, prompt, settings: GenerationSettings, max_prompt_tokens: int | None = None):

@@ -9,13 +9,16 @@ TRL's GRPO and RLOO keep the KL coefficient (`beta`) fixed: neither has an adapt
 controller as PPO's (rlhflab.ppo.AdaptiveKLController, Ziegler et al. 2019) moves `trainer.beta`, the attribute
 their losses read, after every step from the KL per token that step logged.
 
-The KL each logs is an estimate from the sampled tokens, not the exact sum over the vocabulary:
+The KL TRL logs (`kl_per_token`, named by `kl_estimator`) is an estimate from the sampled tokens:
 - GRPO: k3 = exp(r) - r - 1 with r = log pi_ref - log pi per token (Schulman's estimator, >= 0), taken in the loss
   on the step's own samples, before the update (one optimisation pass per batch);
 - RLOO: k1 = log pi - log pi_ref per token, as PPO logs it.
-The exact KL (sum_v p log p/q) would need both models' full logits at once; TRL computes the policy's and the
-reference's log-probs in separate passes and keeps only the sampled token's, so it would cost a third forward
-pass (or the reference's logits for the whole batch in memory) per step. The evaluation measures it instead.
+The exact KL (`kl_exact_per_token`: sum_v p log p/q at every completion token, under softmax(logits / temperature),
+total over total tokens) needs both models' full logits at once, which TRL never holds (it keeps only the sampled
+token's log-prob of each pass). With --kl-estimator exact (the default), or the sampled estimator TRL does not log,
+each step's completions get one extra no-grad forward of the policy and one of the reference (same inputs as TRL's
+passes, policy in eval mode), right after TRL scored them and before the update; the controller then follows it.
+With TRL's own estimator (GRPO k3, RLOO k1) nothing is added and `kl_exact_per_token` is null.
 """
 from __future__ import annotations
 
@@ -33,13 +36,16 @@ from rlhflab.checkpoints import METRICS_FILE, Timer, command_line, markdown_tabl
 from rlhflab.config import GRPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts
 from rlhflab.errors import UserError
+from rlhflab.kl import KLAccumulator
 from rlhflab.models import autocast, autocast_dtype, best_device, count_parameters, format_prompt, load_reward_model
+from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, read_overopt
+from rlhflab.overopt import keep_up_to as keep_probes_up_to
 from rlhflab.policy_training import (POLICY_METHODS, is_stand_in, learning_rate, load_start_policy, lora_config,
                                      policy_output_dir, prepare_resume, save_policy_checkpoint,
                                      trainer_metrics_callback)
 from rlhflab.ppo import (HELDOUT_FILE, TRAIN_PROMPTS_FILE, AdaptiveKLController, _frozen_block_linears_to,
                          prepare_prompts, prompt_key)
-from rlhflab.ppo_metrics import KL_BAND, format_gain, run_summary_table, summarize_metrics
+from rlhflab.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics
 from rlhflab.scoring import score_responses
 
 KL_ESTIMATORS = {"grpo": "k3", "rloo": "k1"}
@@ -90,6 +96,51 @@ def _lab_trainer(base: type) -> type:
             # would add the tokenizer's special tokens, a second BOS for tokenizers that add one.
             ids = [self.processing_class(p, add_special_tokens=False)["input_ids"] for p in prompts]
             return ids, None, {}
+
+        lab_kl_sums = None  # a rlhflab.kl.KLAccumulator when each step's exact KL is measured (train_grpo sets it)
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            if self.lab_kl_sums is not None and self.model.training:
+                self.lab_kl_sums.add(self._lab_kl_of(output))
+            return output
+
+        @torch.no_grad()
+        def _lab_kl_of(self, output: dict) -> torch.Tensor:
+            """kl_sums over the completion tokens of one generation batch: the policy as it sampled them (before this
+            step's update) and the reference, each from one no-grad forward with TRL's inputs."""
+            from trl.trainer.utils import use_adapter
+
+            from rlhflab.kl import kl_sums
+
+            ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+            mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+            width = output["completion_ids"].shape[1]
+            unwrapped = self.accelerator.unwrap_model(self.model)
+
+            def logits(model, rows):  # as TRL's _get_per_token_logps_and_entropies: no position ids, / temperature
+                out = model(input_ids=ids[rows], attention_mask=mask[rows], use_cache=False).logits
+                return out[:, :-1][:, -width:].float() / self.temperature
+
+            sums = torch.zeros(4, dtype=torch.float64)
+            was_training = unwrapped.training
+            unwrapped.eval()  # the policy itself, without dropout (LoRA dropout would add noise to the measurement)
+            try:
+                step = self.args.per_device_train_batch_size
+                for start in range(0, ids.shape[0], step):
+                    rows = slice(start, start + step)
+                    policy_logits = logits(self.model, rows)
+                    if self.ref_model is not None:
+                        ref_logits = logits(self.ref_model, rows)
+                    else:  # LoRA: the base, adapters disabled, as TRL's reference pass
+                        ref_name = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
+                        with use_adapter(unwrapped, adapter_name=ref_name):
+                            ref_logits = logits(self.model, rows)
+                    sums += kl_sums(policy_logits, ref_logits, output["completion_ids"][rows],
+                                    output["completion_mask"][rows])
+            finally:
+                unwrapped.train(was_training)
+            return sums
 
         def _save_checkpoint(self, model, trial):
             if self.args.should_save:  # before TRL writes trainer_state.json, which marks the checkpoint complete
@@ -181,6 +232,9 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
                            cfg.max_steps)
 
     resume_from = prepare_resume(work, log_path, cfg.resume)
+    overopt_path = work / OVEROPT_FILE
+    if resume_from is not None and os.environ.get("RANK", "0") == "0":
+        keep_probes_up_to(overopt_path, int(resume_from.name.rsplit("-", 1)[1]))
     kl_coef = cfg.kl_coef
     if resume_from is not None and (resume_from / KL_STATE_FILE).is_file():
         kl_coef = json.loads((resume_from / KL_STATE_FILE).read_text())["kl_coef"]
@@ -227,15 +281,33 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
     controller = None if cfg.fixed_kl else AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
     steps_per_pass = len(train_prompts) // cfg.batch_size
     estimator = KL_ESTIMATORS[method]
+    if cfg.kl_estimator != estimator:  # TRL does not log it: one extra no-grad forward of policy and reference
+        trainer.lab_kl_sums = KLAccumulator()
+    overopt = None
+    if cfg.probe_every > 0 and heldout and trainer.accelerator.is_main_process:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        ref_holder = (holder(trainer.accelerator.unwrap_model(trainer.ref_model)) if trainer.ref_model is not None
+                      else adapters_disabled(unwrapped))
+        overopt = OverOptProbe(heldout[:cfg.probe_prompts], tokenizer, reward_model, reward_tok, overopt_path,
+                               temperature=cfg.temperature, max_new_tokens=cfg.max_response_length,
+                               reward_model_name=cfg.reward_model, judge_model=cfg.judge_model,
+                               max_prompt_tokens=cfg.max_prompt_length, device=trainer.accelerator.device,
+                               use_policy=holder(unwrapped), use_reference=ref_holder)
 
     def to_record(logs: dict, state) -> dict:
         kl = float(logs.get("kl", float("nan")))
         length = float(logs.get("completions/mean_length", float("nan")))
         rollout_scores, rollout_prompts = reward.pop_rollouts()
+        kls = trainer.lab_kl_sums.pop(trainer.accelerator) if trainer.lab_kl_sums is not None else None
+        follows = cfg.kl_estimator if kls else estimator  # TRL's own when nothing was measured
+        followed = kls[follows] if kls else kl
         record = {
             "pass": (state.global_step - 1) // steps_per_pass + 1,  # pass over the prompts
             "episode": state.global_step * plan["completions_per_step"],
             "kl_per_token": kl, "kl_estimator": estimator, "kl_per_sequence": kl * length,
+            # exact KL over the vocabulary, per token over the same completion tokens (null: not measured)
+            "kl_exact_per_token": kls["exact"] if kls else None,
+            "kl_controller_estimator": follows if controller is not None else None,
             "kl_coef": float(trainer.beta),
             "score": float(logs["reward"]), "score_std": float(logs.get("reward_std", float("nan"))),
             "entropy_per_token": float(logs.get("entropy", float("nan"))), "response_tokens_mean": length,
@@ -245,13 +317,18 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
             # this process's rollouts (all of them in a single-process run): score and prompt key each
             "rollout_scores": rollout_scores, "rollout_prompts": rollout_prompts,
         }
-        if controller is not None and math.isfinite(kl):  # every process moves beta the same way (kl is global)
-            trainer.beta = trainer.args.beta = controller.update(kl, plan["completions_per_step"])
+        if controller is not None and math.isfinite(followed):  # every process moves beta alike (the KL is global)
+            trainer.beta = trainer.args.beta = controller.update(followed, plan["completions_per_step"])
         record["kl_coef_next"] = float(trainer.beta)
         return record
 
     def after_step(record: dict):
-        print(f"step {record['step']}/{plan['steps']}: KL {record['kl_per_token']:.4f} nats/token ({estimator}; "
+        if overopt is not None and (record["step"] % cfg.probe_every == 0 or record["step"] == plan["steps"]):
+            overopt.run(record["step"], record["episode"])
+        exact_kl = record.get("kl_exact_per_token")
+        exact_text = f"exact KL {exact_kl:.4f}, " if exact_kl is not None else ""
+        print(f"step {record['step']}/{plan['steps']}: {exact_text}KL {record['kl_per_token']:.4f} nats/token "
+              f"({estimator}; "
               f"{record['kl_per_sequence']:.3f} nats/seq), score {record['score']:.3f}, beta {record['kl_coef']:.4f}, "
               f"{record['seconds_per_step']:.1f} s", flush=True)
         if on_step is not None:
@@ -262,6 +339,8 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
         trainer.add_callback(_clear_autocast_cache_callback())
     # Autocast (not TRL's bf16 flag) covers generation, the reference, scoring and the updates alike, as in PPO.
     with autocast(cfg.bf16) if amp_dtype is not None else contextlib.nullcontext():
+        if overopt is not None and resume_from is None:  # the start, before any update
+            overopt.run(0, 0)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
@@ -277,10 +356,14 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
         "lora_target_modules": sorted(peft_config.target_modules) if peft_config else None,
         "train_prompts": len(train_prompts), "heldout_prompts": len(heldout), "bf16": amp_dtype is not None,
         "kl_estimator": estimator, "loss_type": getattr(trainer.args, "loss_type", None),
+        "kl_controller_estimator": None if cfg.fixed_kl else cfg.kl_estimator,
+        "overopt_probes": len(read_overopt(work)),
         "seconds": timer.elapsed_s, "summary": summarize_metrics(metrics),
     }
 
     def extra(folder: Path):
+        if overopt_path.is_file():
+            (folder / OVEROPT_FILE).write_bytes(overopt_path.read_bytes())
         save_prompts(folder / HELDOUT_FILE, heldout)
         save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
 
@@ -304,7 +387,7 @@ def _card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict
     data_line = (f"`{cfg.dataset}` — **embedded stand-in prompts written for this project in oasst1 format, not "
                  f"OpenAssistant/oasst1**" if is_stand_in(cfg) else f"`{cfg.dataset}` (prompter messages only)")
     lo, hi = KL_BAND
-    kl_last = s.get("kl_per_token_last", nan)
+    kl_last, kl_name = band_kl(s) if s else (nan, KL_ESTIMATORS[method])
     run = policy_output_dir(method, cfg.mode).name
     results = run_summary_table({run: s}) if s else "no steps logged"  # as in report.md and the app
     how = (f"TRL 1.12's {'GRPOTrainer' if method == 'grpo' else 'RLOOTrainer'}: {cfg.num_generations} responses per "
@@ -325,10 +408,17 @@ def _card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict
                             f"(means over {s.get('window_label', 'no steps')}):\n\n{results}\n\nReward-model score "
                             f"gain, paired by prompt (last pass minus first pass, 95 % bootstrap interval): "
                             f"**{format_gain(s.get('paired_score_gain'))}**.\n\nMean per-token KL over the last steps "
-                            f"{kl_last:.4f} nats/token — {'inside' if s and lo <= kl_last <= hi else 'outside'} the "
-                            f"target band {lo}–{hi}; KL coefficient {'fixed' if cfg.fixed_kl else 'adaptive'}, final "
-                            f"{s.get('kl_coef_final', nan):.4f}.\n\nPer-step metrics: `{METRICS_FILE}` (KL per token "
-                            f"and per sequence in nats, estimator in `kl_estimator`)."),
+                            f"{kl_last:.4f} nats/token ({kl_name}; TRL's {KL_ESTIMATORS[method]} estimate "
+                            f"{s.get('kl_per_token_last', nan):.4f}) — "
+                            f"{'inside' if s and lo <= kl_last <= hi else 'outside'} the "
+                            f"target band {lo}–{hi}; KL coefficient "
+                            f"{'fixed' if cfg.fixed_kl else 'adaptive, following the ' + cfg.kl_estimator + ' KL'}, "
+                            f"final {s.get('kl_coef_final', nan):.4f}.\n\nPer-step metrics: `{METRICS_FILE}` (KL per "
+                            f"token and per sequence in nats: `kl_per_token` TRL's, estimator in `kl_estimator`; "
+                            f"`kl_exact_per_token` exact over the vocabulary)."
+                            + (f" Over-optimisation probe: `{OVEROPT_FILE}` (every {cfg.probe_every} steps, "
+                               f"{min(cfg.probe_prompts, info['heldout_prompts'])} held-out prompts: reward-model and "
+                               f"judge scores against exact KL)." if cfg.probe_every > 0 else "")),
         "Hyperparameters": markdown_table(["hyperparameter", "value"],
                                           [[k, v] for k, v in vars(cfg).items() if k != "push_to_hub"]),
         "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",

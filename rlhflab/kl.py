@@ -45,14 +45,63 @@ def kl_per_token(policy_logprobs: list[torch.Tensor], reference_logprobs: list[t
 
 
 def exact_kl_sum(policy_logits: torch.Tensor, reference_logits: torch.Tensor, mask: torch.Tensor,
-                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 temperature: float = 1.0, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ over the masked positions of KL(p ‖ q), number of positions), with p and q the two models' next-token
     distributions softmax(logits / temperature): KL = Σ_v p_v (log p_v − log q_v), computed in fp32 over the whole
-    vocabulary (exact, not a sampled estimate). Logits are (..., vocab), mask has their leading shape."""
+    vocabulary (exact, not a sampled estimate). Logits are (..., vocab), mask has their leading shape.
+
+    Tokens a distribution gives probability 0 (logit -inf, e.g. masked by a sampler) contribute 0, not NaN. Positions
+    are converted `chunk` at a time, so a long batch never holds more than a few (chunk, vocab) fp32 tensors."""
     m = mask.bool()  # select first: only the kept positions are converted to fp32 over the vocabulary
-    logp = torch.log_softmax(policy_logits[m].float() / temperature, dim=-1)
-    logq = torch.log_softmax(reference_logits[m].float() / temperature, dim=-1)
-    return (logp.exp() * (logp - logq)).sum(), m.sum()
+    p_sel, q_sel = policy_logits[m], reference_logits[m]
+    total = torch.zeros((), dtype=torch.float32, device=policy_logits.device)
+    for start in range(0, p_sel.shape[0], chunk):
+        logp = torch.log_softmax(p_sel[start:start + chunk].float() / temperature, dim=-1)
+        logq = torch.log_softmax(q_sel[start:start + chunk].float() / temperature, dim=-1)
+        terms = logp.exp() * (logp - logq)
+        total = total + torch.where(torch.isneginf(logp), 0.0, terms).sum()
+    return total, m.sum()
+
+
+def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens: torch.Tensor,
+            mask: torch.Tensor) -> torch.Tensor:
+    """fp64 tensor [Σ exact KL, Σ k1, Σ k3, positions] over the masked positions of a batch of sampled sequences.
+
+    Logits (batch, length, vocab) are already at the sampling temperature (divided by it); `tokens` (batch, length)
+    are the sampled tokens. With r = log q(token) − log p(token): k1 = −r (TRL's PPO and RLOO), k3 = e^r − 1 − r
+    (TRL's GRPO, Schulman's estimator); exact = Σ_v p log p/q. All three are per position, summed."""
+    m = mask.bool()
+    exact, n = exact_kl_sum(policy_logits, reference_logits, m)
+    if not int(n):
+        return torch.zeros(4, dtype=torch.float64)
+    tok = tokens[m].unsqueeze(-1)
+    logp = torch.log_softmax(policy_logits[m].float(), -1).gather(-1, tok).squeeze(-1)
+    logq = torch.log_softmax(reference_logits[m].float(), -1).gather(-1, tok).squeeze(-1)
+    r = (logq - logp).double()
+    return torch.stack([exact.double(), (-r).sum(), (r.exp() - 1 - r).sum(), n.double()]).cpu()
+
+
+class KLAccumulator:
+    """Sums of exact KL, k1 and k3 over the response tokens of one step's rollouts, as kl_sums returns them; `pop`
+    gives each per token (total ÷ total tokens, over every process) and starts the next step at zero."""
+
+    ESTIMATORS = ("exact", "k1", "k3")
+
+    def __init__(self):
+        self.sums = torch.zeros(4, dtype=torch.float64)
+
+    def add(self, sums: torch.Tensor) -> None:
+        self.sums += sums.to(self.sums)
+
+    def pop(self, accelerator=None) -> dict[str, float] | None:
+        """{"exact": …, "k1": …, "k3": …, "tokens": …} per token in nats, or None when nothing was captured."""
+        sums, self.sums = self.sums, torch.zeros(4, dtype=torch.float64)
+        if accelerator is not None and accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+        if sums[3] <= 0:
+            return None
+        per_token = (sums[:3] / sums[3]).tolist()
+        return {**dict(zip(self.ESTIMATORS, per_token)), "tokens": int(sums[3])}
 
 
 def _response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):

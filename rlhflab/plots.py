@@ -1,4 +1,5 @@
-"""Plotly figures shared by the evaluation report and the app (KL and reward curves, reward comparison)."""
+"""Plotly figures shared by the evaluation report and the app (KL and reward curves, over-optimisation, reward
+comparison)."""
 from __future__ import annotations
 
 from rlhflab.ppo_metrics import KL_BAND
@@ -72,6 +73,71 @@ def method_curves_figure(runs: dict[str, list[dict]]):
     fig.add_hrect(y0=lo, y1=hi, fillcolor="green", opacity=0.12, line_width=0, row=len(rows), col=1)
     fig.update_xaxes(title_text="optimizer step", row=len(rows), col=1)
     fig.update_layout(height=880, margin=dict(l=60, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.06))
+    return fig
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _errors(records: list[dict], mean_key: str, ci_key: str) -> dict | None:
+    """Asymmetric error bars from [low, high] intervals (None when any record lacks one)."""
+    hi, lo = [], []
+    for r in records:
+        ci = r.get(ci_key)
+        if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(v) for v in ci)):
+            return None
+        hi.append(ci[1] - r[mean_key])
+        lo.append(r[mean_key] - ci[0])
+    return dict(type="data", array=hi, arrayminus=lo, thickness=1)
+
+
+def overopt_usable(records: list[dict]) -> list[dict]:
+    """The held-out checks that can be drawn (exact KL and training-RM score present), in step order."""
+    good = [r for r in records if isinstance(r, dict) and _number(r.get("kl_exact_per_token"))
+            and _number(r.get("rm_score_mean"))]
+    return sorted(good, key=lambda r: r.get("step") if _number(r.get("step")) else 0)
+
+
+def overoptimisation_figure(runs: dict[str, list[dict]]):
+    """Over-optimisation: the training-RM score (solid) and the judge's score (dashed) on a fixed held-out prompt
+    set against the exact KL per token to the reference, for each RL run (overopt.jsonl records), with 95 %
+    intervals as error bars. Where the training RM keeps rising while the judge turns down, the policy is hacking
+    the reward model. The two models' scores are each on their own scale: read the shapes, not the gap."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, records in runs.items():
+        records = overopt_usable(records)
+        if not records:
+            continue
+        colour = run_colour(name.split(" ")[0])
+        xs = [r["kl_exact_per_token"] for r in records]
+        steps = [r.get("step") for r in records]
+        x_err = _errors(records, "kl_exact_per_token", "kl_exact_ci")
+        fig.add_trace(go.Scatter(x=xs, y=[r["rm_score_mean"] for r in records], mode="lines+markers",
+                                 name=f"{name} training RM", line=dict(color=colour),
+                                 error_y=_errors(records, "rm_score_mean", "rm_score_ci"), error_x=x_err,
+                                 customdata=steps, hovertemplate="step %{customdata}<br>KL %{x:.4f} nats/token"
+                                                                 "<br>training RM %{y:.3f}<extra></extra>"))
+        judged = [r for r in records if _number(r.get("judge_score_mean"))]
+        if judged:
+            fig.add_trace(go.Scatter(x=[r["kl_exact_per_token"] for r in judged],
+                                     y=[r["judge_score_mean"] for r in judged], mode="lines+markers",
+                                     name=f"{name} judge", line=dict(color=colour, dash="dash"),
+                                     marker=dict(symbol="diamond"),
+                                     error_y=_errors(judged, "judge_score_mean", "judge_score_ci"),
+                                     customdata=[r.get("step") for r in judged],
+                                     hovertemplate="step %{customdata}<br>KL %{x:.4f} nats/token"
+                                                   "<br>judge %{y:.3f}<extra></extra>"))
+    lo, hi = KL_BAND
+    fig.add_vrect(x0=lo, x1=hi, fillcolor="green", opacity=0.10, line_width=0,
+                  annotation_text=f"target band {lo}–{hi} nats/token", annotation_position="top left")
+    fig.update_layout(title="Over-optimisation: held-out score against exact KL to the reference "
+                            "(training RM solid, judge dashed; 95 % intervals)",
+                      xaxis_title="exact KL to the reference (nats / token)",
+                      yaxis_title="mean score on held-out prompts (logit; each model its own scale)",
+                      height=480, margin=dict(l=60, r=20, t=60, b=40), legend=dict(orientation="h", y=-0.18))
     return fig
 
 

@@ -18,6 +18,7 @@ import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
+from rlhflab.generation import decode_engine
 from rlhflab.models import EMBEDDED_MODELS, attach_adapter, best_device, is_adapter_checkpoint, load_causal_lm
 from rlhflab.policy_training import POLICY_METHODS, read_policy_metadata
 
@@ -137,6 +138,7 @@ class PolicySet:
         if self._base is None:
             model, tok = load_causal_lm(self.base_model, self.dtype)
             self._base = (model.to(best_device()).eval(), tok)
+            decode_engine(self._base[0])  # pack the decode weights at load, not in the first chat request
         return self._base
 
     def _attach(self, name: str):
@@ -172,6 +174,7 @@ class PolicySet:
             if hasattr(model, "merge_and_unload"):  # an adapter on another base: one plain model
                 model = model.merge_and_unload()
             self._own[name] = (model.to(best_device()).eval(), tok)
+            decode_engine(self._own[name][0])
             self._locks[name] = threading.Lock()
         return self._own[name]
 

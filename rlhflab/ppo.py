@@ -1,8 +1,10 @@
 """PPO training: the one module that touches TRL's PPOTrainer (trl==1.12.0, `trl.experimental.ppo`).
 
 Around TRL it adds: the batch arithmetic of the spec, the adaptive KL controller (Ziegler et
-al. 2019) as a callback, per-token KL and entropy (TRL logs them summed per sequence), a
-metrics log with units, resumable work state, and the checkpoint folder with its card.
+al. 2019) as a callback, per-token KL and entropy (TRL logs them summed per sequence), the exact
+per-token KL over the vocabulary from the logits TRL computes (the one the controller follows by
+default), the over-optimisation probe (rlhflab.overopt), a metrics log with units, resumable work
+state, and the checkpoint folder with its card.
 """
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
 from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, follow_thread_share, format_prompt,
                             freeze_lower_layers, load_causal_lm, load_reward_model, lora_target_modules, model_path)
+from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, read_overopt
+from rlhflab.overopt import keep_up_to as keep_probes_up_to
 from rlhflab.policy_training import POLICY_INFO_FILE, load_start_policy, policy_metadata
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
 PPO_INFO_FILE = "ppo_info.json"
-from rlhflab.ppo_metrics import KL_BAND, format_gain, run_summary_table, summarize_metrics  # noqa: F401
+from rlhflab.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics  # noqa: F401
 
 
 # ---------------------------------------------------------------- KL controller
@@ -195,9 +199,77 @@ def _consistent_logprobs(trainer_module, temperature: float):
         trainer_module.batch_generation, trainer_module.forward = original_generation, original_forward
 
 
+class _ExactKLCapture:
+    """Exact per-token KL(policy ‖ reference) of each rollout batch, from the logits TRL computes anyway.
+
+    TRL's rollout log-probs come from the logits `batch_generation` returns (already divided by the temperature:
+    generate()'s scores in fp32, the full forward pass of _consistent_logprobs under bf16), its reference log-probs
+    from the `forward` of the reference that follows, one chunk of rollouts at a time. Both module-level functions
+    are wrapped: the rollout logits are kept until each chunk's reference forward, where the exact KL, k1 and k3
+    sums over the chunk's response positions are taken (the positions TRL's KL penalty covers: up to and including
+    the stop token, padding excluded) under softmax(logits / (temperature + 1e-7)), TRL's arithmetic. No forward
+    pass is added. Each process sums its own rollouts; the step's record reduces them over processes.
+    """
+
+    def __init__(self, temperature: float, stop_token_id: int | None):
+        from rlhflab.kl import KLAccumulator
+
+        self.temperature, self.stop_token_id = temperature, stop_token_id
+        self.pending = None  # (query_responses, rollout logits, context length) of the batch being processed
+        self.offset = 0
+        self.sums = KLAccumulator()
+
+    def response_mask(self, trainer_module, responses: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+        """TRL's: the response truncated after the stop token, kept up to (excluding) its first pad."""
+        processed = responses
+        if self.stop_token_id is not None:
+            processed = trainer_module.truncate_response(self.stop_token_id, pad_token_id, responses)
+        lengths = trainer_module.first_true_indices(processed == pad_token_id) - 1
+        idx = torch.arange(responses.shape[1], device=responses.device).unsqueeze(0)
+        return idx <= lengths.unsqueeze(1)
+
+    @contextlib.contextmanager
+    def installed(self, trainer_module):
+        from rlhflab.kl import kl_sums
+
+        original_generation, original_forward = trainer_module.batch_generation, trainer_module.forward
+
+        def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
+            query_responses, logits = original_generation(model, queries, local_rollout_forward_batch_size,
+                                                          pad_token_id, generation_config)
+            self.pending, self.offset = (query_responses, logits, queries.shape[1]), 0
+            return query_responses, logits
+
+        def forward(model, query_responses, pad_token_id):
+            out = original_forward(model, query_responses, pad_token_id)
+            if isinstance(out, tuple) or self.pending is None:  # a training pass (policy + value), not the reference
+                return out
+            batch, rollout_logits, context = self.pending
+            n = query_responses.shape[0]
+            if self.offset + n > batch.shape[0] or not torch.equal(query_responses,
+                                                                   batch[self.offset:self.offset + n]):
+                self.pending = None  # not the chunk we hold: measure nothing rather than pair the wrong logits
+                return out
+            with torch.no_grad():
+                ref = out.logits[:, context - 1:-1].float() / (self.temperature + 1e-7)
+                responses = query_responses[:, context:]
+                mask = self.response_mask(trainer_module, responses, pad_token_id)
+                self.sums.add(kl_sums(rollout_logits[self.offset:self.offset + n].float(), ref, responses, mask))
+            self.offset += n
+            if self.offset >= batch.shape[0]:
+                self.pending = None
+            return out
+
+        trainer_module.batch_generation, trainer_module.forward = batch_generation, forward
+        try:
+            yield self
+        finally:
+            trainer_module.batch_generation, trainer_module.forward = original_generation, original_forward
+
+
 def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveKLController | None,
                       step_offset: int, episode_offset: int, on_step=None, accelerator=None,
-                      steps_per_pass: int = 0):
+                      steps_per_pass: int = 0, exact: _ExactKLCapture | None = None, kl_estimator: str = "k1"):
     from transformers import TrainerCallback
 
     class PPOMetricsLog(TrainerCallback):
@@ -214,6 +286,7 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
             length = max(probe.pop_mean(accelerator), 1.0)
             rollout_scores, rollout_prompts = probe.pop_rollouts()
             kl_seq = float(logs["objective/kl"])
+            kls = exact.sums.pop(accelerator) if exact is not None else None
             step = state.global_step + step_offset
             record = {
                 "step": step,
@@ -222,6 +295,10 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
                 "kl_per_token": kl_seq / length,
                 "kl_estimator": "k1",  # TRL's: log pi - log pi_ref of the sampled tokens, summed per sequence
                 "kl_per_sequence": kl_seq,
+                # the exact KL over the vocabulary and k3, per token over the same response positions (null if the
+                # rollout logits could not be captured)
+                "kl_exact_per_token": kls["exact"] if kls else None,
+                "kl_k3_per_token": kls["k3"] if kls else None,
                 "kl_coef": float(args.kl_coef),
                 "score": float(logs["objective/scores"]),
                 "rlhf_reward": float(logs["objective/rlhf_reward"]),
@@ -236,9 +313,13 @@ def _metrics_callback(log_path: Path, probe: _RewardProbe, controller: AdaptiveK
                 # this process's rollouts (all of them in a single-process run): score and prompt key each
                 "rollout_scores": rollout_scores, "rollout_prompts": rollout_prompts,
             }
+            follows = kl_estimator if kls else "k1"  # TRL's k1 when nothing was captured
             if controller is not None:
-                args.kl_coef = controller.update(record["kl_per_token"], args.batch_size)
+                kl = {"exact": record["kl_exact_per_token"], "k3": record["kl_k3_per_token"]}.get(
+                    follows, record["kl_per_token"])
+                args.kl_coef = controller.update(kl, args.batch_size)
                 record["kl_coef_next"] = args.kl_coef
+            record["kl_controller_estimator"] = follows if controller is not None else None  # None: beta fixed
             if not state.is_world_process_zero:  # every process moves beta; one writes
                 return
             append_jsonl(log_path, record)
@@ -253,7 +334,8 @@ def prepare_prompts(cfg: PPOConfig, tokenizer, prompts: list[str] | None = None
                     ) -> tuple[list[str], list[str], list[list[int]]]:
     """(train prompts, held-out prompts, tokenized train queries); over-long prompts are dropped."""
     prompts = load_prompts(cfg.dataset, cfg.lang) if prompts is None else prompts
-    train, heldout = split_prompts(prompts, cfg.num_prompts, cfg.num_heldout, cfg.seed)
+    train, heldout = split_prompts(prompts, cfg.num_prompts, cfg.num_heldout,
+                                   cfg.seed if cfg.data_seed is None else cfg.data_seed)
     kept, queries = [], []
     for p in train:
         ids = tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
@@ -391,7 +473,14 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     if state and os.environ.get("RANK", "0") == "0":  # steps logged after the last save run again: log each once
         kept = [r for r in read_jsonl(log_path) if r["step"] <= done_steps]
         log_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    overopt_path = work / OVEROPT_FILE
+    if state and os.environ.get("RANK", "0") == "0":
+        keep_probes_up_to(overopt_path, done_steps)
     controller = None if cfg.fixed_kl else AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
+    exact = _ExactKLCapture(cfg.temperature, trainer.stop_token_id)
+    overopt = None
+    if cfg.probe_every > 0 and heldout and trainer.accelerator.is_main_process:
+        overopt = _ppo_probe(cfg, trainer, policy_model, tokenizer, reward_tok, heldout, overopt_path)
     # Close unfinished rollouts with EOS exactly when the reward model's inputs end with it (chat models).
     probe = _RewardProbe(tokenizer.eos_token_id if getattr(tokenizer, "chat_template", None) else None)
 
@@ -407,9 +496,13 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     save_every = max(1, plan["steps"] // 5)
 
     def after_step(record):
-        print(f"step {record['step']}/{plan['steps']}: KL {record['kl_per_token']:.4f} nats/token "
+        exact_kl = record.get("kl_exact_per_token")
+        exact_text = f"exact KL {exact_kl:.4f}, " if exact_kl is not None else ""
+        print(f"step {record['step']}/{plan['steps']}: {exact_text}k1 KL {record['kl_per_token']:.4f} nats/token "
               f"({record['kl_per_sequence']:.3f} nats/seq), score {record['score']:.3f}, "
               f"beta {record['kl_coef']:.4f}, {record['seconds_per_step']:.1f} s", flush=True)
+        if overopt is not None and (record["step"] % cfg.probe_every == 0 or record["step"] == plan["steps"]):
+            overopt.run(record["step"], record["episode"])
         if record["step"] % save_every == 0 or record["step"] == plan["steps"]:
             save_work(record)
         if on_step is not None:
@@ -430,13 +523,17 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         trainer.optimizer.step = step_then_clear_cast_cache
     trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
                                            state["episode"] if state else 0, after_step, trainer.accelerator,
-                                           steps_per_pass=len(train_prompts) // (cfg.batch_size)))
+                                           steps_per_pass=len(train_prompts) // (cfg.batch_size), exact=exact,
+                                           kl_estimator=cfg.kl_estimator))
     if remaining:
         # TRL 1.12's PPOTrainer builds its Accelerator without a mixed-precision setting, so its
         # `bf16=True` changes nothing; autocast here covers rollouts, scoring and the PPO updates.
         # Under fp32, generate()'s logits match a forward pass to ~1e-5 and TRL's arithmetic is fp32 already.
         consistent = _consistent_logprobs(trainer_module, cfg.temperature) if bf16 else contextlib.nullcontext()
-        with probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), consistent:
+        with (probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), consistent,
+              exact.installed(trainer_module)):
+            if overopt is not None and done_steps == 0:  # the start, before any update
+                overopt.run(0, 0)
             trainer.train()
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
@@ -457,6 +554,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         "train_prompts": len(train_prompts), "heldout_prompts": len(heldout), "bf16": bf16,
         "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
         "value_head": cfg.value_head, "gae_lambda": trainer.args.lam,
+        "kl_controller_estimator": None if cfg.fixed_kl else cfg.kl_estimator,
+        "overopt_probes": len(read_overopt(work)),
         "seconds": timer.elapsed_s, "summary": summarize_metrics(metrics),
     }
 
@@ -468,6 +567,8 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
             adapter_cfg["base_model_name_or_path"] = start
             adapter_cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
         shutil.copy(log_path, folder / METRICS_FILE)
+        if overopt_path.is_file():
+            shutil.copy(overopt_path, folder / OVEROPT_FILE)
         save_prompts(folder / HELDOUT_FILE, heldout)
         save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
         write_json(folder / PPO_INFO_FILE, info)
@@ -480,6 +581,20 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     report_push(out, cfg.push_to_hub)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def _ppo_probe(cfg: PPOConfig, trainer, policy_model, tokenizer, reward_tokenizer, heldout: list[str],
+               log_path: Path) -> OverOptProbe:
+    """The over-optimisation probe of a PPO run (main process only): the policy as it trains, and the reference TRL
+    measures KL from (full: its frozen copy; LoRA: the policy with its adapters disabled)."""
+    policy = trainer.accelerator.unwrap_model(policy_model)
+    reference = adapters_disabled(policy) if trainer.ref_model is None else holder(
+        trainer.accelerator.unwrap_model(trainer.ref_model))
+    return OverOptProbe(heldout[:cfg.probe_prompts], tokenizer, trainer.reward_model, reward_tokenizer, log_path,
+                        temperature=cfg.temperature, max_new_tokens=cfg.max_response_length,
+                        reward_model_name=cfg.reward_model, judge_model=cfg.judge_model,
+                        max_prompt_tokens=cfg.max_prompt_length, batch_size=16, device=trainer.accelerator.device,
+                        use_policy=holder(policy), use_reference=reference)
 
 
 def _frozen_block_linears_to(model, dtype: torch.dtype) -> int:
@@ -517,7 +632,8 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
                 "datasets": [cfg.dataset], "pipeline_tag": "text-generation",
                 "rlhflab": policy_metadata("ppo", cfg.mode, cfg.base_model, start)}
     lo, hi = KL_BAND
-    in_band = s and lo <= s["kl_per_token_last"] <= hi
+    kl_last, kl_name = band_kl(s) if s else (float("nan"), "k1")
+    in_band = s and lo <= kl_last <= hi
     results = run_summary_table({f"ppo-{cfg.mode}": s}) if s else "no steps logged"  # as in report.md and the app
     lora = (f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
             f"{info['lora_target_modules']}; this folder holds only the adapter — load it onto `{start}`."
@@ -534,10 +650,16 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
                             f"{s.get('window_label', 'no steps')}):\n\n{results}\n\nReward-model score gain, paired by "
                             f"prompt (last pass minus first pass, 95 % bootstrap interval): "
                             f"**{format_gain(s.get('paired_score_gain'))}**.\n\nMean per-token KL over the last steps "
-                            f"{s.get('kl_per_token_last', float('nan')):.4f} nats/token — "
+                            f"{kl_last:.4f} nats/token ({kl_name}{' over the vocabulary' if kl_name == 'exact' else ''}"
+                            f"; TRL's k1 estimate {s.get('kl_per_token_last', float('nan')):.4f}) — "
                             f"{'inside' if in_band else 'outside'} the target band {lo}–{hi}; KL coefficient "
-                            f"{'adaptive' if not cfg.fixed_kl else 'fixed'}, final {s.get('kl_coef_final', float('nan')):.4f}."
-                            f"\n\nPer-step metrics: `{METRICS_FILE}` (KL per token and per sequence, in nats)."),
+                            f"{'adaptive, following the ' + cfg.kl_estimator + ' KL' if not cfg.fixed_kl else 'fixed'}"
+                            f", final {s.get('kl_coef_final', float('nan')):.4f}."
+                            f"\n\nPer-step metrics: `{METRICS_FILE}` (KL per token: `kl_exact_per_token` exact, "
+                            f"`kl_per_token` k1, `kl_k3_per_token` k3; per sequence, in nats)."
+                            + (f" Over-optimisation probe: `{OVEROPT_FILE}` (every {cfg.probe_every} steps, "
+                               f"{min(cfg.probe_prompts, info['heldout_prompts'])} held-out prompts: reward-model "
+                               f"and judge scores against exact KL)." if cfg.probe_every > 0 else "")),
         "Hyperparameters": markdown_table(["hyperparameter", "value"],
                                           [[k, v] for k, v in asdict(cfg).items() if k != "push_to_hub"]),
         "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",

@@ -32,6 +32,10 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
         m = mean(rows, key)
         return (sum((r[key] - m) ** 2 for r in rows) / (len(rows) - 1) / len(rows)) ** 0.5
 
+    def exact_mean(rows):  # logs written before the exact KL was logged have none: None, not a wrong number
+        values = [r.get("kl_exact_per_token") for r in rows]
+        return sum(values) / len(values) if values and all(v is not None for v in values) else None
+
     gain = paired_pass_gain(metrics) if windows == "passes" else None
     return {"steps_logged": len(metrics), "window_steps": k, "windows": windows, "paired_score_gain": gain,
             "window_label": (f"first vs last pass over the same prompts ({k} steps each)" if windows == "passes"
@@ -39,7 +43,18 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
             "score_first_se": se(first, "score"), "score_last_se": se(last, "score"),
             "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
-            "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"]}
+            "kl_per_token_final": metrics[-1]["kl_per_token"], "kl_coef_final": metrics[-1]["kl_coef"],
+            # what kl_per_token is (TRL's estimate: k1 for PPO and RLOO, k3 for GRPO) and the exact KL beside it
+            "kl_estimator": metrics[-1].get("kl_estimator", "k1"),
+            "kl_exact_per_token_first": exact_mean(first), "kl_exact_per_token_last": exact_mean(last),
+            "kl_controller_estimator": metrics[-1].get("kl_controller_estimator")}
+
+
+def band_kl(summary: dict) -> tuple[float, str]:
+    """(KL per token of the last window, its name): the exact KL where the log has it, else TRL's estimate."""
+    if summary.get("kl_exact_per_token_last") is not None:
+        return summary["kl_exact_per_token_last"], "exact"
+    return summary.get("kl_per_token_last", float("nan")), summary.get("kl_estimator", "k1")
 
 
 def paired_pass_gain(metrics: list[dict], samples: int = 2000) -> dict | None:
@@ -78,9 +93,10 @@ def format_gain(gain: dict | None) -> str:
 
 
 def run_summary_table(summaries: dict[str, dict]) -> str:
-    """The one table of RL runs (PPO, GRPO): KL first → last window and whether the last is in the band, score
-    first → last (± standard error over steps), the score gain paired by prompt, the final β. The model cards,
-    report.md and the app's curves tab all show it."""
+    """The one table of RL runs (PPO, GRPO): the exact KL (Σ_v p log p/q at each response position) and TRL's
+    sampled estimate (k1 or k3, named), first → last window, and whether the last window is in the band (judged on
+    the exact KL where logged); score first → last (± standard error over steps), the score gain paired by prompt,
+    the final β. The model cards, report.md and the app's curves tab all show it."""
     from rlhflab.checkpoints import markdown_table
 
     lo, hi = KL_BAND
@@ -88,14 +104,20 @@ def run_summary_table(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         if not s:
             continue
-        rows.append([name, s["steps_logged"],
-                     f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f}",
-                     "yes" if lo <= s["kl_per_token_last"] <= hi else "no",
+        exact_first, exact_last = s.get("kl_exact_per_token_first"), s.get("kl_exact_per_token_last")
+        exact = (f"{exact_first:.4f} → {exact_last:.4f}" if exact_first is not None and exact_last is not None
+                 else "not logged")
+        band, band_name = band_kl(s)
+        rows.append([name, s["steps_logged"], exact,
+                     f"{s['kl_per_token_first']:.4f} → {s['kl_per_token_last']:.4f} ({s.get('kl_estimator', 'k1')})",
+                     f"{'yes' if lo <= band <= hi else 'no'} ({band_name})",
                      f"{s['score_first']:.3f} ± {s.get('score_first_se', float('nan')):.3f} → "
                      f"{s['score_last']:.3f} ± {s.get('score_last_se', float('nan')):.3f}",
                      s.get("window_label", ""), format_gain(s.get("paired_score_gain")), f"{s['kl_coef_final']:.4f}"])
     if not rows:
         return "No RL training logs."
-    return markdown_table(["run", "steps logged", "KL nats/token, first → last window", f"last window in {lo}–{hi}?",
+    return markdown_table(["run", "steps logged", "exact KL nats/token, first → last window",
+                           "TRL's sampled KL estimate nats/token, first → last window",
+                           f"last window in {lo}–{hi}?",
                            "reward-model score, first → last (± SE over steps)", "windows",
                            "score gain, paired by prompt (95 % CI)", "final β"], rows)

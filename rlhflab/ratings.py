@@ -161,6 +161,28 @@ def _checked_scores(scores: dict) -> list[int]:
     return values
 
 
+def preference_pairs(ratings: list[dict]) -> tuple[list[dict], int]:
+    """The rated comparisons behind the ratings (RatingsStore.ratings() rows): every two different responses one
+    rater scored for the same prompt, the one with the higher mean over the five criteria preferred (a rater's
+    repeated ratings of a response averaged). ([{"rater", "prompt", "preferred", "other"}], pairs the rater tied)."""
+    by_task: dict[tuple, dict[str, list[float]]] = {}
+    for r in ratings:
+        scores = by_task.setdefault((r["rater"], r["prompt"]), {})
+        scores.setdefault(r["response"], []).append(sum(r[c] for c in CRITERIA) / len(CRITERIA))
+    pairs, ties = [], 0
+    for (rater, prompt), scores in by_task.items():
+        means = sorted((sum(v) / len(v), response) for response, v in scores.items())
+        for i in range(len(means)):
+            for j in range(i + 1, len(means)):
+                (low, low_response), (high, high_response) = means[i], means[j]
+                if high == low:
+                    ties += 1
+                else:
+                    pairs.append({"rater": rater, "prompt": prompt, "preferred": high_response,
+                                  "other": low_response})
+    return pairs, ties
+
+
 def aggregate_markdown(rows: list[dict]) -> str:
     from rlhflab.checkpoints import markdown_table
 

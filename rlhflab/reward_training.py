@@ -1,6 +1,7 @@
 """Reward-model training on preference pairs with transformers' Trainer, and the reward model's evaluation."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import asdict
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rlhflab import stats
-from rlhflab.checkpoints import (Timer, command_line, hardware_description, markdown_table, report_push, save_atomically,
-                                 write_json, write_model_card)
-from rlhflab.config import RewardConfig, RewardEvalConfig, profile_defaults
-from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
+from rlhflab.checkpoints import (Timer, command_line, hardware_description, markdown_table, report_push,
+                                 resolve_checkpoint, save_atomically, write_json, write_model_card)
+from rlhflab.config import CHECKPOINTS_DIR, RewardConfig, RewardEvalConfig, profile_defaults
+from rlhflab.data._io import is_local
+from rlhflab.data.hh_rlhf import SPLIT_FILE, PreferencePair, pairs_by_id, preference_split
+from rlhflab.errors import UserError
 from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers,
                             load_reward_model, load_tokenizer, model_path)
 from rlhflab.scoring import encode_for_reward, left_pad, reward_forward, score_responses
@@ -206,6 +209,7 @@ def evaluate_reward_model(model, tokenizer, pairs: list[PreferencePair], max_len
         "longer_wins_accuracy": list(longer_wins),
         "longer_wins_ties": longer["ties"],  # pairs of equal length (each counted half)
         "reward_ties": int((r_c == r_r).sum()),  # counted wrong in the accuracy, as the spec says
+        "correct": correct.astype(int).tolist(),  # per pair, in order: what a paired comparison of two models needs
         "accuracy_by_length": split,
         "reward_length_pearson_r": stats.pearson(np.concatenate([r_c, r_r]), np.concatenate([len_c, len_r])),
         "margin_mean": float((r_c - r_r).mean()),
@@ -232,34 +236,154 @@ def reward_eval_markdown(ev: dict) -> str:
     return markdown_table(["metric (95 % Wilson interval)", "value", "n"], rows)
 
 
+def _training_value(folder: Path, key: str, default):
+    """A setting of the run that made a checkpoint (its training_config.json), else `default`."""
+    path = folder / "training_config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8")).get(key, default)
+    return default
+
+
+def _read_split(folder: Path) -> dict | None:
+    path = folder / SPLIT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _test_pairs(cfg: RewardEvalConfig, folder: Path) -> tuple[list[PreferencePair], str, dict | None]:
+    """The reward model's own test pairs (its split.json), or for a checkpoint without one the test part of
+    --dataset (which does not depend on the seed); (pairs, dataset, split record)."""
+    record = _read_split(folder)
+    if record is None:
+        if not cfg.dataset:
+            raise UserError(f"{cfg.reward_model} has no {SPLIT_FILE} naming its test pairs (it predates the saved "
+                            f"split, or is not from training/reward.py); pass --dataset to evaluate it on that "
+                            f"dataset's test part, or retrain it.")
+        size = cfg.test_size or profile_defaults(RewardConfig, cfg.profile)["test_size"]
+        split = preference_split(cfg.dataset, 0, dev_size=1, test_size=size)
+        return split.test.pairs, cfg.dataset, None
+    dataset = cfg.dataset or record["dataset"]
+    if is_local(dataset) and not Path(dataset).exists():
+        raise UserError(f"{folder / SPLIT_FILE} names the dataset {dataset}, which is not on this machine; pass "
+                        f"--dataset with the path of a copy.")
+    return pairs_by_id(dataset, record["ids"]["test"]), dataset, record
+
+
+def _default_output(reward_model: str) -> Path:
+    folder = Path(reward_model)
+    if folder.is_dir():
+        return folder / EVAL_FILE
+    return CHECKPOINTS_DIR / "eval" / f"reward_eval_{reward_model.replace('/', '--')}.json"
+
+
+def independence(reward_split: dict | None, judge_split: dict | None) -> dict | None:
+    """How many pairs the two models share: of training (train + dev), and of the judge's training with the test
+    pairs; both 0 for a reward model and judge from the same data (disjoint sides, one test part)."""
+    if reward_split is None or judge_split is None:
+        return None
+    seen = lambda r: set(r["ids"]["train"]) | set(r["ids"]["dev"])  # noqa: E731
+    return {"shared_training_pairs": len(seen(reward_split) & seen(judge_split)),
+            "judge_training_pairs_in_test": len(seen(judge_split) & set(reward_split["ids"]["test"])),
+            "same_dataset": reward_split["dataset"] == judge_split["dataset"]}
+
+
+def compare_on_same_pairs(evals: dict[str, dict], bootstrap_samples: int = 2000) -> dict:
+    """Accuracy of several reward models on the same pairs, and each one's paired difference to the first
+    (per-pair correctness resampled jointly: the interval of a difference, not of two separate accuracies)."""
+    names = list(evals)
+    first = np.asarray(evals[names[0]]["correct"])
+    out = {"n_pairs": len(first), "models": {n: {"accuracy": evals[n]["accuracy"]} for n in names}, "differences": {}}
+    for name in names[1:]:
+        other = np.asarray(evals[name]["correct"])
+        if other.shape != first.shape:
+            raise ValueError("models compared on the same pairs must have been evaluated on the same pairs")
+        out["differences"][f"{name} - {names[0]}"] = {
+            "accuracy_difference": list(stats.paired_bootstrap_diff(other, first, samples=bootstrap_samples)),
+            "only_this_right": int(((other == 1) & (first == 0)).sum()),
+            "only_first_right": int(((other == 0) & (first == 1)).sum())}
+    return out
+
+
+def comparison_markdown(comparison: dict, paths: dict[str, str]) -> str:
+    n = comparison["n_pairs"]
+    rows = [[name, f"`{paths[name]}`", stats.format_interval(*m["accuracy"], 1, pct=True), n]
+            for name, m in comparison["models"].items()]
+    for label, d in comparison["differences"].items():
+        rows.append([f"difference {label}", "paired bootstrap over the same pairs",
+                     stats.format_interval(*d["accuracy_difference"], 1, pct=True, signed=True).replace("%", "pp"),
+                     f"{n} ({d['only_this_right']} only {label.split(' - ')[0]} right, "
+                     f"{d['only_first_right']} only {label.split(' - ')[1]} right)"])
+    return markdown_table(["model", "checkpoint", "test accuracy (95 % interval; ties wrong)", "pairs"], rows)
+
+
 def evaluate_reward_checkpoint(cfg: RewardEvalConfig) -> Path:
-    """Evaluate a saved reward model on the held-out pairs its training profile kept out; prints the table and
-    writes the results JSON (default: reward_eval.json in the checkpoint folder); returns its path."""
-    training = profile_defaults(RewardConfig, cfg.profile)
-    _, val = train_val_pairs(cfg.dataset or training["dataset"], training["train_size"],
-                             cfg.val_size or training["val_size"], cfg.seed)
+    """Evaluate a saved reward model on exactly the test pairs of its split.json (and, with `judge_model`, a second
+    reward model on the same pairs, side by side); prints the tables, writes the results JSON (default:
+    reward_eval.json in the checkpoint folder, the training run's other entries kept); returns its path."""
+    folder = resolve_checkpoint(cfg.reward_model)
+    test, dataset, record = _test_pairs(cfg, folder)
+    default_length = profile_defaults(RewardConfig, cfg.profile)["max_length"]
     model, tok = load_reward_model(cfg.reward_model)
-    ev = evaluate_reward_model(model, tok, val.pairs, training["max_length"])
+    # under the training run's precision (its bf16 autocast), so the figures repeat the ones in its card
+    with autocast(_training_value(folder, "bf16", False)):
+        ev = evaluate_reward_model(model, tok, test, _training_value(folder, "max_length", default_length))
+    ev.update(part="test", dataset=dataset)
+    print(f"{len(test)} test pairs of {dataset}" + (f" (from {folder / SPLIT_FILE})" if record else ""))
     print(reward_eval_markdown(ev))
-    out = Path(cfg.output) if cfg.output else Path(cfg.reward_model) / EVAL_FILE
-    write_json(out, ev)
+    if cfg.judge_model:
+        del model
+        judge_folder = resolve_checkpoint(cfg.judge_model)
+        judge, judge_tok = load_reward_model(cfg.judge_model)
+        with autocast(_training_value(judge_folder, "bf16", False)):
+            ev_judge = evaluate_reward_model(judge, judge_tok, test,
+                                             _training_value(judge_folder, "max_length", default_length))
+        comparison = compare_on_same_pairs({"reward model": ev, "judge": ev_judge})
+        comparison["judge_eval"] = ev_judge
+        comparison["judge_model"] = cfg.judge_model
+        comparison["independence"] = independence(record, _read_split(judge_folder))
+        print("\nthe same test pairs, both models:")
+        print(comparison_markdown(comparison, {"reward model": cfg.reward_model, "judge": cfg.judge_model}))
+        ind = comparison["independence"]
+        if ind and (ind["shared_training_pairs"] or ind["judge_training_pairs_in_test"]):
+            print(f"warning: not independent: {ind['shared_training_pairs']} pairs are in both models' train + dev "
+                  f"parts and the judge trained on {ind['judge_training_pairs_in_test']} of the test pairs (another "
+                  f"dataset, --judge-share or --test-size?).")
+        ev["same_pairs_comparison"] = comparison
+    out = Path(cfg.output) if cfg.output else _default_output(cfg.reward_model)
+    previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {**previous, **ev})  # the training run's dev results and history stay beside the new test results
     print(f"written {out}")
     return out
 
 
+def split_for(cfg: RewardConfig):
+    """The preference split a reward-model run of this config trains, picks its epoch and reports on."""
+    sizes = {"train_size" if cfg.role == "reward" else "judge_train_size": cfg.train_size}
+    return preference_split(cfg.dataset, cfg.seed, dev_size=cfg.dev_size, test_size=cfg.test_size,
+                            judge_share=cfg.judge_share, **sizes)
+
+
 def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = None) -> Path:
-    """Train, keep the best-validation model, evaluate it, write the checkpoint folder; returns its path."""
+    """Train on the role's train part, keep the epoch with the best dev loss, evaluate it on the shared test part,
+    write the checkpoint folder (with split.json); returns its path."""
     from transformers import TrainingArguments
 
     timer = Timer()
     torch.manual_seed(cfg.seed)
-    train_set, val_set = train_val_pairs(cfg.dataset, cfg.train_size, cfg.val_size, cfg.seed)
-    print(f"preference pairs: {len(train_set.pairs)} train, {len(val_set.pairs)} validation; "
-          f"skipped rows: {train_set.num_skipped} ({dict(train_set.skipped)})", flush=True)
+    split = split_for(cfg)
+    train_set, dev_set = split.role_parts(cfg.role)
+    test_pairs = split.test.pairs
+    side = "policy" if cfg.role == "reward" else "judge"
+    print(f"{cfg.role} model, {side} side of the preference pairs: {len(train_set.pairs)} train, "
+          f"{len(dev_set.pairs)} dev (picks the epoch); {len(test_pairs)} test (shared, reported); skipped rows: "
+          f"{sum(split.skipped.values())} ({dict(split.skipped)})", flush=True)
+    if len(train_set.pairs) < 2:
+        raise UserError(f"dataset {cfg.dataset} leaves {len(train_set.pairs)} training pairs on the {side} side; "
+                        f"use a larger file or change --judge-share ({cfg.judge_share}).")
     model, tokenizer = build_reward_model(cfg.base_model, cfg.freeze_layers)
     trainable, total = count_parameters(model)
     train_ds = PairDataset(train_set.pairs, tokenizer, cfg.max_length)
-    val_ds = PairDataset(val_set.pairs, tokenizer, cfg.max_length)
+    dev_ds = PairDataset(dev_set.pairs, tokenizer, cfg.max_length)
     collator = PairCollator(tokenizer.pad_token_id)
     prefix = FrozenPrefix(model, cfg.freeze_layers) if FrozenPrefix.applies(model, cfg.freeze_layers) else None
     if prefix is not None:
@@ -268,7 +392,7 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
         # blocks it holds, so the lower ones must be there already for the evaluation after restore().
         model.to(best_device())
         with autocast(cfg.bf16):
-            train_ds, val_ds = (CachedPairDataset(ds, prefix, tokenizer.pad_token_id) for ds in (train_ds, val_ds))
+            train_ds, dev_ds = (CachedPairDataset(ds, prefix, tokenizer.pad_token_id) for ds in (train_ds, dev_ds))
         prefix.train_upper_blocks()
         collator = _collate_cached
         # the head pools the last position itself when given inputs_embeds (right for left padding)
@@ -293,7 +417,7 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     trainer_cls = _trainer_class()
     trainer_cls.loss_kind, trainer_cls.margin = cfg.loss, cfg.margin
     callbacks = [_stop_after_epochs(interrupt_after_epochs)] if interrupt_after_epochs else []
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                           data_collator=collator, compute_metrics=_accuracy_metrics,
                           callbacks=callbacks)
     # Only a checkpoint whose trainer_state.json exists is complete (the Trainer writes that file last); a process
@@ -317,9 +441,15 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
     best = min(history, key=lambda h: h["eval_loss"])
     model = trainer.model.float().eval()
     with autocast(cfg.bf16):
-        ev = evaluate_reward_model(model, tokenizer, val_set.pairs, cfg.max_length, cfg.batch_size * 2)
-    ev.update(best_epoch=best["epoch"], best_eval_loss=best["eval_loss"], eval_history=history,
-              train_pairs=len(train_set.pairs), skipped_rows=dict(train_set.skipped), train_seconds=timer.elapsed_s)
+        ev = evaluate_reward_model(model, tokenizer, test_pairs, cfg.max_length, cfg.batch_size * 2)
+        dev_ev = evaluate_reward_model(model, tokenizer, dev_set.pairs, cfg.max_length, cfg.batch_size * 2)
+    # the dev pairs chose the epoch, so their accuracy is optimistic: kept apart from the test accuracy, and labelled
+    ev.update(part="test", dataset=cfg.dataset, role=cfg.role,
+              dev={"n_pairs": dev_ev["n_pairs"], "accuracy": dev_ev["accuracy"], "loss": best["eval_loss"],
+                   "note": "picked the best epoch; not held out"},
+              best_epoch=best["epoch"], best_eval_loss=best["eval_loss"], eval_history=history,
+              train_pairs=len(train_set.pairs), skipped_rows=dict(split.skipped), train_seconds=timer.elapsed_s)
+    print(f"test part ({len(test_pairs)} pairs):", flush=True)
     print(reward_eval_markdown(ev), flush=True)
 
     def write(folder: Path):
@@ -328,10 +458,11 @@ def train_reward_model(cfg: RewardConfig, interrupt_after_epochs: int | None = N
         write_json(folder / EVAL_FILE, ev)
         write_json(folder / "training_config.json", asdict(cfg))
         write_json(folder / "log_history.json", trainer.state.log_history)
-        _write_card(folder, cfg, ev, trainable, total, train_set, timer.elapsed_s)
+        write_json(folder / SPLIT_FILE, split.record(cfg.role))
+        _write_card(folder, cfg, ev, trainable, total, split, timer.elapsed_s)
 
     save_atomically(out, write)
-    print(f"reward model saved to {out} ({timer.elapsed_s:.0f} s)", flush=True)
+    print(f"{cfg.role} model saved to {out} ({timer.elapsed_s:.0f} s)", flush=True)
     report_push(out, cfg.push_to_hub)
     return out
 
@@ -349,34 +480,56 @@ def _stop_after_epochs(n: int):
     return StopAfterEpochs()
 
 
-def _write_card(folder, cfg, ev, trainable, total, train_set, seconds):
-    acc, lw = ev["accuracy"], ev["longer_wins_accuracy"]
+def _write_card(folder, cfg, ev, trainable, total, split, seconds):
+    acc, lw, dev = ev["accuracy"], ev["longer_wins_accuracy"], ev["dev"]
+    judge = cfg.role == "judge"
+    train_set, _ = split.role_parts(cfg.role)
     demo = cfg.profile == "demo" or "data/demo" in cfg.dataset
     data_line = (f"`{cfg.dataset}` — **embedded stand-in data written for this project in hh-rlhf format, "
                  f"not Anthropic/hh-rlhf**" if demo else f"`{cfg.dataset}`")
+    name = Path(cfg.output_dir).name
     metadata = {
         "library_name": "transformers", "base_model": cfg.base_model, "pipeline_tag": "text-classification",
-        "tags": ["reward-model", "rlhf", "rlhflab"], "datasets": [cfg.dataset],
-        "model-index": [{"name": Path(cfg.output_dir).name, "results": [{
-            "task": {"type": "text-classification", "name": "preference accuracy"},
+        "tags": ["reward-model", "rlhf", "rlhflab"] + (["judge"] if judge else []), "datasets": [cfg.dataset],
+        "model-index": [{"name": name, "results": [{
+            "task": {"type": "text-classification", "name": "preference accuracy (test pairs)"},
             "metrics": [{"type": "accuracy", "value": round(acc[0], 4)}]}]}],
     }
     hp = markdown_table(["hyperparameter", "value"], [[k, v] for k, v in asdict(cfg).items() if k != "push_to_hub"])
+    role = ("The independent **judge**: a reward model that scores policies and is never used to train one. It "
+            "trained on the judge side of the data, which shares no prompt with the policy side (what the reward "
+            "model, SFT and DPO train on), and has its own seed — the gold model of the reward over-optimisation "
+            "protocol, so a gain it confirms is not the policy exploiting the model it was optimised against."
+            if judge else
+            "The **training reward model**: the reward the RL policies (PPO, GRPO, best-of-n) optimise. It trained on "
+            "the policy side of the data (SFT and DPO draw from the same side); the independent judge trained on "
+            "the other, disjoint side.")
+    side = "judge" if judge else "policy"
+    parts = markdown_table(["part", "pairs", "what it is for"], [
+        ["train", len(train_set.pairs), f"the {side} side (pairs whose prompt hash falls on it), seed {cfg.seed}"],
+        ["dev", dev["n_pairs"], f"picks the epoch (best: {ev['best_epoch']:.0f}, dev loss {dev['loss']:.4f}, dev "
+                                f"accuracy {stats.format_interval(*dev['accuracy'], 1, pct=True)}: not held out)"],
+        ["test", ev["n_pairs"], "shared by the reward model and the judge, the same for every seed; only reported"]])
     sections = {
         "What this is": (f"A reward model: `{cfg.base_model}` with a one-label sequence-classification head "
                          f"(the shape TRL's PPO expects of a reward model). It scores a prompt + response; higher is "
                          f"better. Trained with the {cfg.loss} pairwise loss on {len(train_set.pairs)} preference pairs "
-                         f"({train_set.num_skipped} rows skipped: {dict(train_set.skipped)}).\n\nData: {data_line}."),
-        "Held-out evaluation": (f"{ev['n_pairs']} validation pairs, best epoch {ev['best_epoch']:.0f} "
-                                f"(validation loss {ev['best_eval_loss']:.4f}). Accuracy "
+                         f"({sum(split.skipped.values())} rows of the data skipped: {dict(split.skipped)}).\n\n"
+                         f"{role}\n\nData: {data_line}."),
+        "Data split": (parts + f"\n\nNo prompt is in two parts. A pair's side is fixed by a hash of its prompt and "
+                       f"the judge's share ({split.judge_share}): the judge side holds {split.side_sizes['judge']} and "
+                       f"the policy side {split.side_sizes['policy']} of the pairs outside the test part. `{SPLIT_FILE}` "
+                       f"lists the ids of each part; `python "
+                       f"eval/reward_model.py --reward-model checkpoints/reward --judge-model checkpoints/judge` "
+                       f"evaluates both models on exactly the test pairs, side by side."),
+        "Held-out evaluation": (f"{ev['n_pairs']} test pairs, never used to train or to choose the epoch. Accuracy "
                                 f"**{stats.format_interval(*acc, 1, pct=True)}** vs 'longer wins' "
-                                f"{100 * lw[0]:.1f} % and chance 50 %.\n\n" + reward_eval_markdown(ev)
-                                + "\n\nPublished anchors on hh-rlhf: GPT-2-medium reward models reach about 61–67 %; "
-                                  "'longer wins' is about 55 %."),
+                                f"{100 * lw[0]:.1f} % and chance 50 %.\n\n" + reward_eval_markdown(ev)),
         "Parameters": f"trainable {trainable:,} of {total:,}",
         "Hyperparameters": hp,
         "How it was made": f"`{command_line()}` in {seconds:.0f} s on {hardware_description()}.",
         "Use": ("```python\nfrom rlhflab.models import load_reward_model\nfrom rlhflab.scoring import score_responses\n"
                 "model, tok = load_reward_model('PATH_OR_REPO')\nscore_responses(model, tok, ['Hi'], ['Hello!'])\n```"),
     }
-    write_model_card(folder, metadata, f"Reward model ({Path(cfg.output_dir).name})", sections)
+    title = f"Independent judge ({name})" if judge else f"Reward model ({name})"
+    write_model_card(folder, metadata, title, sections)

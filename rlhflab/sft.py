@@ -16,7 +16,7 @@ import torch
 from rlhflab.checkpoints import (METRICS_FILE, Timer, command_line, hardware_description, markdown_table,
                                  read_jsonl)
 from rlhflab.config import SFTConfig
-from rlhflab.data.hh_rlhf import PreferencePair, train_val_pairs
+from rlhflab.data.hh_rlhf import PreferencePair, policy_pairs
 from rlhflab.errors import UserError
 from rlhflab.models import autocast_dtype, best_device, count_parameters, format_prompt, format_response
 from rlhflab.policy_training import (is_stand_in, learning_rate, load_start_policy, lora_config, policy_output_dir,
@@ -149,7 +149,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> Path:
     """
     timer = Timer()
     torch.manual_seed(cfg.seed)
-    train_set, _ = train_val_pairs(cfg.dataset, cfg.train_size, 0, cfg.seed)  # a bad dataset stops here
+    # the policy side only: the judge trains on the other side and must not have seen a policy's data
+    train_set = policy_pairs(cfg.dataset, cfg.train_size, cfg.seed)  # a bad dataset stops here
     print(f"SFT examples: {len(train_set.pairs)} chosen responses; skipped rows: {train_set.num_skipped} "
           f"({dict(train_set.skipped)})", flush=True)
     out = policy_output_dir("sft", cfg.mode, cfg.output_dir)

@@ -1,4 +1,5 @@
-"""Intervals and summaries: bootstrap (plain and paired), Wilson interval for proportions, correlation."""
+"""Intervals and summaries: bootstrap (plain and paired), Wilson interval for proportions, correlation, the
+length-controlled gain."""
 from __future__ import annotations
 
 import math
@@ -61,6 +62,58 @@ def win_rate_with_ties(a, b, samples: int = 2000, level: float = 0.95, seed: int
     points = np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
     return {"wins": int((a > b).sum()), "ties": int((a == b).sum()), "losses": int((a < b).sum()),
             "rate": list(bootstrap_ci(points, samples=samples, level=level, seed=seed))}
+
+
+def length_controlled_gain(policy_scores, base_scores, policy_len, base_len, samples: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float, float, float]:
+    """(gain, low, high, slope): the policy's gain over the base with the part explained by response length removed.
+
+    One OLS fit over the base and policy responses together, score = a + gain·[policy] + slope·tokens: the policy
+    indicator keeps a real gain from being credited to length (a slope fitted on score ~ tokens alone would absorb
+    it whenever the policy is also longer), so the slope comes from how score varies with length inside each
+    policy's responses. gain = raw paired gain − slope × mean length change. The interval resamples prompts (both
+    responses of a prompt together) and refits the slope in each resample. Slope in score units per token; nan
+    (and the raw gain) when no length varies within either policy, nan gain when length and policy cannot be
+    told apart."""
+    r1, r0 = np.asarray(policy_scores, dtype=float), np.asarray(base_scores, dtype=float)
+    l1, l0 = np.asarray(policy_len, dtype=float), np.asarray(base_len, dtype=float)
+    if not r1.shape == r0.shape == l1.shape == l0.shape:
+        raise ValueError("policy and base scores and lengths must be paired by prompt (same shape)")
+    if r1.size == 0:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+
+    def fit(r1, r0, l1, l0):  # rows are resamples; the within-policy centring is the OLS with an indicator
+        c1, c0 = l1 - l1.mean(-1, keepdims=True), l0 - l0.mean(-1, keepdims=True)
+        sxx = (c1 * c1).sum(-1) + (c0 * c0).sum(-1)
+        sxy = (c1 * r1).sum(-1) + (c0 * r0).sum(-1)
+        dr, dl = r1.mean(-1) - r0.mean(-1), l1.mean(-1) - l0.mean(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(sxx > 1e-12, sxy / np.where(sxx > 1e-12, sxx, 1.0), np.nan)
+        gain = np.where(np.isnan(slope), np.where(np.abs(dl) < 1e-12, dr, np.nan), dr - slope * dl)
+        return gain, slope
+
+    gain, slope = fit(r1, r0, l1, l0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, r1.size, size=(samples, r1.size))
+    boot, _ = fit(r1[idx], r0[idx], l1[idx], l0[idx])
+    boot = boot[~np.isnan(boot)]
+    alpha = (1 - level) / 2
+    if boot.size == 0 or np.isnan(gain):
+        return float(gain), float("nan"), float("nan"), float(slope)
+    return float(gain), float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha)), float(slope)
+
+
+def order_agreement(a_first, a_second, b_first, b_second) -> dict:
+    """How often two scorers order the same pairs the same way: pair i is (first[i], second[i]) under scorer a and
+    under scorer b. Pairs either scorer ties are left out (no order to agree on). {"agree", "n", "rate": [p, low,
+    high]} with a Wilson interval."""
+    da = np.asarray(a_first, dtype=float) - np.asarray(a_second, dtype=float)
+    db = np.asarray(b_first, dtype=float) - np.asarray(b_second, dtype=float)
+    if da.shape != db.shape:
+        raise ValueError("both scorers must score the same pairs")
+    ordered = (da != 0) & (db != 0)
+    agree, n = int((np.sign(da) == np.sign(db))[ordered].sum()), int(ordered.sum())
+    return {"agree": agree, "n": n, "rate": list(wilson_interval(agree, n))}
 
 
 def pearson(x, y) -> float:

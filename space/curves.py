@@ -1,6 +1,7 @@
 """Training-curves tab: for every policy run that logged metrics — KL to the reference (per token or per
-sequence), reward score and KL coefficient against step or episode for the RL runs (PPO, GRPO, RLOO); loss,
-DPO's margin, accuracy and KL for the offline ones (SFT, DPO) — read from each checkpoint's metrics.jsonl."""
+sequence), reward score and KL coefficient against step or episode for the RL runs (PPO, GRPO, RLOO); the
+over-optimisation curve (training-RM and judge score on held-out prompts against exact KL, from overopt.jsonl);
+loss, DPO's margin, accuracy and KL for the offline ones (SFT, DPO) — read from each checkpoint's metrics.jsonl."""
 from __future__ import annotations
 
 import gradio as gr
@@ -9,7 +10,9 @@ from pathlib import Path
 
 from rlhflab.checkpoints import METRICS_FILE, markdown_table, read_jsonl
 from rlhflab.errors import UserError
-from rlhflab.plots import method_curves_figure, training_curves_figure
+from rlhflab.evaluation import JUDGE_COMMAND
+from rlhflab.overopt import OVEROPT_FILE, read_overopt
+from rlhflab.plots import method_curves_figure, overopt_usable, overoptimisation_figure, training_curves_figure
 from rlhflab.ppo_metrics import KL_BAND, run_summary_table, summarize_metrics
 from space.registry import EXPECTED_POLICIES, Registry
 
@@ -68,6 +71,38 @@ def live_log(registry: Registry, key: str) -> Path:
     return registry.checkpoints_dir / f".{folder}-work" / METRICS_FILE
 
 
+def load_overopt(registry: Registry) -> tuple[dict[str, list[dict]], list[str]]:
+    """{trace name: drawable held-out checks} of every RL run with an overopt.jsonl (a run still training: from
+    its work folder), and notes on runs without checks or without judge scores."""
+    runs: dict[str, list[dict]] = {}
+    notes: list[str] = []
+    for key in registry.missing_policies():
+        method = "ppo" if key in ("full", "lora") else key.split("-")[0]
+        if method in RL_METHODS and (live := overopt_usable(read_overopt(live_log(registry, key).parent))):
+            runs[f"{TRACE_NAMES.get(key, key)} (training…)"] = live
+    for key, entry in registry.policy_entries().items():
+        if key == "base" or entry.method not in RL_METHODS:
+            continue
+        name = TRACE_NAMES.get(key, key)
+        try:
+            path = registry.checkpoint_file(key, OVEROPT_FILE)
+        except UserError as exc:
+            notes.append(str(exc))
+            continue
+        records = overopt_usable(read_overopt(path.parent)) if path else []
+        if records:
+            runs[name] = records
+        else:
+            command = EXPECTED_POLICIES.get(key, (None, registry.kind(key).command))[1]
+            notes.append(f"The {entry.label} run has no held-out checks ({OVEROPT_FILE}); re-run `{command}` to "
+                         f"draw its over-optimisation curve.")
+    for name, records in runs.items():
+        if not any(isinstance(r.get("judge_score_mean"), (int, float)) for r in records):
+            notes.append(f"{name} has no judge scores (no judge when it trained): only its training-RM curve is "
+                         f"drawn; train a judge with `{JUDGE_COMMAND}` before the next run.")
+    return runs, notes
+
+
 def any_live(registry: Registry) -> bool:
     return any(live_log(registry, key).is_file() for key in registry.missing_policies())
 
@@ -107,6 +142,14 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
             refresh = gr.Button("Reload logs", size="sm")
         plot = gr.Plot(label="RL training curves (PPO, GRPO)", elem_id="curves-plot")
         summary = gr.Markdown(elem_id="curves-summary")
+        gr.Markdown("**Over-optimisation** — every few steps each RL run scores a fixed held-out prompt set with "
+                    "the training reward model and the independent judge and measures the exact KL per token "
+                    "(Σ p log p/q over the vocabulary). Training RM solid, judge dashed, 95 % intervals as error "
+                    "bars; each model's score is on its own scale. A training-RM curve that keeps rising while the "
+                    "judge's turns down is reward hacking.")
+        overopt_notice = gr.Markdown(elem_id="curves-overopt-notice")
+        overopt_plot = gr.Plot(label="Over-optimisation: held-out score against exact KL",
+                               elem_id="curves-overopt-plot")
         gr.Markdown("**SFT and DPO** — logged once per optimizer step; single-batch values, so expect noise.")
         offline_notice = gr.Markdown(elem_id="curves-offline-notice")
         offline_plot = gr.Plot(label="SFT and DPO training curves", elem_id="curves-offline-plot")
@@ -126,6 +169,12 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         note = "\n\n".join(f"⚠️ {n}" for n in notes)
         return fig, summary_markdown(runs), note
 
+    def overopt_curves():
+        """Training-RM and judge score on held-out prompts against exact KL per token for every RL run."""
+        runs, notes = load_overopt(registry)
+        fig = overoptimisation_figure(runs) if runs else None
+        return fig, "\n\n".join(f"⚠️ {n}" for n in notes)
+
     def method_curves():
         """Loss, and for DPO margin, preference accuracy and KL, against step for every SFT and DPO run."""
         runs, notes = load_runs(registry, "offline")
@@ -136,11 +185,12 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
           [plot, summary, notice], api_name="kl_curves")
     gr.on([demo.load, refresh.click], method_curves, None, [offline_plot, offline_summary, offline_notice],
           api_name="method_curves")
+    gr.on([demo.load, refresh.click], overopt_curves, None, [overopt_plot, overopt_notice], api_name="overopt_curves")
 
     def follow(x_axis, kl_units):
         if not any_live(registry):
-            return (gr.skip(),) * 6
-        return (*kl_curves(x_axis, kl_units), *method_curves())
+            return (gr.skip(),) * 8
+        return (*kl_curves(x_axis, kl_units), *method_curves(), *overopt_curves())
 
-    timer.tick(follow, [x_axis, kl_units], [plot, summary, notice, offline_plot, offline_summary, offline_notice],
-               api_name=False, queue=False)
+    timer.tick(follow, [x_axis, kl_units], [plot, summary, notice, offline_plot, offline_summary, offline_notice,
+                                             overopt_plot, overopt_notice], api_name=False, queue=False)

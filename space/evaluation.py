@@ -1,4 +1,5 @@
-"""Evaluation tab: eval/evaluate.py's results (mean reward with 95 % intervals, gains, win rates, KL) and report."""
+"""Evaluation tab: eval/evaluate.py's results (mean reward with 95 % intervals, gains under the training reward model
+and the judge, length-controlled gains, win rates, KL) and report."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ import gradio as gr
 from rlhflab.checkpoints import markdown_table
 from rlhflab.errors import UserError
 from rlhflab.plots import reward_comparison_figure
-from rlhflab.evaluation import policy_results_table
+from rlhflab.evaluation import agreement_markdown, policy_results_table, scorers_markdown
 from space.registry import Registry
 
 EXAMPLE_COLUMNS = ["prompt", "base", "full", "lora"]
@@ -18,8 +19,11 @@ _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
 def results_table(results: dict) -> str:
-    """The policy results table (the report's own), the generation settings and the command that produced them."""
+    """Which models scored, the policy results table (the report's own), the agreement between judge, reward model
+    and raters, the generation settings and the command that produced them."""
     table = policy_results_table(results)
+    if "judge" in results:  # results from before the judge have neither block
+        table = scorers_markdown(results) + "\n\n" + table + "\n\n**Agreement**\n\n" + agreement_markdown(results)
     tail = ""
     generation = results.get("generation")
     if isinstance(generation, dict) and generation:  # the sampling settings only: no local paths

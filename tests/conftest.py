@@ -124,7 +124,8 @@ def tiny_cfg(tmp_path, mode, base, reward, prompts, **kw):
     values = dict(mode=mode, base_model=str(base), reward_model=str(reward), dataset=prompts, lang=None,
                   num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=2, ppo_epochs=1, epochs=1,
                   max_prompt_length=64, max_response_length=8, lr=1e-3, max_steps=2, bf16=False,
-                  output_dir=str(tmp_path / f"ppo-{mode}"), kl_horizon=100, lora_lr=None)
+                  output_dir=str(tmp_path / f"ppo-{mode}"), kl_horizon=100, lora_lr=None,
+                  judge_model="")  # never the developer's real checkpoints/judge
     values.update(kw)
     return build_config(PPOConfig, "demo", **values)
 

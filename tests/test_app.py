@@ -24,6 +24,17 @@ def _metrics(n: int, kl0: float) -> list[dict]:
              "kl_per_sequence": kl0 * (i + 1) * 30, "kl_coef": 0.1 - 0.005 * i, "score": 0.1 * i, "response_tokens_mean": 30.0} for i in range(n)]
 
 
+def _overopt(n: int) -> list[dict]:
+    """Held-out checks of a run whose training-RM score keeps rising while the judge's turns down."""
+    return [{"step": 4 * i, "episode": 32 * i, "n_prompts": 8, "kl_exact_per_token": 0.02 * i,
+             "kl_exact_ci": [0.015 * i, 0.025 * i], "rm_score_mean": 0.5 * i,
+             "rm_score_ci": [0.5 * i - 0.1, 0.5 * i + 0.1],
+             "judge_score_mean": 0.2 * i - 0.08 * i * i, "judge_score_ci": [0.2 * i - 0.08 * i * i - 0.1,
+                                                                           0.2 * i - 0.08 * i * i + 0.1],
+             "response_tokens_mean": 30.0, "temperature": 0.7, "judge_model": "judge", "reward_model": "reward"}
+            for i in range(n)]
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
@@ -52,6 +63,7 @@ def write_full(folder: Path, tiny_llama_dir: Path) -> None:
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(folder)
     _write_jsonl(folder / "metrics.jsonl", _metrics(6, 0.01))
+    _write_jsonl(folder / "overopt.jsonl", _overopt(4))
     (folder / "README.md").write_text("# Tiny full PPO policy\n\nTest fixture.\n")
 
 
@@ -93,11 +105,20 @@ def write_eval(folder: Path) -> None:
                "policies": {"base": {"reward_mean": [0.1, -0.1, 0.3], "response_tokens_mean": [20, 18, 22], "n": 2},
                             "full": {"reward_mean": [0.4, 0.2, 0.6], "response_tokens_mean": [25, 22, 28], "n": 2,
                                      "gain_vs_base": [0.3, 0.1, 0.5], "win_rate_vs_base": [0.7, 0.5, 0.9],
-                                     "kl_per_token_to_base": [0.05, 0.03, 0.07]},
+                                     "kl_per_token_to_base": [0.05, 0.03, 0.07],
+                                     "judge_gain_vs_base": [-0.12, -0.3, 0.05],
+                                     "judge_win_rate_vs_base": [0.4, 0.2, 0.6],
+                                     "judge_wins_ties_losses_vs_base": [1, 0, 1],
+                                     "length_controlled_gain_vs_base": [-0.2, -0.4, 0.0],
+                                     "length_controlled_scorer": "judge"},
                             "lora": {"reward_mean": [0.2, 0.0, 0.4], "response_tokens_mean": [21, 19, 23], "n": 2,
                                      "gain_vs_base": [0.1, -0.1, 0.3], "win_rate_vs_base": [0.55, 0.3, 0.8],
                                      "kl_per_token_to_base": [0.02, 0.01, 0.03]}},
-               "examples": [{"prompt": p, "base": "b", "full": "f", "lora": "l"} for p in RATING_PROMPTS]}
+               "examples": [{"prompt": p, "base": "b", "full": "f", "lora": "l"} for p in RATING_PROMPTS],
+               "judge": {"model": "checkpoints/judge", "available": True, "accuracy": [0.7, 0.6, 0.8]},
+               "reward_model": {"model": "checkpoints/reward", "accuracy": [0.9, 0.8, 0.95]},
+               "agreement": {"reward_model_vs_judge": {"agree": 3, "n": 4, "rate": [0.75, 0.3, 0.95]},
+                             "raters": {"comparisons": 0, "rater_ties": 0}}}
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "report.md").write_text("# Evaluation report\n\nFull PPO gains 0.3 over base.\n")
     RatingsStore(folder / "ratings.sqlite").replace_items(
@@ -206,7 +227,8 @@ def client(app):
 
 def test_every_required_endpoint_is_named(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    for name in ("/chat", "/compare", "/score", "/compare_responses", "/kl_curves", "/sample_xrays", "/rate",
+    for name in ("/chat", "/compare", "/score", "/compare_responses", "/kl_curves", "/overopt_curves",
+                 "/sample_xrays", "/rate",
                  "/regenerate", "/clear", "/interpolate", "/next_item", "/ratings_table", "/ratings_csv",
                  "/evaluation", "/about", "/xray_card"):
         assert name in names, f"{name} missing from {sorted(names)}"
@@ -288,6 +310,18 @@ def test_kl_curves_returns_a_plot(client):
         assert "ppo-full" in summary and "training/ppo.py" not in notice
 
 
+def test_overoptimisation_curve_draws_rm_and_judge_against_kl(client):
+    plot, notice = client.predict(api_name="/overopt_curves")
+    figure = json.loads(plot["plot"]) if isinstance(plot.get("plot"), str) else plot["plot"]
+    traces = {trace.get("name"): trace for trace in figure["data"]}
+    assert set(traces) == {"ppo-full training RM", "ppo-full judge"}
+    assert traces["ppo-full training RM"]["x"] == pytest.approx([0.0, 0.02, 0.04, 0.06])
+    assert traces["ppo-full judge"]["y"] == pytest.approx([0.2 * i - 0.08 * i * i for i in range(4)])
+    assert traces["ppo-full judge"]["line"]["dash"] == "dash"
+    assert "nats / token" in json.dumps(figure["layout"])
+    assert "LoRA" in notice and "overopt.jsonl" in notice, "the LoRA run has no held-out checks and says so"
+
+
 def test_sample_xrays_returns_an_image_and_png(client, tmp_path):
     from PIL import Image
 
@@ -349,6 +383,10 @@ def test_evaluation_and_about(client):
     plot, table, report, examples, notice = client.predict(api_name="/evaluation")
     assert notice == "" and "Evaluation report" in report
     assert "+0.400 [+0.200, +0.600]" in table and "70.0 % [50.0, 90.0]" in table
+    assert "judge gain vs base" in table and "-0.120 [-0.300, +0.050]" in table
+    assert "40.0 % [20.0, 60.0] (1/0/1)" in table
+    assert "-0.200 [-0.400, +0.000] (judge)" in table and "held-out accuracy 70.0 % [60.0, 80.0]" in table
+    assert "75.0 % [30.0, 95.0] (3 of 4)" in table and "no ratings yet" in table
     rows = examples["data"] if isinstance(examples, dict) else examples
     assert [r[0] for r in rows] == RATING_PROMPTS
     about = client.predict(api_name="/about")

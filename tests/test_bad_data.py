@@ -78,7 +78,7 @@ def _assert_one_sentence(exc: UserError, path: Path, pattern: str):
 def test_bad_hh_file_gives_one_sentence_naming_it(tmp_path, kind):
     path, pattern = _write_bad(tmp_path / "pairs.jsonl", kind, _hh_rows(), _oasst_rows())
     with pytest.raises(UserError) as info:
-        hh_rlhf.train_val_pairs(str(path), train_size=10, val_size=2, seed=0)
+        hh_rlhf.preference_split(str(path), 0, dev_size=2, test_size=2)
     _assert_one_sentence(info.value, path, pattern)
 
 

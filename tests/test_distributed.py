@@ -25,11 +25,11 @@ def _torchrun(args, tmp_path):
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed in this environment")
 def test_two_process_reward_and_ppo(tmp_path, tiny_llama_dir, prompts_file, full_run):
-    rows = [hh_row([f"Question {i}?"], "A kind, correct answer.", "Go away, stupid.") for i in range(40)]
+    rows = [hh_row([f"Question {i}?"], "A kind, correct answer.", "Go away, stupid.") for i in range(160)]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     reward_out = tmp_path / "reward"
     proc = _torchrun([str(ROOT / "training" / "reward.py"), "--profile", "demo", "--base-model", str(tiny_llama_dir),
-                      "--dataset", str(data), "--train-size", "32", "--val-size", "8", "--epochs", "1",
+                      "--dataset", str(data), "--train-size", "32", "--dev-size", "8", "--test-size", "8", "--epochs", "1",
                       "--batch-size", "4", "--max-length", "48", "--freeze-layers", "0", "--no-bf16",
                       "--output-dir", str(reward_out)], tmp_path)
     history = json.loads((reward_out / "log_history.json").read_text())

@@ -28,8 +28,9 @@ FIELDS = {"step", "epoch", "loss", "reward_margin", "preference_accuracy", "logp
 
 @pytest.fixture(scope="module")
 def dpo_data(tmp_path_factory):
-    """Separable: the chosen response is always one sentence, the rejected always another."""
-    rows = [hh_row([f"Question number {i}: can you help me?"], CHOSEN, REJECTED) for i in range(48)]
+    """Separable: the chosen response is always one sentence, the rejected always another. 96 pairs: DPO draws from
+    the policy side only (36 of them, hh_rlhf.policy_pairs), and needs 32."""
+    rows = [hh_row([f"Question number {i}: can you help me?"], CHOSEN, REJECTED) for i in range(96)]
     return str(write_jsonl(tmp_path_factory.mktemp("dpo-data") / "pairs.jsonl", rows))
 
 

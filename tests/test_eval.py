@@ -99,7 +99,8 @@ def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, f
     cfg = build_config(EvalConfig, "demo", base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir),
                        full_model=str(full_run), lora_model=str(lora_run), num_prompts=4, num_rating_prompts=2,
                        max_new_tokens=6, batch_size=4, bootstrap_samples=200, output_dir=str(tmp_path / "eval"),
-                       ratings_db=str(tmp_path / "eval" / "ratings.sqlite"))
+                       ratings_db=str(tmp_path / "eval" / "ratings.sqlite"),
+                       judge_model=str(tmp_path / "no-judge"))  # tests/test_judge_eval.py runs one with a judge
     out = run_evaluation(cfg, progress=lambda *_: None)
     results = json.loads((out / "results.json").read_text())
     assert results["num_prompts"] == 4 and set(results["policies"]) == {"base", "full", "lora", "best-of-4"}

@@ -135,12 +135,12 @@ def test_reward_training_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_
     from rlhflab.models import load_reward_model
 
     data = write_jsonl(tmp_path / "hh.jsonl", [hh_row([f"Question {i}: can you help me?"], f"Sure, here is answer {i}.",
-                                                       f"No, go away {i}.") for i in range(72)])
+                                                       f"No, go away {i}.") for i in range(320)])
     out, work = tmp_path / "reward", tmp_path / ".reward-trainer"
     epochs, steps_per_epoch = 5, 64 // 8
-    args = ["--base-model", str(tiny_llama_dir), "--dataset", str(data), "--train-size", "64", "--val-size", "8",
-            "--epochs", str(epochs), "--batch-size", "8", "--max-length", "32", "--lr", "1e-3", "--no-bf16",
-            "--output-dir", str(out)]
+    args = ["--base-model", str(tiny_llama_dir), "--dataset", str(data), "--train-size", "64", "--dev-size", "8",
+            "--test-size", "8", "--epochs", str(epochs), "--batch-size", "8", "--max-length", "32", "--lr", "1e-3",
+            "--no-bf16", "--output-dir", str(out)]
 
     def saved_steps() -> list[int]:  # complete Trainer checkpoints: trainer_state.json is written last
         return sorted(read_json(p / "trainer_state.json")["global_step"] for p in work.glob("checkpoint-*")
@@ -226,7 +226,7 @@ def test_sft_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_pat
     """The Trainer-based policy trainers (SFT here; DPO and GRPO share prepare_resume) under real signals."""
     from rlhflab.models import load_policy
 
-    rows = [hh_row([f"Question number {i}?"], f"A good answer {i}.", f"A bad answer {i}.") for i in range(24)]
+    rows = [hh_row([f"Question number {i}?"], f"A good answer {i}.", f"A bad answer {i}.") for i in range(80)]
     data = write_jsonl(tmp_path / "hh.jsonl", rows)
     out, work = tmp_path / "sft", tmp_path / ".sft-work"
     steps = 12  # 24 pairs / batch 2; a Trainer checkpoint every 12 / 4 = 3 steps

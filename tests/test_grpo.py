@@ -21,7 +21,7 @@ def grpo_cfg(tmp_path, mode, base, reward, prompts, **kw):
     values = dict(mode=mode, base_model=str(base), reward_model=str(reward), dataset=prompts, lang=None,
                   num_prompts=16, num_heldout=4, batch_size=2, num_generations=2, epochs=1, max_prompt_length=64,
                   max_response_length=8, lr=1e-3, lora_lr=None, max_steps=2, bf16=False, kl_horizon=100,
-                  output_dir=str(tmp_path / f"grpo-{mode}"))
+                  output_dir=str(tmp_path / f"grpo-{mode}"), judge_model="")
     values.update(kw)
     return build_config(GRPOConfig, "demo", **values)
 
@@ -68,15 +68,43 @@ def test_step_one_kl_is_zero_and_the_record_matches_ppo(run, request):
     assert records[0]["score"] == pytest.approx(sum(records[0]["rollout_scores"]) / 4, abs=1e-3)
     # each prompt's group shares its key, and the keys are PPO's (prompt_key over the prompt's token ids)
     assert len(set(records[0]["rollout_prompts"])) == 2 and records[1]["episode"] == 8
+    # the exact KL over the vocabulary (the default estimator): 0 before any update, positive after one
+    assert abs(records[0]["kl_exact_per_token"]) < 1e-6 and records[1]["kl_exact_per_token"] > 0
+    assert [r["kl_controller_estimator"] for r in records] == ["exact", "exact"]
+    # the over-optimisation probe: before training and at the last step, copied into the checkpoint
+    from rlhflab.overopt import read_overopt
+
+    probes = read_overopt(request.getfixturevalue(run))
+    assert [p["step"] for p in probes] == [0, 2] and abs(probes[0]["kl_exact_per_token"]) < 1e-6
+    assert probes[1]["kl_exact_per_token"] > 0 and probes[1]["judge_score_mean"] is None  # no judge in the tests
 
 
 def test_kl_coefficient_follows_the_adaptive_controller(grpo_full):
     from rlhflab.ppo import AdaptiveKLController
 
     first, second = _metrics(grpo_full)
-    expected = AdaptiveKLController(first["kl_coef"], 0.05, 100).update(first["kl_per_token"], 4)
+    expected = AdaptiveKLController(first["kl_coef"], 0.05, 100).update(first["kl_exact_per_token"], 4)
     assert first["kl_coef_next"] == pytest.approx(expected) and expected != first["kl_coef"]
     assert second["kl_coef"] == pytest.approx(first["kl_coef_next"])  # the trainer's beta was moved
+    expected = AdaptiveKLController(second["kl_coef"], 0.05, 100).update(second["kl_exact_per_token"], 4)
+    assert second["kl_coef_next"] == pytest.approx(expected)
+
+
+def test_trls_own_estimator_adds_no_forward_and_drives_the_controller(tmp_path, tiny_llama_dir, tiny_reward_dir,
+                                                                       prompts_file, monkeypatch):
+    from rlhflab import grpo
+    from rlhflab.ppo import AdaptiveKLController
+
+    measured = []
+    monkeypatch.setattr(grpo, "KLAccumulator", lambda: measured.append(1) or pytest.fail("no extra forward wanted"))
+    out = grpo.train_grpo(grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, kl_estimator="k3",
+                                   probe_every=0, lr=1e-2))
+    first, second = _metrics(out)
+    assert not measured and second["kl_exact_per_token"] is None and second["kl_controller_estimator"] == "k3"
+    assert second["kl_per_token"] > 0
+    expected = AdaptiveKLController(second["kl_coef"], 0.05, 100).update(second["kl_per_token"], 4)
+    assert second["kl_coef_next"] == pytest.approx(expected)
+    assert not (out / "overopt.jsonl").exists()  # probe_every 0: no probe
 
 
 @pytest.mark.parametrize("run,mode", [("grpo_full", "full"), ("grpo_lora", "lora")])
@@ -148,6 +176,7 @@ def test_rloo_runs_and_names_its_kl_estimator(tmp_path, tiny_llama_dir, tiny_rew
                               max_steps=1, output_dir=str(tmp_path / "rloo")))
     record = _metrics(out)[0]
     assert record["kl_estimator"] == "k1" and abs(record["kl_per_token"]) < 1e-3
+    assert abs(record["kl_exact_per_token"]) < 1e-6 and record["kl_controller_estimator"] == "exact"
     assert read_policy_metadata(out)["method"] == "rloo"
 
 

@@ -62,3 +62,42 @@ def test_evaluation_kl_on_generated_tokens(tiny_llama_dir):
     kl, n = exact_kl_sum(response_logits(other, full, mask, ctx), response_logits(model, full, mask, ctx), resp_mask,
                          temperature=0.7)
     assert float(kl) == pytest.approx(sum(moved), rel=1e-5) and int(n) == sum(counts)
+
+
+def test_training_side_sums_exact_k1_and_k3_of_hand_built_distributions():
+    from rlhflab.kl import KLAccumulator, kl_sums
+
+    p = torch.tensor([0.5, 0.25, 0.25])
+    q = torch.tensor([0.25, 0.5, 0.25])
+    # one sequence of three positions, the last one padding; tokens 0 and 1 were sampled
+    policy = torch.stack([p.log(), p.log(), q.log()]).unsqueeze(0)
+    reference = torch.stack([q.log(), q.log(), p.log()]).unsqueeze(0)
+    tokens, mask = torch.tensor([[0, 1, 2]]), torch.tensor([[1, 1, 0]])
+    exact, k1, k3, n = kl_sums(policy, reference, tokens, mask).tolist()
+    kl_pq = 0.5 * math.log(2) + 0.25 * math.log(0.5)
+    assert n == 2 and exact == pytest.approx(2 * kl_pq, abs=1e-6)
+    # sampled token 0: r = log q - log p = log(1/2); token 1: r = log 2
+    r = [math.log(0.5), math.log(2)]
+    assert k1 == pytest.approx(-sum(r), abs=1e-6)
+    assert k3 == pytest.approx(sum(math.exp(x) - 1 - x for x in r), abs=1e-6)
+    # a token the policy cannot sample (logit -inf) contributes 0, not NaN
+    masked = torch.tensor([[[0.0, 0.0, -math.inf]]])
+    uniform = torch.zeros(1, 1, 3)
+    exact, *_ = kl_sums(masked, uniform, torch.tensor([[0]]), torch.tensor([[1]])).tolist()
+    assert exact == pytest.approx(math.log(1.5), abs=1e-6)  # KL([1/2, 1/2, 0] || uniform)
+    acc = KLAccumulator()
+    assert acc.pop() is None  # nothing captured: no number rather than 0
+    acc.add(torch.tensor([0.3, 0.4, 0.5, 10.0], dtype=torch.float64))
+    acc.add(torch.tensor([0.1, 0.0, 0.1, 10.0], dtype=torch.float64))
+    out = acc.pop()
+    assert out == pytest.approx({"exact": 0.02, "k1": 0.02, "k3": 0.03, "tokens": 20})
+    assert acc.pop() is None  # pop starts the next step at zero
+
+
+def test_exact_kl_sum_in_chunks_equals_one_pass():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 7, 11), torch.randn(5, 7, 11)
+    mask = torch.rand(5, 7) > 0.3
+    whole, n = exact_kl_sum(a, b, mask, temperature=0.7, chunk=10_000)
+    parts, m = exact_kl_sum(a, b, mask, temperature=0.7, chunk=3)
+    assert int(n) == int(m) == int(mask.sum()) and float(parts) == pytest.approx(float(whole), rel=1e-5)

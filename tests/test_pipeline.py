@@ -125,8 +125,8 @@ def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
     from rlhflab.config import (DCGANConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig,
                                 parse_config)
 
-    classes = {"reward": RewardConfig, "ppo-full": PPOConfig, "ppo-lora": PPOConfig, "dcgan": DCGANConfig,
-               "sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
+    classes = {"reward": RewardConfig, "judge": RewardConfig, "ppo-full": PPOConfig, "ppo-lora": PPOConfig,
+               "dcgan": DCGANConfig, "sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
     assert {s.output for s in pipeline.STEPS} == {*classes, "eval"}
     for step in pipeline.STEPS:
         if step.output not in classes:
@@ -135,8 +135,10 @@ def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
         cmd = step.command("spec", step.stand_in)
         cfg = parse_config(classes[step.output], cmd[2:])  # the step's own parser accepts the flags
         assert cfg.profile == "spec"
-        if step.output == "reward":
-            assert Path(cfg.dataset).is_file() and cfg.val_size == 64 and cfg.train_size == 1000
+        if step.output in ("reward", "judge"):  # one test part for both: the same test size
+            assert Path(cfg.dataset).is_file() and cfg.test_size == 64 and cfg.dev_size == 20
+            assert cfg.role == step.output and Path(cfg.output_dir).name == step.output
+            assert cfg.train_size == (1000 if step.output == "reward" else 1500)
         elif step.output == "dcgan":
             assert cfg.allow_phantom and not cfg.download and cfg.epochs == 1000
         elif step.output in ("sft", "dpo"):
@@ -186,3 +188,18 @@ def test_an_unreachable_dataset_suggests_the_stand_in_data(tmp_path, capsys):
     script.write_text("import sys; sys.exit(2)")  # any other failure: no such hint
     assert not pipeline.run_pipeline("spec", tmp_path / "store", jobs=1, steps=[step], cores=1)
     assert "--stand-in-data" not in capsys.readouterr().err
+
+
+def test_the_judge_is_built_beside_the_reward_model_and_before_the_evaluation():
+    from rlhflab.config import RewardConfig, parse_config
+
+    names = [s.output for s in pipeline.STEPS]
+    assert names.index("judge") == names.index("reward") + 1
+    judge = pipeline.STEPS[names.index("judge")]
+    assert judge.after == [] and judge.demo_s and judge.hub_suffix == "judge"
+    assert "judge" in pipeline.STEPS[names.index("eval")].after
+    for profile in ("demo", "spec"):
+        cfg = parse_config(RewardConfig, judge.command(profile, [])[2:])
+        reward = parse_config(RewardConfig, pipeline.STEPS[names.index("reward")].command(profile, [])[2:])
+        assert cfg.role == "judge" and Path(cfg.output_dir).name == "judge" and cfg.seed != reward.seed
+        assert (cfg.dataset, cfg.test_size, cfg.judge_share) == (reward.dataset, reward.test_size, reward.judge_share)

@@ -117,6 +117,10 @@ def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_d
                              resume=True, value_head="zero"))
     assert [r["step"] for r in _metrics(out)] == [1, 2]
     assert zeroed == [True, False]  # a resumed run keeps the value head it learned
+    from rlhflab.overopt import read_overopt
+
+    # probes before training and at each run's last step; the resumed run does not probe step 0 again
+    assert [r["step"] for r in read_overopt(out)] == [0, 1, 2]
 
 
 def test_value_model_starts_from_the_reward_model_with_its_head_or_a_zero_head(tiny_reward_dir):
@@ -222,3 +226,128 @@ def test_the_optimizer_is_chosen_by_name_per_mode_and_recorded(full_run, lora_ru
                              optim="adamw_torch_fused", max_steps=1))
     assert json.loads((out / "ppo_info.json").read_text())["optimizer"] == "AdamW"
     assert [r["step"] for r in _metrics(out)] == [1]
+
+
+def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_path, tiny_llama_dir, tiny_reward_dir,
+                                                                           prompts_file, monkeypatch):
+    """The training-side exact KL (captured from TRL's rollout and reference logits) and the evaluation-side one
+    (rlhflab.kl.exact_kl_of_responses, two fresh forward passes) on the same rollout tokens and the same policy."""
+    import contextlib
+    import shutil
+
+    from trl.experimental.ppo import ppo_trainer as trainer_module
+
+    from rlhflab.data.oasst1 import read_prompts
+    from rlhflab.kl import exact_kl_of_responses
+    from rlhflab.models import format_prompt
+    from rlhflab.overopt import read_overopt
+
+    rollouts = []
+    generation = trainer_module.batch_generation
+
+    def spy(model, queries, *args):  # the rollout tokens of each step, as TRL sampled them
+        query_responses, logits = generation(model, queries, *args)
+        rollouts.append((query_responses.clone(), queries.shape[1]))
+        return query_responses, logits
+
+    monkeypatch.setattr(trainer_module, "batch_generation", spy)
+    cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, optim="adamw_torch", lr=1e-2,
+                   judge_model=str(tiny_reward_dir))
+    work = tmp_path / ".ppo-full-work"
+
+    def keep_step_one_policy(record):  # the policy that sampled step 2's rollouts
+        if record["step"] == 1:
+            shutil.copytree(work / "saved" / "policy", tmp_path / "policy-1")
+
+    out = train_ppo(cfg, on_step=keep_step_one_policy)
+    records = _metrics(out)
+    assert [r["kl_controller_estimator"] for r in records] == ["exact", "exact"]
+    assert records[0]["kl_estimator"] == "k1"  # kl_per_token keeps its meaning for old logs and the app
+    # step 1's rollouts come from the start, before any update: policy == reference
+    assert abs(records[0]["kl_exact_per_token"]) < 1e-6 and abs(records[0]["kl_k3_per_token"]) < 1e-6
+
+    _, tok = load_causal_lm(str(tiny_llama_dir))
+    by_ids = {tuple(tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]): p
+              for p in read_prompts(out / "train_prompts.jsonl")}
+    query_responses, context = rollouts[1]
+    step_prompts, response_ids = [], []
+    for row in query_responses:
+        query = [t for t in row[:context].tolist() if t != tok.pad_token_id]
+        step_prompts.append(by_ids[tuple(query)])
+        response = []
+        for t in row[context:].tolist():  # TRL's mask: up to and including EOS, padding excluded
+            if t == tok.pad_token_id:
+                break
+            response.append(t)
+            if t == tok.eos_token_id:
+                break
+        response_ids.append(response)
+    policy, _ = load_causal_lm(str(tmp_path / "policy-1"))
+    reference, _ = load_causal_lm(str(tiny_llama_dir))
+    sums, counts = exact_kl_of_responses(lambda: contextlib.nullcontext(policy),
+                                         lambda: contextlib.nullcontext(reference), tok, step_prompts, response_ids,
+                                         temperature=cfg.temperature)
+    evaluation_side = sum(sums) / sum(counts)
+    assert evaluation_side > 1e-3  # the update moved the policy: the agreement below is not 0 == 0
+    assert records[1]["kl_exact_per_token"] == pytest.approx(evaluation_side, abs=1e-4, rel=1e-3)
+
+    # the over-optimisation probe: before training and at the last step, judge fields filled (a judge was given)
+    probes = read_overopt(out)
+    assert [p["step"] for p in probes] == [0, 2] and probes[0]["kl_exact_per_token"] == pytest.approx(0, abs=1e-6)
+    assert probes[1]["kl_exact_per_token"] > 0 and probes[1]["judge_score_mean"] is not None
+    assert probes[1]["judge_model"] == str(tiny_reward_dir) and len(probes[1]["judge_score_ci"]) == 2
+    card = (out / "README.md").read_text()
+    assert "exact" in card and "overopt.jsonl" in card
+
+
+def _fake_step(log_path, kl_estimator, controller, exact_sums):
+    """One PPO step's log through the metrics callback, without TRL: TRL's k1 is 0.7 nats over 10-token responses
+    (0.07 nats/token), the captured exact KL 0.5 nats over 10 tokens (0.05 nats/token)."""
+    from types import SimpleNamespace
+
+    from rlhflab.ppo import _ExactKLCapture, _metrics_callback, _RewardProbe
+
+    probe = _RewardProbe()
+    probe.lengths.append(torch.tensor([10, 10]))
+    exact = _ExactKLCapture(0.7, 2)
+    exact.sums.add(torch.tensor(exact_sums, dtype=torch.float64))
+    records = []
+    callback = _metrics_callback(log_path, probe, controller, 0, 0, on_step=records.append, exact=exact,
+                                 kl_estimator=kl_estimator)
+    args = SimpleNamespace(kl_coef=controller.value if controller else 0.1, batch_size=8)
+    state = SimpleNamespace(global_step=1, episode=8, is_world_process_zero=True)
+    logs = {"objective/kl": 0.7, "objective/scores": 1.0, "objective/rlhf_reward": 1.0,
+            "objective/non_score_reward": 0.0, "objective/entropy": 20.0}
+    callback.on_log(args, state, None, logs=logs)
+    return records[0]
+
+
+@pytest.mark.parametrize("estimator,kl", [("exact", 0.05), ("k1", 0.07), ("k3", 0.04)])
+def test_the_controller_follows_the_chosen_estimator(estimator, kl, tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    record = _fake_step(log, estimator, AdaptiveKLController(0.1, 0.06, 100), [0.5, 0.6, 0.4, 10.0])
+    written = json.loads(log.read_text())
+    assert {k: written[k] for k in ("kl_exact_per_token", "kl_k3_per_token", "kl_controller_estimator")} == {
+        k: record[k] for k in ("kl_exact_per_token", "kl_k3_per_token", "kl_controller_estimator")}
+    assert record["kl_exact_per_token"] == pytest.approx(0.05) and record["kl_per_token"] == pytest.approx(0.07)
+    assert record["kl_k3_per_token"] == pytest.approx(0.04) and record["kl_estimator"] == "k1"
+    assert record["kl_controller_estimator"] == estimator
+    assert record["kl_coef_next"] == pytest.approx(AdaptiveKLController(0.1, 0.06, 100).update(kl, 8))
+    # nothing captured (e.g. a TRL change): TRL's k1 drives the controller, and the record says so
+    none = _fake_step(tmp_path / "none.jsonl", estimator, AdaptiveKLController(0.1, 0.06, 100), [0.0, 0.0, 0.0, 0.0])
+    assert none["kl_exact_per_token"] is None and none["kl_controller_estimator"] == "k1"
+    assert none["kl_coef_next"] == pytest.approx(AdaptiveKLController(0.1, 0.06, 100).update(0.07, 8))
+
+
+def test_summary_and_table_show_exact_kl_next_to_k1():
+    from rlhflab.ppo_metrics import run_summary_table, summarize_metrics
+
+    rows = [{"step": s, "score": 1.0, "kl_per_token": 0.2, "kl_estimator": "k1", "kl_exact_per_token": 0.05,
+             "kl_coef": 0.1} for s in range(1, 5)]
+    s = summarize_metrics(rows)
+    assert s["kl_exact_per_token_last"] == pytest.approx(0.05) and s["kl_estimator"] == "k1"
+    table = run_summary_table({"ppo-full": s})
+    assert "0.0500 → 0.0500" in table and "0.2000 → 0.2000 (k1)" in table and "yes (exact)" in table
+    old = summarize_metrics([{k: v for k, v in r.items() if k != "kl_exact_per_token"} for r in rows])
+    assert old["kl_exact_per_token_last"] is None and "not logged" in run_summary_table({"old": old})
+    assert "no (k1)" in run_summary_table({"old": old})  # an old log is judged on its k1, and says so

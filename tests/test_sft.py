@@ -27,7 +27,8 @@ def repetitive_rows(n: int):
 
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory):
-    return str(write_jsonl(tmp_path_factory.mktemp("sft-data") / "pairs.jsonl", repetitive_rows(24)))
+    # 80 pairs: SFT draws from the policy side only (31 of them, hh_rlhf.policy_pairs), and needs 24
+    return str(write_jsonl(tmp_path_factory.mktemp("sft-data") / "pairs.jsonl", repetitive_rows(80)))
 
 
 def sft_cfg(tmp_path, base, data, mode="full", **kw):

@@ -1,4 +1,4 @@
-"""Build every checkpoint that is missing — reward model, SFT, PPO full and LoRA, DPO, GRPO, DCGAN, evaluation —
+"""Build every checkpoint that is missing — reward model, judge, SFT, PPO full and LoRA, DPO, GRPO, DCGAN, evaluation —
 and serve the app: `python training/pipeline.py --profile demo|spec [--serve]`.
 
 Each step runs as its own process (its output goes to checkpoints/logs/<step>.log) under one
@@ -49,13 +49,19 @@ class Step:
 
 _OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # the RL runs' prompts
 _HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the preference pairs
+# The reward model and the judge must share one test part: the same size, whatever the profile.
+_SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
 
 # In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
-# runs wait for it. The DCGAN needs nothing and goes last, beside the evaluation. demo_s: the demo profile's
-# time on one thread beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo run 7).
+# runs wait for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads
+# it). The DCGAN needs nothing and goes last, beside the evaluation. demo_s: the demo profile's time on one thread
+# beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo run 7; the reward model and the
+# judge: 92 s and 122 s side by side, one thread each, measured alone).
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=[*_HH_STAND_IN, "--val-size", "64"], demo_s=300),
+         stand_in=_SPLIT_STAND_IN, demo_s=90),
+    Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
+         stand_in=_SPLIT_STAND_IN, demo_s=120),
     Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=120),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
          stand_in=_OASST_STAND_IN, demo_s=280),
@@ -67,7 +73,7 @@ STEPS = [
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
          stand_in=["--allow-phantom", "--no-download"], demo_s=50),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
+         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
 ]
 STATUS_FILE = "pipeline_status.json"
 
@@ -254,10 +260,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("spec", "demo"), default="spec")
     parser.add_argument("--push-to-hub-prefix", default=None,
-                        help="push each checkpoint to PREFIX-reward, PREFIX-sft, PREFIX-ppo-full, PREFIX-ppo-lora, "
-                             "PREFIX-grpo, PREFIX-dpo, PREFIX-dcgan")
+                        help="push each checkpoint to PREFIX-reward, PREFIX-judge, PREFIX-sft, PREFIX-ppo-full, "
+                             "PREFIX-ppo-lora, PREFIX-grpo, PREFIX-dpo, PREFIX-dcgan")
     parser.add_argument("--only", default=None,
-                        help="comma-separated subset: reward,sft,ppo-full,ppo-lora,grpo,dpo,dcgan,eval")
+                        help="comma-separated subset: reward,judge,sft,ppo-full,ppo-lora,grpo,dpo,dcgan,eval")
     parser.add_argument("--jobs", type=int, default=None,
                         help="steps run side by side, CPU threads split between them "
                              "(default: 2 on a CPU-only machine with 2+ cores, 1 with a GPU)")

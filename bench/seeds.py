@@ -1,0 +1,169 @@
+"""The demo's bar over seeds (issue 18, point 7): each demo recipe trained with several seeds, each seed's policies
+evaluated against the base by the training reward model and by the independent judge, and per method the judge's
+held-out gain with a 95 % t-interval across seeds and the exact KL per token at the end of each seed.
+
+    python bench/seeds.py [--seeds 0,1,2,3,4] [--methods sft,dpo,ppo-full,ppo-lora,grpo] [--store DIR]
+
+Needs the demo reward model and judge (checkpoints/reward, checkpoints/judge: `make demo`, or
+`python training/reward.py --profile demo` and `... --role judge`). Per seed it builds a store DIR/seed<S> beside
+links to those two, trains each method there with `--seed S` (the prompt split stays the demo's: `--data-seed`),
+then runs `eval/evaluate.py --profile demo --seed 1000+S` on that store, so base and policies are sampled afresh
+per seed and the variation across seeds includes sampling. One record per (seed, method) is appended to
+bench/seeds.jsonl; the table is printed from every record of the chosen methods and seeds (a rerun with the
+same seeds replaces nothing: use --fresh to start the jsonl over).
+
+The bar: some method's judge gain interval (across seeds) excludes zero while its exact KL to the base ends in
+0.02-0.1 nats/token in at least 4 of 5 seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from common import command, machine  # noqa: E402
+from seed_interval import t_interval  # noqa: E402
+
+RESULTS = HERE / "seeds.jsonl"
+KL_BAND = (0.02, 0.1)
+# method -> (script, its flags, the evaluation's key for it)
+METHODS = {
+    "sft": ("training/sft.py", [], "sft"),
+    "dpo": ("training/dpo.py", [], "dpo"),
+    "ppo-full": ("training/ppo.py", ["--mode", "full", "--data-seed", "42"], "full"),
+    "ppo-lora": ("training/ppo.py", ["--mode", "lora", "--data-seed", "42"], "lora"),
+    "grpo": ("training/grpo.py", ["--data-seed", "42"], "grpo"),
+}
+
+
+def run(cmd: list[str], env: dict, log: Path) -> float:
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        rc = subprocess.call(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if rc:
+        sys.exit(f"failed (exit {rc}): {' '.join(cmd)}; log: {log}")
+    return time.perf_counter() - t0
+
+
+def last_training_kl(folder: Path) -> float | None:
+    """The run's own exact KL over its last logged steps (metrics.jsonl), where it logged one."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    values = [r["kl_exact_per_token"] for r in records if isinstance(r.get("kl_exact_per_token"), (int, float))]
+    return sum(values[-3:]) / len(values[-3:]) if values else None
+
+
+def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[dict]:
+    store.mkdir(parents=True, exist_ok=True)
+    for name, target in (("reward", reward), ("judge", judge)):
+        link = store / name
+        if not link.exists():
+            link.symlink_to(target.resolve())
+    env = dict(os.environ, RLHFLAB_CHECKPOINTS=str(store))
+    seconds = {}
+    for m in methods:
+        script, flags, _ = METHODS[m]
+        print(f"seed {seed}: training {m}", flush=True)
+        seconds[m] = run([sys.executable, script, "--profile", "demo", *flags, "--seed", str(seed)], env,
+                         store / f"{m}.log")
+    print(f"seed {seed}: evaluating", flush=True)
+    keys = ",".join(["base", *(METHODS[m][2] for m in methods)])
+    eval_s = run([sys.executable, "eval/evaluate.py", "--profile", "demo", "--policies", keys, "--seed",
+                  str(1000 + seed), "--best-of-n", "4"], env, store / "eval.log")
+    results = json.loads((store / "eval" / "results.json").read_text())
+    out = []
+    for m in methods:
+        e = results["policies"][METHODS[m][2]]
+        out.append({"seed": seed, "method": m, "train_seconds": round(seconds[m], 1), "eval_seconds": round(eval_s, 1),
+                    "judge_gain": e.get("judge_gain_vs_base"), "rm_gain": e.get("gain_vs_base"),
+                    "length_controlled_judge_gain": (e.get("length_controlled") or {}).get("judge", {}).get("gain"),
+                    "kl_exact_per_token": e.get("kl_per_token_to_base"),
+                    "kl_training_last_exact": last_training_kl(store / m),  # the output folder is named like the method
+                    "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
+                    "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
+    bon = results["policies"].get("best-of-4")
+    if bon:
+        out.append({"seed": seed, "method": "best-of-4", "judge_gain": bon.get("judge_gain_vs_base"),
+                    "rm_gain": bon.get("gain_vs_base"), "kl_bound_per_token": bon.get("kl_bound_per_token"),
+                    "n_prompts": bon.get("n"), "eval_seconds": round(eval_s, 1)})
+    return out
+
+
+def _fmt(mean, low, high, digits=3):
+    return f"{mean:+.{digits}f}" + ("" if low is None else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
+
+
+def table(records: list[dict]) -> tuple[str, list[str]]:
+    lines = ["| method | seeds | judge gain, mean [95 % t-interval across seeds] | training-RM gain | "
+             "length-controlled judge gain | exact KL to base per seed (nats/token) | seeds with KL in 0.02–0.1 |",
+             "|---|---|---|---|---|---|---|"]
+    passing = []
+    for m in dict.fromkeys(r["method"] for r in records):
+        rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
+        judge = [r["judge_gain"][0] for r in rs if r.get("judge_gain")]
+        rm = [r["rm_gain"][0] for r in rs if r.get("rm_gain")]
+        lc = [r["length_controlled_judge_gain"][0] for r in rs if r.get("length_controlled_judge_gain")]
+        kls = [r["kl_exact_per_token"][0] if r.get("kl_exact_per_token") else r.get("kl_bound_per_token")
+               for r in rs]
+        in_band = sum(1 for k in kls if k is not None and KL_BAND[0] <= k <= KL_BAND[1])
+        jt = t_interval(judge) if judge else None
+        kl_text = ", ".join("—" if k is None else f"{k:.3f}" for k in kls)
+        if m == "best-of-4":
+            kl_text = "bound ≤ " + ", ".join(f"{k:.4f}" for k in kls if k is not None)
+        lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_fmt(*jt) if jt else 'n/a'} | "
+                     f"{_fmt(*t_interval(rm)) if rm else 'n/a'} | {_fmt(*t_interval(lc)) if lc else 'n/a'} | "
+                     f"{kl_text} | {in_band}/{len(rs)} |")
+        if jt and jt[1] is not None and (jt[1] > 0 or jt[2] < 0) and in_band >= max(1, len(rs) - 1) \
+                and m != "best-of-4":
+            passing.append(m)
+    return "\n".join(lines), passing
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--methods", default="sft,dpo,ppo-full,ppo-lora,grpo")
+    p.add_argument("--store", default="/tmp/rlhflab-seeds", help="folder for the per-seed checkpoint stores")
+    p.add_argument("--reward-model", default=str(ROOT / "checkpoints" / "reward"))
+    p.add_argument("--judge-model", default=str(ROOT / "checkpoints" / "judge"))
+    p.add_argument("--fresh", action="store_true", help="start bench/seeds.jsonl over")
+    p.add_argument("--report-only", action="store_true", help="print the table from bench/seeds.jsonl, run nothing")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if not args.report_only:
+        for path in (args.reward_model, args.judge_model):
+            if not (Path(path) / "config.json").is_file():
+                sys.exit(f"{path} is not a reward-model checkpoint; build the demo's reward model and judge first.")
+        if args.fresh:
+            RESULTS.unlink(missing_ok=True)
+        for seed in seeds:
+            records = seed_records(seed, methods, Path(args.store) / f"seed{seed}", Path(args.reward_model),
+                                   Path(args.judge_model))
+            with RESULTS.open("a") as f:
+                for r in records:
+                    f.write(json.dumps({**r, "command": command(), "machine": machine(),
+                                        "time": time.strftime("%Y-%m-%dT%H:%M%z")}) + "\n")
+    records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["seed"] in seeds and (r["method"] in methods or r["method"] == "best-of-4")]
+    text, passing = table(records)
+    print(text)
+    print(f"\nbar (judge-gain interval excludes 0 and exact KL in {KL_BAND[0]}–{KL_BAND[1]} in at least 4 of 5 "
+          f"seeds): " + (f"met by {', '.join(passing)}" if passing else "met by no method"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
