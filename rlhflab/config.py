@@ -332,12 +332,10 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     PPOConfig: {
         # 48 prompts x 2 passes = 12 steps of 8 rollouts; one PPO epoch per rollout; the value model trains
-        # only its top blocks. Full PPO uses plain SGD: over seeds 0-2 AdamW (lr 2e-5) ended at 0.11, 0.025
-        # and 0.014 nats/token and lost held-out reward, SGD (lr 1.5e-2) at 0.069-0.084 and lost none
-        # (BENCHMARKS.md, bench/ppo_recipe.py). LoRA keeps AdamW: with 2 PPO epochs 0.11, with 1: 0.040.
-        # The value head starts at zero and GAE lambda is 1: with the reward model's head the values swung
-        # token to token as much as the rewards differ; over seeds 0-2 this doubled full PPO's gain (same
-        # bench). Full PPO's KL then ended above the band in 2 of 5 runs; lr 1.2e-2 held it but gave the gain back.
+        # only its top blocks. Full PPO uses plain SGD because its KL stayed in the band where AdamW's did not;
+        # the value head starts at zero (GAE lambda 1) because the reward model's head, read mid-response, swings
+        # token to token about as much as rewards differ between responses. The runs behind these choices, with
+        # their intervals across seeds: BENCHMARKS.md, "Demo PPO" (bench/ppo_recipe.py, bench/seed_interval.py).
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
@@ -347,23 +345,20 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
     SFTConfig: {
         # two passes over 32 examples (8 steps): the card compares the passes' mean loss on the same examples.
-        # LoRA at 2e-4 moved that loss a third as far as full SFT does; at 6e-4 about two thirds. (64 examples took
-        # 225 s beside the reward model in make demo; the whole demo must fit 15 minutes.)
+        # LoRA gets a larger learning rate because at full SFT's it barely moves the loss.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=32, epochs=2, batch_size=8, lr=2e-5,
                      max_length=192, lora_lr=6e-4),
     },
     DPOConfig: {
-        # 6 steps at lr 1e-5 (12 steps at 5e-6 took 343 s beside other steps in make demo; the KL to the reference
-        # ended near 0.01 nats/token, far inside 0.1). LoRA at 5e-5 barely moved the margin (0.03 nats over the last
-        # 3 steps); 2e-4: 0.20 (full DPO: 0.29).
+        # 6 steps at lr 1e-5: the demo must fit its time budget, and DPO's KL to the reference stays far inside
+        # the band at this size. LoRA gets a larger learning rate because at full DPO's it barely moves the margin.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=48, batch_size=8, lr=1e-5,
                      max_length=192, lora_lr=2e-4),
     },
     GRPOConfig: {
         # The first 24 of PPO's 48 prompts (same seed and held-out set) x 2 passes = 12 steps of 4 prompts x 4
-        # responses, about 6 s each on 2 cores with bf16 (24 steps took 376 s on one thread in make demo). KL per
-        # token over the last pass with 24 steps: lr 2e-6 and 1e-5 stayed below the band (0.005, 0.015 with 12-16
-        # steps), 3e-5 ended just above it (0.10), 2e-5 inside (0.058).
+        # responses; lr 2e-5 is the one whose KL ended inside the band in single trial runs (smaller rates stayed
+        # below it, 3e-5 above): a choice to check over seeds (bench/seeds.py), not a measured optimum.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
                      batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
                      lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=4, probe_prompts=16),

@@ -23,7 +23,7 @@ from rlhflab.policy_training import (is_stand_in, learning_rate, load_start_poli
                                      prepare_resume, save_policy_checkpoint, trainer_metrics_callback)
 
 # Trainer checkpoints (weights + optimizer) per run: each full-model save of the 135M embedded model writes
-# about 1.6 GB, so a few per run bound both the disk time and the work lost to an interruption.
+# 135M x 12 bytes (fp32 weights and AdamW's two moments) = 1.6 GB, so a few per run bound both the disk time and the work lost to an interruption.
 SAVES_PER_RUN = 4
 
 
@@ -54,7 +54,7 @@ def common_trainer_args(cfg, work: Path) -> dict:
         # a float below 1 is a fraction of the run's steps (the Trainer rounds it up)
         save_strategy="steps", save_steps=1.0 / SAVES_PER_RUN, save_total_limit=1, save_only_model=False,
         logging_steps=1, report_to=cfg.report_to, disable_tqdm=True, dataloader_num_workers=0,
-        # small models on a CPU: recomputing activations costs ~20 % time and memory is not the limit
+        # small models on a CPU: recomputing activations costs time, and memory is not the limit
         activation_checkpointing=False, **trainer_precision(cfg.bf16),
     )
 

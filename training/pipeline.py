@@ -134,7 +134,7 @@ def _share_file(logs: Path, step: Step) -> Path:
 def _step_env(threads: int, share_file: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
            THREADS_FILE_ENV: str(share_file)}
-    # Two processes with two OpenMP threads each on two cores run many times slower than one
+    # Two processes with two OpenMP threads each on two cores run far slower than one
     # (threads spin at barriers while descheduled); give each side-by-side step its share.
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
