@@ -1,48 +1,365 @@
-"""One PPO step with this project's defaults against plain TRL (fp32, TRL's defaults) on the same batch.
+"""PPO step time on equal work — plain TRL 1.12 against rlhflab's train_ppo — and one row per "less work" choice.
 
-`python bench/bench_ppo.py [--steps 3]` — needs checkpoints/reward (python training/reward.py --profile demo).
-Reports the median seconds per step after the first (warm-up) step, and the ratio.
+`python bench/bench_ppo.py [--steps 4] [--mode full|lora] [--variants frozen_value,bf16,checkpointing,value_head,probe]`
+(needs checkpoints/reward; `--tiny` runs every path on a 2-block model in seconds, to check the code, not to measure).
+
+Equal work: TRL's PPOTrainer driven directly (no rlhflab wrapper around it) and train_ppo with the demo profile and the
+probe off, on the same models, frozen value blocks, value head, prompts, rollout batch, optimizer, learning rate and
+precision (both under one torch bf16 autocast context where the CPU runs bf16 fast, else both fp32). Each side runs
+`--steps` steps; the first is warm-up, the rest are timed (median and spread). The "less work" rows each change one
+factor of train_ppo's demo run (the same baseline run) and state the factor's effect on results next to its time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, demo_ppo_metrics, machine  # noqa: E402
+from common import command, demo_ppo_run, machine, spread, tiny_models  # noqa: E402
+
+VARIANTS = ("frozen_value", "bf16", "checkpointing", "value_head", "probe")
+TINY = dict(lang=None, num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=4, max_prompt_length=96,
+            max_response_length=8, probe_prompts=4, judge_model="")
 
 
-def run(steps: int = 3, mode: str = "full", reward_model: str | None = None) -> dict:
+def _timed_steps(seconds: list[float]) -> dict:
+    """The spread of the steps after the first (warm-up: TRL's first-call setup, lazy allocations)."""
+    timed = seconds[1:] or seconds
+    return {**spread(timed), "warm_up_s": seconds[0], "all_s": seconds}
+
+
+@contextlib.contextmanager
+def _replaced(module, name: str, make):
+    original = getattr(module, name)
+    setattr(module, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def _enable_checkpointing(model):
+    # use_reentrant=False: the reentrant variant drops the gradients of blocks whose inputs need none (frozen lower
+    # value blocks feed the upper ones), and it is what TRL itself sets for its gradient_checkpointing flag.
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def ours(steps: int, checkpointing: bool = False, **cfg_overrides) -> dict:
+    """rlhflab's train_ppo (demo profile + overrides) for `steps` steps: step times, with the resumable work-state saves
+    taken out (plain TRL saves nothing mid-run) and reported apart, and the run's per-step results."""
+    import rlhflab.ppo as ppo
+
+    pending, saves_after = [0.0], {}
+
+    def timed_save(original):
+        def save(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                pending[0] += time.perf_counter() - t0
+        return save
+
+    def on_step(record):  # called after the step's save: a save lands in the next step's seconds_per_step
+        saves_after[record["step"]], pending[0] = pending[0], 0.0
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_replaced(ppo, "save_atomically", timed_save))
+        if checkpointing:
+            # TRL 1.12's PPOTrainer never turns its gradient_checkpointing flag on (its train() replaces the Trainer
+            # loop that would), so the policy and the value model get it directly.
+            def policy_with_checkpointing(load):
+                def policy(*args, **kwargs):
+                    model, *rest = load(*args, **kwargs)
+                    return (_enable_checkpointing(model), *rest)
+                return policy
+
+            def value_with_checkpointing(build):
+                return lambda *args, **kwargs: _enable_checkpointing(build(*args, **kwargs))
+
+            stack.enter_context(_replaced(ppo, "load_start_policy", policy_with_checkpointing))
+            stack.enter_context(_replaced(ppo, "build_value_model", value_with_checkpointing))
+        run = demo_ppo_run(on_step=on_step, max_steps=steps, **cfg_overrides)
+    metrics = run["metrics"]
+    seconds = [r["seconds_per_step"] - saves_after.get(r["step"] - 1, 0.0) for r in metrics]
+    saves = [s for s in saves_after.values() if s > 0]
+    return {"steps": _timed_steps(seconds), "save_s_per_save": spread(saves) if saves else None,
+            "saves": len(saves), "results": _results(metrics), "overopt": run["overopt"],
+            "value_trainable_params": run["info"]["value_trainable_params"],
+            "value_total_params": run["info"]["value_total_params"], "optimizer": run["info"]["optimizer"],
+            "bf16": run["info"]["bf16"]}
+
+
+def _results(metrics: list[dict]) -> dict:
+    """What a factor could change in a short run: the losses, score and KL of each step."""
+    keys = ("value_loss", "policy_loss", "score", "kl_exact_per_token", "kl_per_token", "response_tokens_mean")
+    return {k: [r.get(k) for r in metrics] for k in keys}
+
+
+def plain_trl(steps: int, **cfg_overrides) -> dict:
+    """TRL 1.12's PPOTrainer driven directly with the same work as train_ppo's demo run: the same models (loaded
+    by the same loaders), frozen value blocks and value head, prompts, batch plan, optimizer, learning rate and KL
+    settings; bf16 as one torch autocast context around train() (TRL's own bf16 flag is a no-op in 1.12)."""
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+
+    from rlhflab.config import PPOConfig, build_config
+    from rlhflab.models import autocast_dtype, best_device, load_causal_lm, load_reward_model, lora_target_modules, \
+        model_path
+    from rlhflab.ppo import _trl, build_value_model, ppo_batch_plan, prepare_prompts
+
+    cfg = build_config(PPOConfig, "demo", max_steps=steps, **cfg_overrides)
+    torch.manual_seed(cfg.seed)
+    reward_model, _ = load_reward_model(cfg.reward_model)
+    policy, tokenizer = load_causal_lm(cfg.base_model)
+    value_model = build_value_model(model_path(cfg.reward_model), cfg.value_freeze_layers, tokenizer.pad_token_id,
+                                    zero_head=cfg.value_head == "zero")
+    _, _, queries = prepare_prompts(cfg, tokenizer)
+    plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(queries), cfg.epochs, max_steps=cfg.max_steps)
+    amp_dtype = autocast_dtype(cfg.bf16, best_device())
+    lora = cfg.mode == "lora"
+    TRLPPOConfig, PPOTrainer, _ = _trl()
+    records = []
+
+    class StepTimes(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.last = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):  # TRL logs once per PPO step
+            if logs and "objective/kl" in logs:
+                now = time.perf_counter()
+                records.append({"seconds_per_step": now - self.last, "value_loss": logs.get("loss/value_avg"),
+                                "policy_loss": logs.get("loss/policy_avg"), "score": logs.get("objective/scores")})
+                self.last = now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TRLPPOConfig(
+            output_dir=tmp, learning_rate=cfg.lora_lr if lora and cfg.lora_lr else cfg.lr,
+            num_ppo_epochs=cfg.ppo_epochs, per_device_train_batch_size=plan["per_device_train_batch_size"],
+            gradient_accumulation_steps=plan["gradient_accumulation_steps"],
+            local_rollout_forward_batch_size=plan["local_rollout_forward_batch_size"],
+            num_mini_batches=plan["num_mini_batches"], total_episodes=plan["steps"] * cfg.batch_size,
+            response_length=cfg.max_response_length, temperature=cfg.temperature, stop_token="eos",
+            kl_coef=cfg.kl_coef, lam=cfg.gae_lambda, missing_eos_penalty=cfg.missing_eos_penalty, seed=cfg.seed,
+            bf16=amp_dtype is not None, fp16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+            num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True,
+            optim=cfg.lora_optim if lora and cfg.lora_optim else cfg.optim)
+        peft_config = None
+        if lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                     target_modules=lora_target_modules(policy), task_type="CAUSAL_LM", bias="none")
+        trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+                             reward_model=reward_model, train_dataset=datasets.Dataset.from_dict({"input_ids": queries}),
+                             value_model=value_model, peft_config=peft_config, callbacks=[StepTimes()])
+        precision = contextlib.nullcontext()
+        if amp_dtype is not None:
+            # Autocast keeps its bf16 copies of trainable weights until the outermost context exits: without clearing
+            # them after each optimizer step every later forward would use the step-0 weights. Both sides clear.
+            step = trainer.optimizer.step
+
+            def step_then_clear(*a, **k):
+                out = step(*a, **k)
+                torch.clear_autocast_cache()
+                return out
+
+            trainer.optimizer.step = step_then_clear
+            precision = torch.autocast(best_device().type, dtype=amp_dtype)
+        with precision:
+            trainer.train()
+    return {"steps": _timed_steps([r["seconds_per_step"] for r in records]),
+            "results": {k: [r[k] for r in records] for k in ("value_loss", "policy_loss", "score")},
+            "bf16": amp_dtype is not None}
+
+
+def bf16_logprob_effect(prompts: int = 8, **cfg_overrides) -> dict:
+    """What bf16 autocast changes in the numbers PPO uses, at step 1: rollouts sampled once (fp32) from the start
+    policy, then every response token's log-prob and next-token distribution computed in fp32 and under bf16
+    autocast on the same sequences. Max and mean |Δ log-prob| of the sampled tokens (nats), and the exact KL
+    (Σ_v p log p/q over the vocabulary, fp32 ‖ bf16) per token at the sampling temperature."""
+    import torch
+
+    from rlhflab.config import PPOConfig, build_config
+    from rlhflab.data.oasst1 import load_prompts, split_prompts
+    from rlhflab.generation import GenerationSettings, generate_batch
+    from rlhflab.kl import _response_batch, kl_sums, response_logits
+    from rlhflab.models import autocast, autocast_dtype, load_causal_lm
+
+    cfg = build_config(PPOConfig, "demo", **cfg_overrides)
+    if autocast_dtype(True) is None:
+        return {"note": "this CPU has no fast bf16: both sides run fp32"}
+    model, tok = load_causal_lm(cfg.base_model)
+    model.eval()
+    train, _ = split_prompts(load_prompts(cfg.dataset, cfg.lang), cfg.num_prompts, cfg.num_heldout, cfg.seed)
+    texts = train[:prompts]
+    settings = GenerationSettings(temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                                  max_new_tokens=cfg.max_response_length, seed=cfg.seed)
+    response_ids = [g.token_ids or [] for g in generate_batch(model, tok, texts, settings, len(texts),
+                                                              cfg.max_prompt_length)]
+    ids, mask, resp_mask, context = _response_batch(tok, texts, response_ids, cfg.max_prompt_length)
+    fp32 = response_logits(model, ids, mask, context) / cfg.temperature
+    with autocast(True):
+        bf16 = response_logits(model, ids, mask, context) / cfg.temperature
+    tokens = ids[:, context:]
+    m = resp_mask.bool()
+    diff = (torch.log_softmax(fp32, -1).gather(-1, tokens.unsqueeze(-1)) -
+            torch.log_softmax(bf16, -1).gather(-1, tokens.unsqueeze(-1))).squeeze(-1)[m].abs()
+    sums = kl_sums(fp32, bf16, tokens, m)
+    return {"prompts": len(texts), "tokens": int(sums[3]), "max_abs_logprob_diff": float(diff.max()),
+            "mean_abs_logprob_diff": float(diff.mean()), "kl_exact_fp32_bf16_per_token": float(sums[0] / sums[3])}
+
+
+def _variant(name: str, steps: int, demo: dict, base: dict, cfg: dict) -> dict:
+    """One "less work" row: train_ppo with only one factor of the baseline run changed (the other side)."""
+    frozen = demo["value_freeze_layers"]
+    if name == "frozen_value":
+        other = ours(steps, **{**cfg, "value_freeze_layers": 0})
+        v, b = other["results"]["value_loss"], base["results"]["value_loss"]
+        return {"factor": f"value model: lower {frozen} blocks and embeddings frozen (ours) vs every block trains",
+                "without": other, "without_label": "every value block trains",
+                "with_label": f"value blocks 1-{frozen} frozen (demo)",
+                "effect": f"value loss at step {len(b)}: {b[-1]:.4f} frozen vs {v[-1]:.4f} all trainable "
+                          f"(mean over the {len(b)} steps {_mean(b):.4f} vs {_mean(v):.4f}); trainable value "
+                          f"parameters {base['value_trainable_params']:,} vs {other['value_trainable_params']:,}"}
+    if name == "bf16":
+        other = ours(steps, **{**cfg, "bf16": False})
+        effect = bf16_logprob_effect(**cfg)
+        k_b, k_f = base["results"]["kl_exact_per_token"][0], other["results"]["kl_exact_per_token"][0]
+        text = (f"step-1 exact KL to the reference {_f(k_b)} (bf16) vs {_f(k_f)} (fp32) nats/token")
+        if "tokens" in effect:
+            text += (f"; same {effect['tokens']} rollout tokens in fp32 and bf16: max |Δ log-prob| "
+                     f"{effect['max_abs_logprob_diff']:.4f} nats (mean {effect['mean_abs_logprob_diff']:.5f}), exact "
+                     f"KL(fp32 ‖ bf16) {_tiny(effect['kl_exact_fp32_bf16_per_token'])} nats/token")
+        return {"factor": "bf16 autocast (ours) vs fp32", "without": other,
+                "without_label": "fp32 (and no extra rollout forward: generate()'s fp32 logits match a forward pass)",
+                "with_label": "bf16 autocast (demo)", "effect": text, "logprob_effect": effect}
+    if name == "checkpointing":
+        other = ours(steps, checkpointing=True, **cfg)
+        p, q = base["results"], other["results"]
+        same = all(_close(a, b) for k in ("value_loss", "policy_loss") for a, b in zip(p[k], q[k]))
+        return {"factor": "no gradient checkpointing (ours) vs gradient checkpointing on the policy and value model",
+                "without": other, "without_label": "gradient checkpointing (backward recomputes each block's forward)",
+                "with_label": "no checkpointing (demo)",
+                "effect": "no effect on results: same computation, activations recomputed instead of kept"
+                          + (f" (policy and value losses of all {len(p['value_loss'])} steps equal to 1e-4)" if same else
+                             f" (losses differ by rounding: value loss at step {len(p['value_loss'])} "
+                             f"{_f(p['value_loss'][-1])} vs {_f(q['value_loss'][-1])})")}
+    if name == "value_head":
+        other = ours(steps, **{**cfg, "value_head": "reward"})
+        v, b = other["results"]["value_loss"], base["results"]["value_loss"]
+        return {"factor": "value head starts at zero (ours) vs the reward model's head", "without": other,
+                "without_label": "reward model's head", "with_label": "zero head (demo)",
+                "effect": f"same computation (only the head's start differs); value loss at step {len(b)}: {b[-1]:.4f} "
+                          f"zero head vs {v[-1]:.4f} reward head (mean {_mean(b):.4f} vs {_mean(v):.4f})"}
+    if name == "probe":
+        every = demo["probe_every"] or 4
+        other = ours(steps, **{**cfg, "probe_every": every})
+        probes = [p["seconds"] for p in other["overopt"] if "seconds" in p]
+        cost = spread(probes[1:] or probes) if probes else None  # the first probe also pays first-call setup
+        text = "no effect on training: the probe forks the RNG and only reads the models"
+        if cost:
+            text += (f"; one probe ({other['overopt'][0]['n_prompts']} held-out prompts: generate, exact KL, reward "
+                     f"model{' and judge' if other['overopt'][0].get('judge_model') else ''}) {cost['median']:.1f} s "
+                     f"[{cost['min']:.1f}–{cost['max']:.1f}], every {every} steps: {cost['median'] / every:.1f} s/step")
+        return {"factor": f"probe off (equal-work runs) vs the over-optimisation probe every {every} steps",
+                "without": other, "without_label": f"probe every {every} steps (demo default)",
+                "with_label": "probe off", "effect": text, "probe_s": cost, "probe_every": every,
+                "first_probe_s": probes[0] if probes else None,
+                "probe_s_per_step": cost["median"] / every if cost else None}
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _tiny(x: float) -> str:
+    return "< 1e-6" if abs(x) < 1e-6 else f"{x:.2e}"  # summed in fp32: values this small are rounding, sign included
+
+
+def _f(x):
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _close(a, b, tol: float = 1e-4) -> bool:
+    return a is not None and b is not None and abs(a - b) <= tol * max(1.0, abs(a))
+
+
+def run(steps: int = 4, mode: str = "full", reward_model: str | None = None, variants=VARIANTS,
+        overrides: dict | None = None) -> dict:
     from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, profile_defaults
 
-    reward_model = reward_model or str(CHECKPOINTS_DIR / "reward")
-    variants = {
-        "plain TRL (fp32, gradient checkpointing on, whole value model trains: TRL's defaults)":
-            ({"bf16": False, "value_freeze_layers": 0}, {"gradient_checkpointing": True}),
-        "rlhflab demo defaults (bf16 autocast, no gradient checkpointing, value model's lower blocks frozen)":
-            ({}, {}),
-    }
-    out = {}
-    for name, (cfg_kw, trl_kw) in variants.items():
-        records, _ = demo_ppo_metrics(trl_kw, mode=mode, reward_model=reward_model, max_steps=steps, **cfg_kw)
-        times = [r["seconds_per_step"] for r in records[1:]] or [records[0]["seconds_per_step"]]
-        out[name] = statistics.median(times)
-    (base_name, base), (ours_name, ours) = list(out.items())
-    demo = profile_defaults(PPOConfig, "demo")
-    result = {"benchmark": f"PPO step ({mode}, demo batch: {demo['batch_size']} rollouts x "
-                           f"{demo['max_response_length']} tokens, {demo['ppo_epochs']} PPO epochs)",
-              "baseline": base_name, "baseline_s_per_step": base, "ours": ours_name, "ours_s_per_step": ours,
-              "speedup": base / ours, "steps_timed": steps - 1, "machine": machine(), "command": command()}
-    print(json.dumps(result, indent=2))
+    if steps < 2:
+        raise ValueError("--steps must be at least 2: the first step is warm-up, the rest are timed")
+    cfg = {"mode": mode, "reward_model": reward_model or str(CHECKPOINTS_DIR / "reward"), **(overrides or {})}
+    demo = {**profile_defaults(PPOConfig, "demo"), **cfg}
+    cfg_ours = {**cfg, "probe_every": 0}  # the probe is extra work plain TRL does not do: its cost is a row of its own
+    plain = plain_trl(steps, **cfg_ours)
+    base = ours(steps, **cfg_ours)
+    lr = demo["lora_lr"] if mode == "lora" and demo["lora_lr"] else demo["lr"]
+    optim = demo["lora_optim"] if mode == "lora" and demo["lora_optim"] else demo["optim"]
+    work = (f"{mode}, {demo['batch_size']} rollouts x {demo['max_response_length']} tokens, {demo['ppo_epochs']} PPO "
+            f"epoch(s), {'bf16 autocast' if base['bf16'] else 'fp32'}, value blocks 1-{demo['value_freeze_layers']} "
+            f"frozen, {demo['value_head']} value head, {optim} lr {lr:g}")
+    result = {
+        "benchmark": f"PPO step, equal work ({work})", "mode": mode, "steps_per_run": steps, "warm_up_steps": 1,
+        "precision": "bf16 autocast" if base["bf16"] else "fp32",
+        "equal_work": {
+            "work": work,
+            "baseline": "plain TRL 1.12 PPOTrainer driven directly (one autocast context around train())",
+            "baseline_steps": plain["steps"], "baseline_results": plain["results"],
+            "ours": "rlhflab train_ppo, demo profile, probe off (adds: rollout log-probs from one full no-grad forward "
+                    "under bf16, exact KL from the logits TRL computes, EOS closing of unfinished responses)",
+            "ours_steps": base["steps"], "ours_results": base["results"],
+            "ours_save_s_per_save": base["save_s_per_save"], "ours_saves": base["saves"],
+            "speedup": plain["steps"]["median"] / base["steps"]["median"]},
+        "less_work": [], "machine": machine(), "command": command()}
+    for name in variants:
+        row = _variant(name, steps, demo, base, cfg_ours)
+        other = row.pop("without")
+        speedup = other["steps"]["median"] / base["steps"]["median"]
+        if name == "probe" and row["probe_s_per_step"] is not None:
+            # the probe runs between steps (at step 0 and every probe_every steps), mostly outside the timed ones:
+            # its cost per step is its own time spread over the steps between probes
+            speedup = (base["steps"]["median"] + row["probe_s_per_step"]) / base["steps"]["median"]
+        row.update(name=name, without_steps=other["steps"], with_steps=base["steps"], without_results=other["results"],
+                   speedup=speedup)
+        result["less_work"].append(row)
+        print(f"{name}: {row['speedup']:.2f}x; {row['effect']}", flush=True)
+    print(json.dumps(result, indent=2, default=str))
     return result
 
 
+def _variants(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)} (or none)")
+    return names
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up, the rest are timed")
     parser.add_argument("--mode", default="full", choices=("full", "lora"))
-    args = parser.parse_args()
-    run(args.steps, args.mode)
+    parser.add_argument("--variants", type=lambda t: [] if t == "none" else _variants(t), default=list(VARIANTS),
+                        help=f"'less work' rows to run, comma-separated: {','.join(VARIANTS)} (or none)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a 2-block model and 4 rollouts of 8 tokens: checks every path in seconds, measures nothing")
+    a = parser.parse_args()
+    if a.steps < 2:
+        parser.error("--steps must be at least 2: the first step is warm-up, the rest are timed")
+    if a.tiny:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(a.steps, a.mode, variants=a.variants, overrides={**TINY, **tiny_models(Path(tmp))})
+    else:
+        run(a.steps, a.mode, variants=a.variants)

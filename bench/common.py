@@ -42,3 +42,59 @@ def demo_ppo_metrics(trl_overrides: dict | None = None, **cfg_overrides) -> tupl
         cfg = build_config(PPOConfig, "demo", output_dir=str(Path(tmp) / "ppo"), **cfg_overrides)
         train_ppo(cfg, trl_overrides=trl_overrides)
         return read_jsonl(Path(tmp) / "ppo" / METRICS_FILE), cfg
+
+
+def demo_ppo_run(trl_overrides: dict | None = None, on_step=None, **cfg_overrides) -> dict:
+    """Run PPO with the demo profile (plus overrides) into a temporary folder; what it wrote, read back:
+    {"metrics": per-step records, "overopt": probe records, "info": ppo_info.json, "cfg": the config}."""
+    import json
+    import tempfile
+
+    from rlhflab.checkpoints import METRICS_FILE, read_jsonl
+    from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
+    from rlhflab.overopt import read_overopt
+    from rlhflab.ppo import PPO_INFO_FILE, train_ppo
+
+    cfg_overrides.setdefault("reward_model", str(CHECKPOINTS_DIR / "reward"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = build_config(PPOConfig, "demo", output_dir=str(Path(tmp) / "ppo"), **cfg_overrides)
+        out = train_ppo(cfg, on_step=on_step, trl_overrides=trl_overrides)
+        return {"metrics": read_jsonl(out / METRICS_FILE), "overopt": read_overopt(out),
+                "info": json.loads((out / PPO_INFO_FILE).read_text()), "cfg": cfg}
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min, max and quartiles of repeated timings (seconds), with their count."""
+    import statistics
+
+    values = sorted(values)
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return {"n": len(values), "median": statistics.median(values), "min": values[0], "max": values[-1],
+            "q1": q[0], "q3": q[2], "values": values}
+
+
+def tiny_models(folder: Path) -> dict:
+    """A 2-block, hidden-64 Llama policy and a reward model on it, with the embedded SmolLM2 tokenizer (so the
+    demo data tokenizes as it does for the real model): the benches' --tiny runs check their code paths in seconds.
+    Returns {"base_model": folder, "reward_model": folder}."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rlhflab.models import EMBEDDED_MODELS, _embedded_gguf
+
+    folder = Path(folder)
+    policy_dir, reward_dir = folder / "tiny-policy", folder / "tiny-reward"
+    if (reward_dir / "config.json").is_file():
+        return {"base_model": str(policy_dir), "reward_model": str(reward_dir)}
+    gguf = _embedded_gguf("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_MODELS["smollm2-135m-instruct"][1])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(policy_dir)
+    tok.save_pretrained(policy_dir)
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1).save_pretrained(reward_dir)
+    tok.save_pretrained(reward_dir)
+    return {"base_model": str(policy_dir), "reward_model": str(reward_dir)}

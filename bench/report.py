@@ -35,7 +35,7 @@ def _where(r: dict) -> str:
 def _rows(results: dict) -> list[list[str]]:
     rows = []
     g = results.get("generation", {})
-    if d := g.get("decode_batch1"):
+    if (d := g.get("decode_batch1")) and "speedup_fp32" in d:
         met = d["speedup_fp32"] >= 2 and d["fraction_of_limit_fp32"] >= 0.6
         rows.append([
             "chat decode, batch 1, 135M policy, greedy (tokens/s)",
@@ -51,7 +51,13 @@ def _rows(results: dict) -> list[list[str]]:
             f"one prompt at a time: {e['loop_s']:.1f}", f"batched, left padding: {e['batched_s']:.1f} "
             f"({e['identical_outputs']}/{e['prompts']} outputs identical)", _x(e["speedup"]),
             f"≥ 4×: {'met' if e['speedup'] >= 4 else '**not met**'}", _where(g)])
-    if (p := results.get("ppo")) and "speedup" in p:
+    if d := g.get("decode_batch1", {}).get("app_default"):
+        rows.append(_app_decode_row(d, g.get("decode_batch1", {}), _where(g)))
+    if (e := g.get("engine_batches")) and e.get("rows"):
+        rows.append(_engine_batches_row(e, _where(g)))
+    if (p := results.get("ppo")) and "equal_work" in p:
+        rows.extend(_equal_work_rows(p, "PPO step", "s/step", _ppo_side))
+    elif (p := results.get("ppo")) and "speedup" in p:
         ours = p["ours"]
         if str(p.get("measured", "")) < PPO_DEMO_RECIPE_SINCE:
             # bench_ppo.py times whatever the demo profile is when it runs; a record from before the profile's
@@ -61,7 +67,9 @@ def _rows(results: dict) -> list[list[str]]:
         rows.append([p["benchmark"] + " (s/step)", f"{p['baseline']}: {p['baseline_s_per_step']:.1f}",
                      f"{ours}: {p['ours_s_per_step']:.1f}", _x(p["speedup"]),
                      f"2×: {'met' if p['speedup'] >= 2 else '**not met**'}", _where(p)])
-    if (r := results.get("reward")) and "speedup" in r:
+    if (r := results.get("reward")) and "equal_work" in r:
+        rows.extend(_equal_work_rows(r, "reward-model training", "s/step", _reward_side))
+    elif (r := results.get("reward")) and "speedup" in r:
         rows.append([r["benchmark"] + " (pairs/s)", f"{r['baseline']}: {r['baseline_pairs_per_s']:.2f}",
                      f"{r['ours']}: {r['ours_pairs_per_s']:.2f}", _x(r["speedup"]), "—", _where(r)])
     if (d := results.get("dcgan")) and "speedup" in d:
@@ -95,6 +103,76 @@ def _rows(results: dict) -> list[list[str]]:
     for name, r in results.items():
         if "error" in r:
             rows.append([name, "—", f"failed: {r['error']}", "—", "—", "—"])
+    return rows
+
+
+def _app_decode_row(d: dict, decode: dict, where: str) -> list[str]:
+    """Chat decode on the app's default path: generate() against the engine at the same precision."""
+    met = d["speedup"] >= 2 and d["fraction_of_limit"] >= 0.6
+    ttft = d.get("time_to_first_token_after_load_s")
+    ttft_met = ttft is not None and ttft < 0.5
+    same = {True: "greedy outputs = generate()'s", False: "greedy outputs differ from generate()'s"}.get(
+        d.get("greedy_equals_generate"), "")
+    bw = decode.get("bandwidth_gb_s")
+    limit = (f"{d['fraction_of_limit'] * 100:.0f} % of the bandwidth limit ({d['bandwidth_limit_tok_s']:.1f} tok/s = "
+             + (f"{bw:.1f} GB/s ÷ " if bw else "bandwidth ÷ ") + f"{d['bytes_per_token_mb']:.0f} MB read per token)")
+    return [f"chat decode, app default path ({d['dtype']}), batch 1, greedy (tokens/s)",
+            f"`generate()` {d['dtype']}: {d['generate_tok_s']:.1f}",
+            f"decode engine ({d.get('engine', '?')}): {d['engine_tok_s']:.1f}; {limit}; {same}; time to first token "
+            f"after load {_num(ttft, 2)} s (load {_num(d.get('load_s'), 1)} s)",
+            _x(d["speedup"]), f"2× and 60 %: {'met' if met else '**not met**'}; first token < 0.5 s: "
+                              f"{'met' if ttft_met else '**not met**'}", where]
+
+
+def _engine_batches_row(e: dict, where: str) -> list[str]:
+    rows = sorted(e["rows"], key=lambda r: r["batch"])
+    rates = ", ".join(f"{r['batch']}: {r['tok_s']:.0f}" for r in rows)
+    first, best = rows[0], max(rows, key=lambda r: r["tok_s"])
+    new = rows[0].get("new_tokens")
+    return [f"decode engine tokens/s at batch {'/'.join(str(r['batch']) for r in rows)} ({e.get('dtype', '?')}, "
+            f"greedy{f', {new} new tokens' if new else ''})",
+            f"batch {first['batch']}: {first['tok_s']:.1f}",
+            f"{rates} (engine {e.get('engine', '?')}; ratio: batch {best['batch']} ÷ batch {first['batch']})",
+            _x(best["tok_s"] / first["tok_s"]), "—", where]
+
+
+def _num(x, digits: int) -> str:
+    return "?" if x is None else f"{x:.{digits}f}"
+
+
+def _steps(s: dict) -> str:
+    """Median [min–max] of the timed steps, with their count."""
+    return f"{s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}] (n = {s['n']})"
+
+
+def _ppo_side(record: dict, side: str) -> str:
+    return _steps(record[f"{side}_steps"])
+
+
+def _reward_side(record: dict, side: str) -> str:
+    run = record[f"{side}_run"]
+    p, lo, hi = run["test_accuracy"]
+    return f"{_steps(run['steps'])}; test accuracy {100 * p:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _equal_work_rows(r: dict, what: str, unit: str, side) -> list[list[str]]:
+    """The equal-work row (both sides' work named) and one row per "less work" choice, each with its effect."""
+    e, where = r["equal_work"], _where(r)
+    ours = f"{e['ours']}: {side(e, 'ours')}"
+    if e.get("ours_save_s_per_save"):
+        ours += (f"; not counted: {e['ours_saves']} resumable work-state saves, "
+                 f"{e['ours_save_s_per_save']['median']:.2f} s each")
+    rows = [[f"{what}, equal work: {e['work']} ({unit}, median [min–max] of the steps after 1 warm-up step)",
+             f"{e['baseline']}: {side(e, 'baseline')}", ours, _x(e["speedup"]),
+             f"2×: {'met' if e['speedup'] >= 2 else '**not met**'}" if what.startswith("PPO") else "—", where]]
+    for v in r.get("less_work", []):
+        if "without_steps" in v:
+            base, mine = _steps(v["without_steps"]), _steps(v["with_steps"])
+        else:  # reward rows: whole training time (the cached prefix's one pass included) and per-step times
+            base, mine = (f"{_steps(v[k]['steps'])} s/step; {v[k]['pairs_per_s']:.2f} pairs/s over the training"
+                          for k in ("without", "with"))
+        rows.append([f"{what}, less work: {v['factor']} ({unit})", f"{v['without_label']}: {base}",
+                     f"{v['with_label']}: {mine}; effect: {v['effect']}", _x(v["speedup"]), "—", where])
     return rows
 
 

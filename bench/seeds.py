@@ -104,8 +104,9 @@ def _fmt(mean, low, high, digits=3):
 
 def table(records: list[dict]) -> tuple[str, list[str]]:
     lines = ["| method | seeds | judge gain, mean [95 % t-interval across seeds] | training-RM gain | "
-             "length-controlled judge gain | exact KL to base per seed (nats/token) | seeds with KL in 0.02–0.1 |",
-             "|---|---|---|---|---|---|---|"]
+             "length-controlled judge gain | exact KL to base per seed (nats/token) | training log's exact KL, "
+             "last 3 steps | seeds with KL in 0.02–0.1 |",
+             "|---|---|---|---|---|---|---|---|"]
     passing = []
     for m in dict.fromkeys(r["method"] for r in records):
         rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
@@ -119,9 +120,11 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
         kl_text = ", ".join("—" if k is None else f"{k:.3f}" for k in kls)
         if m == "best-of-4":
             kl_text = "bound ≤ " + ", ".join(f"{k:.4f}" for k in kls if k is not None)
+        train_kl = ", ".join(f"{r['kl_training_last_exact']:.3f}" for r in rs
+                             if isinstance(r.get("kl_training_last_exact"), (int, float))) or "—"
         lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_fmt(*jt) if jt else 'n/a'} | "
                      f"{_fmt(*t_interval(rm)) if rm else 'n/a'} | {_fmt(*t_interval(lc)) if lc else 'n/a'} | "
-                     f"{kl_text} | {in_band}/{len(rs)} |")
+                     f"{kl_text} | {train_kl} | {in_band}/{len(rs)} |")
         if jt and jt[1] is not None and (jt[1] > 0 or jt[2] < 0) and in_band >= max(1, len(rs) - 1) \
                 and m != "best-of-4":
             passing.append(m)
