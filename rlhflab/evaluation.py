@@ -294,6 +294,9 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                 entry["kl_per_sequence_to_base"] = float(np.mean(exact[n][0]))
                 k1 = kl_per_token(logps[n], base_logps[n])  # the earlier estimate, on re-tokenised text, for comparison
                 entry["kl_k1_per_token_to_base"] = list(stats.bootstrap_ci(k1, samples=b, seed=4))
+                records = read_jsonl(Path(policy_dirs[n]) / METRICS_FILE) if n in policy_dirs else []
+                if records and "kl_coef" in records[0]:  # an RL run's own log of the same quantity, set beside it
+                    entry["kl_exact_per_token_training_last"] = summarize_metrics(records).get("kl_exact_per_token_last")
             entry["length_gain_vs_base"] = list(stats.paired_bootstrap_diff(tokens[n], tokens["base"], samples=b,
                                                                             seed=5))
         results["policies"][n] = entry
@@ -410,14 +413,17 @@ def policy_results_table(results: dict) -> str:
                   f"{e['kl_bound_per_sequence']:.3f} nats/sequence)")
         cut = f"{100 * e['cut_rate']:.0f} %" if isinstance(e.get("cut_rate"), (int, float)) else "—"
         r = e.get("reward_length_pearson_r")
-        costs.append([name, kl, _ci(e.get("response_tokens_mean"), 1),
+        logged = e.get("kl_exact_per_token_training_last")
+        costs.append([name, kl, f"{logged:.4f}" if isinstance(logged, (int, float)) else "—",
+                      _ci(e.get("response_tokens_mean"), 1),
                       _ci(e.get("length_gain_vs_base"), 1, signed=True) if has_base else "—", cut,
                       _r(r) if isinstance(r, (int, float)) else "—"])
     gain_table = markdown_table(
         ["policy", "mean reward (training RM) [95 % CI]", "training-RM gain vs base",
          "training-RM win rate, ties half (W/T/L)", "judge gain vs base", "judge win rate, ties half (W/T/L)",
          "length-controlled gain (scorer)", "n prompts"], gains)
-    cost_table = markdown_table(["policy", "KL to base (nats/token)", "response tokens", "length change (tokens)",
+    cost_table = markdown_table(["policy", "KL to base (nats/token)", "training log's exact KL, last steps",
+                                 "response tokens", "length change (tokens)",
                                  "cut at max tokens", "r(reward, length)"], costs)
     return ("**Gains over the base** (training reward model and independent judge)\n\n" + gain_table +
             "\n\n**What they cost** (exact KL to the base, length, responses cut at the token limit)\n\n" + cost_table)

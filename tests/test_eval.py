@@ -1,10 +1,12 @@
 """Evaluation: interval coverage, held-out discipline, KL of a policy to itself, rating aggregates, a tiny run."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rlhflab import stats
+from rlhflab.checkpoints import read_jsonl
 from rlhflab.config import EvalConfig, build_config
 from rlhflab.errors import UserError
 from rlhflab.ratings import CRITERIA, RatingsStore
@@ -111,11 +113,15 @@ def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, f
         e = results["policies"][name]
         assert e["gain_vs_base"][1] <= e["gain_vs_base"][0] <= e["gain_vs_base"][2]
         assert 0 <= e["win_rate_vs_base"][0] <= 1 and "kl_per_token_to_base" in e
+        # the run's own exact KL over its last steps stands beside the evaluation's, from its metrics.jsonl
+        logged = [r["kl_exact_per_token"] for r in read_jsonl(Path(results["policies"][name]["source"]) / "metrics.jsonl")]
+        assert e["kl_exact_per_token_training_last"] == pytest.approx(np.mean(logged[-1:]), abs=1e-9)
     base = results["policies"]["base"]
     rewards = results["per_prompt"]["base"]["reward"]
     assert base["reward_mean"][0] == pytest.approx(np.mean(rewards), abs=1e-3)
     report = (out / "report.md").read_text()
     assert "nats per token" in report and "95 % bootstrap" in report and "n prompts" in report
+    assert "training log's exact KL, last steps" in report
     assert (out / "figures" / "kl_per_token.json").is_file()
     store = RatingsStore(cfg.ratings_db)
     assert len(store.items()) == 2 * 3
