@@ -111,8 +111,8 @@ def plain_trl(steps: int, **cfg_overrides) -> dict:
     from transformers import TrainerCallback
 
     from rlhflab.config import PPOConfig, build_config
-    from rlhflab.models import autocast_dtype, best_device, load_causal_lm, load_reward_model, lora_target_modules, \
-        model_path
+    from rlhflab.models import (autocast_dtype, best_device, clear_autocast_cache_after_steps, load_causal_lm,
+                                load_reward_model, lora_target_modules, model_path)
     from rlhflab.ppo import _trl, build_value_model, ppo_batch_plan, prepare_prompts
 
     cfg = build_config(PPOConfig, "demo", max_steps=steps, **cfg_overrides)
@@ -162,16 +162,8 @@ def plain_trl(steps: int, **cfg_overrides) -> dict:
                              value_model=value_model, peft_config=peft_config, callbacks=[StepTimes()])
         precision = contextlib.nullcontext()
         if amp_dtype is not None:
-            # Autocast keeps its bf16 copies of trainable weights until the outermost context exits: without clearing
-            # them after each optimizer step every later forward would use the step-0 weights. Both sides clear.
-            step = trainer.optimizer.step
-
-            def step_then_clear(*a, **k):
-                out = step(*a, **k)
-                torch.clear_autocast_cache()
-                return out
-
-            trainer.optimizer.step = step_then_clear
+            # the same fix train_ppo applies (without it every later forward would use the step-0 weights)
+            clear_autocast_cache_after_steps(trainer.optimizer)
             precision = torch.autocast(best_device().type, dtype=amp_dtype)
         with precision:
             trainer.train()

@@ -30,6 +30,7 @@ INIT_FROM_HELP = ("start the policy and its reference from this checkpoint inste
 PROBE_EVERY_HELP = ("over-optimisation probe every N steps and before the first (0 = off): the policy answers a fixed "
                     "set of held-out prompts, scored by the reward model and the judge, with the exact KL to the "
                     "reference (overopt.jsonl)")
+PROBE_PROMPTS_HELP = "held-out prompts the over-optimisation probe answers (the first N, fixed)"
 PROBE_JUDGE_HELP = ("judge reward model the probe also scores with (never trained against): local folder or Hub id; "
                     "missing: the judge fields are null")
 
@@ -115,7 +116,7 @@ class PPOConfig:
                                     "log p); all three are logged. The reward's KL penalty stays TRL's k1",
                            choices=("exact", "k1", "k3"))
     probe_every: int = _f(5, PROBE_EVERY_HELP)
-    probe_prompts: int = _f(64, "held-out prompts the over-optimisation probe answers (the first N, fixed)")
+    probe_prompts: int = _f(64, PROBE_PROMPTS_HELP)
     judge_model: str = _f(str(CHECKPOINTS_DIR / "judge"), PROBE_JUDGE_HELP)
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
@@ -225,7 +226,7 @@ class GRPOConfig:
                                     "extra forward, the other one does",
                            choices=("exact", "k1", "k3"))
     probe_every: int = _f(5, PROBE_EVERY_HELP)
-    probe_prompts: int = _f(64, "held-out prompts the over-optimisation probe answers (the first N, fixed)")
+    probe_prompts: int = _f(64, PROBE_PROMPTS_HELP)
     judge_model: str = _f(str(CHECKPOINTS_DIR / "judge"), PROBE_JUDGE_HELP)
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")

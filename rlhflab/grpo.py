@@ -38,7 +38,7 @@ from rlhflab.data.oasst1 import load_prompts, save_prompts
 from rlhflab.errors import UserError
 from rlhflab.kl import KLAccumulator
 from rlhflab.models import autocast, autocast_dtype, best_device, count_parameters, format_prompt, load_reward_model
-from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, read_overopt
+from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, probe_card_sentence, read_overopt
 from rlhflab.overopt import keep_up_to as keep_probes_up_to
 from rlhflab.policy_training import (POLICY_METHODS, is_stand_in, learning_rate, load_start_policy, lora_config,
                                      policy_output_dir, prepare_resume, save_policy_checkpoint,
@@ -416,9 +416,7 @@ def _card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict
                             f"final {s.get('kl_coef_final', nan):.4f}.\n\nPer-step metrics: `{METRICS_FILE}` (KL per "
                             f"token and per sequence in nats: `kl_per_token` TRL's, estimator in `kl_estimator`; "
                             f"`kl_exact_per_token` exact over the vocabulary)."
-                            + (f" Over-optimisation probe: `{OVEROPT_FILE}` (every {cfg.probe_every} steps, "
-                               f"{min(cfg.probe_prompts, info['heldout_prompts'])} held-out prompts: reward-model and "
-                               f"judge scores against exact KL)." if cfg.probe_every > 0 else "")),
+                            + probe_card_sentence(cfg, info["heldout_prompts"])),
         "Hyperparameters": markdown_table(["hyperparameter", "value"],
                                           [[k, v] for k, v in vars(cfg).items() if k != "push_to_hub"]),
         "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",

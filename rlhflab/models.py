@@ -328,6 +328,23 @@ def policy_dtype(want_bf16: bool, device: torch.device | str | None = None) -> t
     return torch.bfloat16 if autocast_dtype(want_bf16, device) is not None else torch.float32
 
 
+def clear_autocast_cache_after_steps(optimizer) -> None:
+    """Make `optimizer.step()` clear autocast's cache of bf16 weight copies afterwards.
+
+    One autocast context spanning a whole run caches the bf16 casts of trainable weights until the outermost
+    context exits: without a reset every forward after the first optimizer step would still see the step-0
+    weights (LoRA adapters stuck at zero). Wrapping the instance's step works for any optimizer object a trainer
+    holds, DeepSpeed's included."""
+    step = optimizer.step
+
+    def step_then_clear_cast_cache(*args, **kwargs):
+        result = step(*args, **kwargs)
+        torch.clear_autocast_cache()
+        return result
+
+    optimizer.step = step_then_clear_cast_cache
+
+
 def autocast(want_bf16: bool, device: torch.device | str | None = None):
     """A bf16 autocast context where `autocast_dtype` allows it, else a no-op context."""
     import contextlib

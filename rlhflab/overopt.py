@@ -59,6 +59,15 @@ def keep_up_to(path: str | Path, step: int) -> None:
 JUDGE_COMMAND = "python training/reward.py --role judge --profile demo"
 
 
+def probe_card_sentence(cfg, heldout_prompts: int) -> str:
+    """The model card's sentence on a run's probe (PPO's and GRPO's cards), empty when the probe was off."""
+    if cfg.probe_every <= 0:
+        return ""
+    return (f" Over-optimisation probe: `{OVEROPT_FILE}` (every {cfg.probe_every} steps, "
+            f"{min(cfg.probe_prompts, heldout_prompts)} held-out prompts: reward-model and judge scores against "
+            f"exact KL).")
+
+
 def load_judge(name: str | None, device=None, reward_model: str | None = None):
     """(judge model, its tokenizer, None) or (None, None, a one-line note saying why there is none): a missing or
     unloadable judge never stops training or an evaluation, it only leaves the judge's numbers empty. The training

@@ -26,9 +26,10 @@ from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
-from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, follow_thread_share, format_prompt,
-                            freeze_lower_layers, load_causal_lm, load_reward_model, lora_target_modules, model_path)
-from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, read_overopt
+from rlhflab.models import (autocast, autocast_dtype, best_device, clear_autocast_cache_after_steps, count_parameters,
+                            follow_thread_share, format_prompt, freeze_lower_layers, load_causal_lm, load_reward_model,
+                            lora_target_modules, model_path)
+from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, probe_card_sentence, read_overopt
 from rlhflab.overopt import keep_up_to as keep_probes_up_to
 from rlhflab.policy_training import POLICY_INFO_FILE, load_start_policy, policy_metadata
 
@@ -509,18 +510,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
             on_step(record)
 
     if bf16:
-        # One autocast context spans the whole run, and autocast caches the bf16 casts of trainable
-        # weights until the outermost context exits: without a reset every forward after the first
-        # optimizer step would still see the step-0 weights (LoRA adapters stuck at zero).
-        # (Wrapping the instance's step works for any optimizer object TRL holds, DeepSpeed's included.)
-        step = trainer.optimizer.step
-
-        def step_then_clear_cast_cache(*args, **kwargs):
-            result = step(*args, **kwargs)
-            torch.clear_autocast_cache()
-            return result
-
-        trainer.optimizer.step = step_then_clear_cast_cache
+        clear_autocast_cache_after_steps(trainer.optimizer)
     trainer.add_callback(_metrics_callback(log_path, probe, controller, done_steps,
                                            state["episode"] if state else 0, after_step, trainer.accelerator,
                                            steps_per_pass=len(train_prompts) // (cfg.batch_size), exact=exact,
@@ -657,9 +647,7 @@ def _write_card(folder: Path, cfg: PPOConfig, info: dict):
                             f", final {s.get('kl_coef_final', float('nan')):.4f}."
                             f"\n\nPer-step metrics: `{METRICS_FILE}` (KL per token: `kl_exact_per_token` exact, "
                             f"`kl_per_token` k1, `kl_k3_per_token` k3; per sequence, in nats)."
-                            + (f" Over-optimisation probe: `{OVEROPT_FILE}` (every {cfg.probe_every} steps, "
-                               f"{min(cfg.probe_prompts, info['heldout_prompts'])} held-out prompts: reward-model "
-                               f"and judge scores against exact KL)." if cfg.probe_every > 0 else "")),
+                            + probe_card_sentence(cfg, info["heldout_prompts"])),
         "Hyperparameters": markdown_table(["hyperparameter", "value"],
                                           [[k, v] for k, v in asdict(cfg).items() if k != "push_to_hub"]),
         "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",
