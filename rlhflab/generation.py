@@ -112,9 +112,8 @@ def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         batch, truncated = encode_prompts(tokenizer, chunk, limit)
-        steps = list(decode_batch(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                  settings, eos_ids, pad_id, generator=generator))
-        responses = torch.stack(steps, 1).tolist() if steps else [[] for _ in chunk]
+        responses = sample_responses(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                     settings, eos_ids, pad_id, generator=generator).tolist()
         for ids, was_truncated in zip(responses, truncated):
             finished, generated = False, ids
             for i, t in enumerate(ids):
@@ -207,21 +206,32 @@ class _PreallocatedLayer:
         return Layer()
 
 
-def _mkldnn_bf16_ok(model) -> bool:
+def _cpu_autocast_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _packing_dtype(model) -> torch.dtype | None:
+    """bf16 where oneDNN's packed bf16 kernel can serve this model: bf16 weights on a CPU, or fp32 weights under
+    bf16 autocast (the policy trainers' rollouts), where autocast would run these matmuls in bf16 anyway."""
     p = next(model.parameters())
-    return (p.device.type == "cpu" and p.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    if p.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not hasattr(
+            torch.ops.mkldnn, "_reorder_linear_weight"):
+        return None
+    if p.dtype == torch.bfloat16 or (p.dtype == torch.float32 and _cpu_autocast_bf16()):
+        return torch.bfloat16
+    return None
 
 
 class _PackedLinear:
     """y = x Wᵀ (+ b) with W packed once for oneDNN's bf16 kernel; `parts` are the output widths of the
     modules fused into it (q|k|v, gate|up), split again on the way out."""
 
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
         w = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
+        w = w.to(dtype)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
         self.bias = None if all(b is None for b in biases) else torch.cat(
-            [b.detach() if b is not None else w.new_zeros(t.shape[0]) for b, t in zip(biases, weights)])
+            [b.detach().to(dtype) if b is not None else w.new_zeros(t.shape[0]) for b, t in zip(biases, weights)])
         self.parts = [t.shape[0] for t in weights]
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -261,11 +271,12 @@ def _base_linear(module):
 class DecodeEngine:
     """Forward steps of one causal LM over a preallocated KV cache.
 
-    `kind` says which step runs: "llama-packed-bf16" (Llama-family weights in bf16 on a CPU: the
-    projections packed for oneDNN, q|k|v and gate|up fused, LoRA adapters applied as peft does),
-    "llama" (the same lean per-layer loop calling the model's own modules: exact, no weight copies) or
-    "transformers" (any other model: its own forward with the preallocated cache). Build with
-    `decode_engine(model)`, which keeps one engine per model and rebuilds it when the weights change.
+    `kind` says which step runs: "llama-packed-bf16" (a Llama-family model on a CPU, in bf16 or under bf16
+    autocast: the projections packed for oneDNN in bf16, q|k|v and gate|up fused, LoRA adapters applied as
+    peft does, the residual stream and KV cache in bf16), "llama" (the same lean per-layer loop calling the
+    model's own modules: exact, no weight copies) or "transformers" (any other model: its own forward with the
+    preallocated cache). Build with `decode_engine(model)`, which keeps one engine per model and rebuilds it
+    when the packed weights change (an optimizer step) or autocast is switched on or off.
     """
 
     def __init__(self, model, packed: bool | None = None):
@@ -277,9 +288,9 @@ class DecodeEngine:
         llama = (getattr(self.config, "model_type", None) == "llama" and core is not None
                  and hasattr(core, "layers") and hasattr(core, "rotary_emb") and hasattr(inner, "lm_head"))
         self.core = core if llama else None
-        if packed is None:
-            packed = llama and _mkldnn_bf16_ok(model)
-        self.kind = "transformers" if not llama else ("llama-packed-bf16" if packed else "llama")
+        self.dtype = _packing_dtype(model) if llama and packed is not False else None
+        self.kind = "transformers" if not llama else ("llama-packed-bf16" if self.dtype is not None else "llama")
+        self._autocast = _cpu_autocast_bf16()
         self._weights_key = self._key()
         self._packed = None
         if self.kind == "llama-packed-bf16":
@@ -291,18 +302,18 @@ class DecodeEngine:
                 for l in core.layers]
             self._head = _PackedLinear(*self._wb([inner.lm_head]))
 
-    @staticmethod
-    def _wb(modules):
+    def _wb(self, modules):
         bases = [_base_linear(m) for m in modules]
-        return [b.weight for b in bases], [b.bias for b in bases]
+        return [b.weight for b in bases], [b.bias for b in bases], self.dtype
 
     def _key(self):
         # A tensor's _version counts in-place writes (optimizer steps, load_state_dict), so packed copies
-        # made from older weights are never used after training moved them.
-        return tuple((p.data_ptr(), _version(p)) for p in self.model.parameters())
+        # made from older weights are never used after training moved them. LoRA adapters are read live at
+        # every start(), so their steps do not force a repack of the frozen base.
+        return tuple((p.data_ptr(), p.dtype, _version(p)) for n, p in self.model.named_parameters() if "lora_" not in n)
 
     def current(self) -> bool:
-        return self._key() == self._weights_key
+        return self._autocast == _cpu_autocast_bf16() and self._key() == self._weights_key
 
     def start(self, attention_mask: torch.Tensor, capacity: int) -> "_DecodeState":
         return _DecodeState(self, attention_mask, capacity)
@@ -340,7 +351,7 @@ class _DecodeState:
             heads = cfg.num_attention_heads
             self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
             self.kv_heads = cfg.num_key_value_heads
-            dtype = next(engine.core.parameters()).dtype
+            dtype = engine.dtype or next(engine.core.parameters()).dtype
             shape = (attention_mask.shape[0], self.kv_heads, self.capacity, self.head_dim)
             self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
             self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -391,6 +402,13 @@ class _DecodeState:
         return (keys & (k <= q)) | (k == q)
 
     def _llama(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.engine.dtype is None:
+            return self._llama_step(tokens, position_ids)
+        # The packed step sets its own dtypes: autocast would re-cast its bf16 tensors for nothing.
+        with torch.autocast("cpu", enabled=False):
+            return self._llama_step(tokens, position_ids)
+
+    def _llama_step(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
         F = torch.nn.functional
@@ -402,12 +420,15 @@ class _DecodeState:
             self.v = [_grow(t, end) for t in self.v]
             self.capacity = self.k[0].shape[-2]
         mask = self._attention_mask(new, end)
-        h = core.embed_tokens(tokens)
+        # fp32 norm weights and embeddings (a model trained under autocast) return fp32: back to the packed dtype
+        dt = engine.dtype
+        cast = (lambda t: t.to(dt)) if dt is not None else (lambda t: t)
+        h = cast(core.embed_tokens(tokens))
         cos, sin = core.rotary_emb(h, position_ids)
         heads, kv_heads, d = self.engine.config.num_attention_heads, self.kv_heads, self.head_dim
         for i, layer in enumerate(core.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
+            x = cast(layer.input_layernorm(h))
             if self._packed_layer(i) is None:
                 q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
             else:
@@ -435,13 +456,13 @@ class _DecodeState:
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             else:
                 h = h + _apply_lora(self._packed_layer(i)[1](o)[0], o, lora[3])
-                x = layer.post_attention_layernorm(h)
+                x = cast(layer.post_attention_layernorm(h))
                 gate, up = self._packed_layer(i)[2](x)
                 gate, up = _apply_lora(gate, x, lora[4]), _apply_lora(up, x, lora[5])
                 y = layer.mlp.act_fn(gate) * up
                 h = h + _apply_lora(self._packed_layer(i)[3](y)[0], y, lora[6])
         self.length = end
-        h = core.norm(h[:, -1:, :])
+        h = cast(core.norm(h[:, -1:, :]))
         if engine._packed is None:
             return engine.lm.lm_head(h)[:, -1, :]
         return _apply_lora(engine._head(h)[0], h, self.lora_head)[:, -1, :]
@@ -492,6 +513,20 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, s
             return
         seq = torch.cat([seq, token[:, None]], dim=1)
         logits = state.forward(token[:, None])
+
+
+def sample_responses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+                     stop_ids: list[int], pad_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The responses (batch, longest response) to a left-padded batch of prompt ids, the whole batch in one decode
+    call; `pad_id` after a row's stop token, as generate() pads. The one home of rollouts: chat's best-of-n, the
+    evaluation and the PPO/GRPO trainers sample here. The result is an ordinary tensor, not an inference tensor,
+    so a trainer may feed it to passes that record gradients."""
+    with torch.inference_mode():
+        steps = list(decode_batch(model, input_ids, attention_mask, settings, stop_ids, pad_id, generator=generator))
+    if not steps:
+        return input_ids.new_zeros(input_ids.shape[0], 0)
+    with torch.inference_mode(False):
+        return torch.stack(steps, 1).clone()
 
 
 def decode_tokens(model, input_ids: torch.Tensor, settings: GenerationSettings, stop_ids: list[int]):

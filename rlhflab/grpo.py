@@ -36,6 +36,7 @@ from rlhflab.checkpoints import METRICS_FILE, Timer, command_line, markdown_tabl
 from rlhflab.config import GRPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts
 from rlhflab.errors import UserError
+from rlhflab.generation import GenerationSettings, sample_responses
 from rlhflab.kl import KLAccumulator
 from rlhflab.models import autocast, autocast_dtype, best_device, count_parameters, format_prompt, load_reward_model
 from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, probe_card_sentence, read_overopt
@@ -98,6 +99,43 @@ def _lab_trainer(base: type) -> type:
             return ids, None, {}
 
         lab_kl_sums = None  # a rlhflab.kl.KLAccumulator when each step's exact KL is measured (train_grpo sets it)
+        lab_generator = None  # the rollouts' sampling stream, seeded at the first generation batch
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+            """TRL's text-only generation path, with the whole generation batch sampled in one call on the decode
+            engine (rlhflab.generation.sample_responses) under TRL's settings; vLLM, paged generation, images and
+            min-p go to TRL's own path."""
+            if (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None
+                    or multimodal_fields or getattr(self, "min_p", None) is not None or getattr(self, "tools", None)):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
+            from trl.models.utils import unwrap_model_for_generation
+            from trl.trainer.utils import pad
+
+            device = self.accelerator.device
+            if self.lab_generator is None:  # a resumed run continues on a stream of its own
+                self.lab_generator = torch.Generator().manual_seed(
+                    (self.args.seed + self.state.global_step) * 1009 + self.accelerator.process_index)
+            prompts = [torch.tensor(ids) for ids in prompt_ids]
+            input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+            mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
+            eos = self._tokenizer.eos_token_id
+            settings = GenerationSettings(temperature=self.temperature, top_k=self.top_k or 0,
+                                          top_p=self.top_p if self.top_p is not None else 1.0,
+                                          repetition_penalty=self.repetition_penalty or 1.0,
+                                          max_new_tokens=self.max_completion_length)
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                             generation_kwargs=self.generation_kwargs) as unwrapped:
+                was_training = unwrapped.training
+                unwrapped.eval()
+                try:
+                    responses = sample_responses(unwrapped, input_ids, mask, settings, [eos],
+                                                 self._tokenizer.pad_token_id, generator=self.lab_generator)
+                finally:
+                    unwrapped.train(was_training)
+            completion_ids = []
+            for row in responses.cpu().tolist():  # TRL's: everything up to and including the first EOS
+                completion_ids.append(row[:row.index(eos) + 1] if eos in row else row)
+            return (completion_ids, None) if self._lab_returns_logprobs else completion_ids
 
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
@@ -149,6 +187,7 @@ def _lab_trainer(base: type) -> type:
                 write_json(folder / KL_STATE_FILE, {"kl_coef": self.beta})
             super()._save_checkpoint(model, trial)
 
+    LabTrainer._lab_returns_logprobs = base.__name__ != "RLOOTrainer"  # GRPO's returns (ids, logprobs), RLOO's ids
     LabTrainer.__name__ = f"Lab{base.__name__}"
     return LabTrainer
 

@@ -26,6 +26,7 @@ from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
+from rlhflab.generation import GenerationSettings, sample_responses
 from rlhflab.models import (autocast, autocast_dtype, best_device, clear_autocast_cache_after_steps, count_parameters,
                             follow_thread_share, format_prompt, freeze_lower_layers, load_causal_lm, load_reward_model,
                             lora_target_modules, model_path)
@@ -161,16 +162,20 @@ class _RewardProbe:
 
 
 @contextlib.contextmanager
-def _consistent_logprobs(trainer_module, temperature: float):
-    """Make every log-prob TRL uses come from the same computation.
+def _engine_rollouts(trainer_module, temperature: float, stop_ids: list[int], generator: torch.Generator):
+    """Rollouts on the decode engine, and every log-prob TRL uses from the same computation.
 
-    1. Rollout log-probs from a full forward pass, like the reference and training passes, instead
-       of from `generate()`'s incremental logits: under bf16 autocast those differ by ~1e-2 per
-       token, a spurious KL of a few 1e-3 nats/token at step 0 and PPO ratios != 1 before any
-       update. Costs one no-grad forward per rollout chunk; tokens are still sampled by `generate()`.
-    2. Logits upcast to fp32 before TRL divides them by the temperature and takes log-softmax
-       (under autocast the LM head returns bf16, and TRL would do that arithmetic in bf16).
-    With both, KL at step 0 is exactly 0 whenever policy and reference are the same weights.
+    1. TRL's `batch_generation` calls generate() once per chunk of local_rollout_forward_batch_size; here the
+       whole rollout batch is sampled in one call of rlhflab.generation.sample_responses (the app's and the
+       evaluation's sampler; on a bf16 CPU its packed bf16 step) with TRL's settings: temperature, no top-k or
+       top-p, stopping at the end-of-turn ids generate() would stop at, padding after.
+    2. Rollout log-probs from a full forward pass per chunk, like the reference and training passes, instead of
+       from the sampler's incremental logits: those differ by ~1e-2 per token under bf16, a spurious KL at step 0
+       and PPO ratios != 1 before any update. With this, KL at step 0 is exactly 0 whenever policy and reference
+       are the same weights; the sampler's own numerics differ from the forward pass only as much as bf16 rounding
+       (measured in bench/bench_generation.py's rollout row).
+    3. Logits upcast to fp32 before TRL divides them by the temperature and takes log-softmax (under autocast the
+       LM head returns bf16, and TRL would do that arithmetic in bf16).
     """
     original_generation, original_forward = trainer_module.batch_generation, trainer_module.forward
 
@@ -182,8 +187,18 @@ def _consistent_logprobs(trainer_module, temperature: float):
 
     @torch.no_grad()
     def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
-        query_responses, _ = original_generation(model, queries, local_rollout_forward_batch_size, pad_token_id,
-                                                 generation_config)
+        settings = GenerationSettings(temperature=generation_config.temperature, top_k=0, top_p=1.0,
+                                      repetition_penalty=1.0, max_new_tokens=generation_config.max_new_tokens)
+        attention_mask = queries != pad_token_id
+        input_ids = torch.masked_fill(queries, ~attention_mask, 0)  # as TRL's generate(): pad ids never embedded
+        was_training = model.training
+        model.eval()
+        try:
+            responses = sample_responses(model, input_ids, attention_mask.long(), settings, stop_ids, pad_token_id,
+                                         generator=generator)
+        finally:
+            model.train(was_training)
+        query_responses = torch.cat([queries, responses.to(queries.device)], 1)
         context = queries.shape[1]
         chunks = []
         for i in range(0, query_responses.shape[0], local_rollout_forward_batch_size):
@@ -200,11 +215,20 @@ def _consistent_logprobs(trainer_module, temperature: float):
         trainer_module.batch_generation, trainer_module.forward = original_generation, original_forward
 
 
+def rollout_stop_ids(tokenizer, model) -> list[int]:
+    """The ids TRL's generate() call stops at (the model's generation config) and the stop token TRL truncates
+    responses at (the tokenizer's EOS): stopping at either leaves TRL's post-processed responses unchanged."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
+    return sorted(i for i in ids if i is not None)
+
+
 class _ExactKLCapture:
     """Exact per-token KL(policy ‖ reference) of each rollout batch, from the logits TRL computes anyway.
 
     TRL's rollout log-probs come from the logits `batch_generation` returns (already divided by the temperature:
-    generate()'s scores in fp32, the full forward pass of _consistent_logprobs under bf16), its reference log-probs
+    the full forward pass of _engine_rollouts), its reference log-probs
     from the `forward` of the reference that follows, one chunk of rollouts at a time. Both module-level functions
     are wrapped: the rollout logits are kept until each chunk's reference forward, where the exact KL, k1 and k3
     sums over the chunk's response positions are taken (the positions TRL's KL penalty covers: up to and including
@@ -518,9 +542,11 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     if remaining:
         # TRL 1.12's PPOTrainer builds its Accelerator without a mixed-precision setting, so its
         # `bf16=True` changes nothing; autocast here covers rollouts, scoring and the PPO updates.
-        # Under fp32, generate()'s logits match a forward pass to ~1e-5 and TRL's arithmetic is fp32 already.
-        consistent = _consistent_logprobs(trainer_module, cfg.temperature) if bf16 else contextlib.nullcontext()
-        with (probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), consistent,
+        rank = int(os.environ.get("RANK", "0"))
+        generator = torch.Generator().manual_seed((cfg.seed + done_steps) * 1009 + rank)  # resumed runs draw anew
+        rollouts = _engine_rollouts(trainer_module, cfg.temperature, rollout_stop_ids(tokenizer, policy_model),
+                                    generator)
+        with (probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), rollouts,
               exact.installed(trainer_module)):
             if overopt is not None and done_steps == 0:  # the start, before any update
                 overopt.run(0, 0)

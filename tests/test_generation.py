@@ -143,3 +143,61 @@ def test_packed_bf16_step_tracks_the_bf16_model(tiny_llama_dir):
                       tok.pad_token_id)
     agree = (got == expected).float().mean().item()
     assert agree >= 0.8  # bf16: ties can break differently between kernels, most tokens agree
+
+
+def test_fp32_weights_under_bf16_autocast_get_the_packed_step(tiny_llama_dir):
+    """The policy trainers' rollouts: fp32 weights under bf16 autocast are packed in bf16 once; the step's logits
+    track the model's own autocast forward, and leaving autocast rebuilds the exact fp32 step."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not available in this torch build")
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    batch, _ = encode_prompts(tok, PROMPTS, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        engine = decode_engine(model)
+        assert engine.kind == "llama-packed-bf16" and decode_engine(model) is engine
+        reference = model(**batch).logits[:, -1].float()
+        got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+    assert got.dtype == torch.float32 and (got - reference).abs().max() < 0.05 * reference.abs().max()
+    exact = decode_engine(model)
+    assert exact is not engine and exact.kind == "llama"
+
+
+def test_adapter_steps_do_not_repack_the_base_but_are_followed(tiny_llama_dir):
+    """LoRA training moves only the adapters: the packed base is kept, the adapters are read at every start."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not available in this torch build")
+    model, tok = _adapter_model(tiny_llama_dir, torch.bfloat16)
+    batch, _ = encode_prompts(tok, PROMPTS, 256)
+    engine = decode_engine(model)
+    with torch.inference_mode():
+        before = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-1.0)
+    assert decode_engine(model) is engine
+    with torch.inference_mode():
+        reference = model(**batch).logits[:, -1].float()
+        after = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+    assert not torch.allclose(before, after)
+    assert (after - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_sampled_responses_are_ordinary_tensors_padded_after_the_stop(tiny_llama_dir):
+    """A trainer feeds the responses to passes that record gradients: no inference tensors."""
+    from rlhflab.generation import sample_responses
+
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    batch, _ = encode_prompts(tok, PROMPTS, 256)
+    settings = GenerationSettings(temperature=0.05, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=24)
+    stop = int(model(**batch).logits[0, -1].argmax())  # row 0's first token (nearly greedy): row 0 stops at once
+    responses = sample_responses(model, batch["input_ids"], batch["attention_mask"], settings, [stop], pad_id=-7,
+                                 generator=torch.Generator().manual_seed(3))
+    assert not responses.is_inference() and responses.shape[0] == len(PROMPTS) and responses.shape[1] <= 24
+    assert responses[0, 0] == stop
+    for row in responses.tolist():
+        if stop in row:
+            assert set(row[row.index(stop) + 1:]) <= {-7}
+        else:
+            assert -7 not in row
+    model.get_input_embeddings()(responses.clamp(min=0)).sum().backward()  # usable where gradients are recorded

@@ -95,8 +95,10 @@ def test_trls_own_estimator_adds_no_forward_and_drives_the_controller(tmp_path, 
     from rlhflab import grpo
     from rlhflab.ppo import AdaptiveKLController
 
-    measured = []
+    measured, sampled = [], []
     monkeypatch.setattr(grpo, "KLAccumulator", lambda: measured.append(1) or pytest.fail("no extra forward wanted"))
+    sample = grpo.sample_responses
+    monkeypatch.setattr(grpo, "sample_responses", lambda *a, **kw: sampled.append(a[1].shape[0]) or sample(*a, **kw))
     out = grpo.train_grpo(grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, kl_estimator="k3",
                                    probe_every=0, lr=1e-2))
     first, second = _metrics(out)
@@ -105,6 +107,7 @@ def test_trls_own_estimator_adds_no_forward_and_drives_the_controller(tmp_path, 
     expected = AdaptiveKLController(second["kl_coef"], 0.05, 100).update(second["kl_per_token"], 4)
     assert second["kl_coef_next"] == pytest.approx(expected)
     assert not (out / "overopt.jsonl").exists()  # probe_every 0: no probe
+    assert sampled == [4, 4]  # the decode engine, once per step, the whole batch: 2 prompts x 2 generations
 
 
 @pytest.mark.parametrize("run,mode", [("grpo_full", "full"), ("grpo_lora", "lora")])
@@ -169,15 +172,19 @@ def test_init_from_a_policy_folder_starts_policy_and_reference_there(tmp_path, t
     load_policy(str(out))
 
 
-def test_rloo_runs_and_names_its_kl_estimator(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.grpo import train_grpo
+def test_rloo_runs_and_names_its_kl_estimator(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, monkeypatch):
+    from rlhflab import grpo
 
-    out = train_grpo(grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, algorithm="rloo",
+    sampled = []
+    sample = grpo.sample_responses
+    monkeypatch.setattr(grpo, "sample_responses", lambda *a, **kw: sampled.append(a[1].shape[0]) or sample(*a, **kw))
+    out = grpo.train_grpo(grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, algorithm="rloo",
                               max_steps=1, output_dir=str(tmp_path / "rloo")))
     record = _metrics(out)[0]
     assert record["kl_estimator"] == "k1" and abs(record["kl_per_token"]) < 1e-3
     assert abs(record["kl_exact_per_token"]) < 1e-6 and record["kl_controller_estimator"] == "exact"
     assert read_policy_metadata(out)["method"] == "rloo"
+    assert sampled[0] == 4  # RLOO's rollouts on the decode engine too (then the probe's at its last step)
 
 
 def test_ppo_init_from_a_policy_folder_is_recorded(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, grpo_full):

@@ -235,22 +235,22 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
     import contextlib
     import shutil
 
-    from trl.experimental.ppo import ppo_trainer as trainer_module
-
     from rlhflab.data.oasst1 import read_prompts
     from rlhflab.kl import exact_kl_of_responses
     from rlhflab.models import format_prompt
     from rlhflab.overopt import read_overopt
 
+    import rlhflab.ppo as ppo_module
+
     rollouts = []
-    generation = trainer_module.batch_generation
+    sample = ppo_module.sample_responses
 
-    def spy(model, queries, *args):  # the rollout tokens of each step, as TRL sampled them
-        query_responses, logits = generation(model, queries, *args)
-        rollouts.append((query_responses.clone(), queries.shape[1]))
-        return query_responses, logits
+    def spy(model, input_ids, attention_mask, *args, **kwargs):  # each step's rollout tokens, as they were sampled
+        responses = sample(model, input_ids, attention_mask, *args, **kwargs)
+        rollouts.append((input_ids.clone(), attention_mask.bool(), responses.clone()))
+        return responses
 
-    monkeypatch.setattr(trainer_module, "batch_generation", spy)
+    monkeypatch.setattr(ppo_module, "sample_responses", spy)
     cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, optim="adamw_torch", lr=1e-2,
                    judge_model=str(tiny_reward_dir))
     work = tmp_path / ".ppo-full-work"
@@ -269,13 +269,13 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
     _, tok = load_causal_lm(str(tiny_llama_dir))
     by_ids = {tuple(tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]): p
               for p in read_prompts(out / "train_prompts.jsonl")}
-    query_responses, context = rollouts[1]
+    assert [r[2].shape[0] for r in rollouts] == [cfg.batch_size] * 2  # one call per step: the whole rollout batch
+    input_ids, attention_mask, responses = rollouts[1]
     step_prompts, response_ids = [], []
-    for row in query_responses:
-        query = [t for t in row[:context].tolist() if t != tok.pad_token_id]
-        step_prompts.append(by_ids[tuple(query)])
+    for query, mask, row in zip(input_ids, attention_mask, responses):
+        step_prompts.append(by_ids[tuple(query[mask].tolist())])
         response = []
-        for t in row[context:].tolist():  # TRL's mask: up to and including EOS, padding excluded
+        for t in row.tolist():  # TRL's mask: up to and including EOS, padding excluded
             if t == tok.pad_token_id:
                 break
             response.append(t)
