@@ -1,13 +1,15 @@
 """PPO step time on equal work — plain TRL 1.12 against rlhflab's train_ppo — and one row per "less work" choice.
 
-`python bench/bench_ppo.py [--steps 4] [--mode full|lora] [--variants frozen_value,bf16,checkpointing,value_head,probe]`
+`python bench/bench_ppo.py [--steps 4] [--mode full|lora] [--variants rollouts,frozen_value,bf16,...]`
 (needs checkpoints/reward; `--tiny` runs every path on a 2-block model in seconds, to check the code, not to measure).
 
 Equal work: TRL's PPOTrainer driven directly (no rlhflab wrapper around it) and train_ppo with the demo profile and the
 probe off, on the same models, frozen value blocks, value head, prompts, rollout batch, optimizer, learning rate and
 precision (both under one torch bf16 autocast context where the CPU runs bf16 fast, else both fp32). Each side runs
 `--steps` steps; the first is warm-up, the rest are timed (median and spread). The "less work" rows each change one
-factor of train_ppo's demo run (the same baseline run) and state the factor's effect on results next to its time.
+factor of train_ppo's demo run (the same baseline run) and state the factor's effect on results next to its time;
+the "rollouts" row is the same work sampled two ways: the decode engine (ours) against generate() per chunk of
+local_rollout_forward_batch_size, TRL's own sampler.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command, demo_ppo_run, machine, spread, tiny_models  # noqa: E402
 
-VARIANTS = ("frozen_value", "bf16", "checkpointing", "value_head", "probe")
+VARIANTS = ("rollouts", "frozen_value", "bf16", "checkpointing", "value_head", "probe")
 TINY = dict(lang=None, num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=4, max_prompt_length=96,
             max_response_length=8, probe_prompts=4, judge_model="")
 
@@ -94,6 +96,68 @@ def ours(steps: int, checkpointing: bool = False, **cfg_overrides) -> dict:
             "value_trainable_params": run["info"]["value_trainable_params"],
             "value_total_params": run["info"]["value_total_params"], "optimizer": run["info"]["optimizer"],
             "bf16": run["info"]["bf16"]}
+
+
+@contextlib.contextmanager
+def generate_rollouts(chunk: int):
+    """train_ppo's rollouts sampled as TRL samples them, generate() on chunks of `chunk` prompts, in place of the
+    decode engine; the rest of the step (log-probs from one full forward, the KL capture) is unchanged."""
+    import torch
+
+    import rlhflab.ppo as ppo
+
+    def sample(model, input_ids, attention_mask, settings, stop_ids, pad_id, generator=None):
+        rows = []
+        for i in range(0, input_ids.shape[0], chunk):
+            out = model.generate(input_ids=input_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
+                                 do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
+            rows.append(out[:, input_ids.shape[1]:])
+        width = max(r.shape[1] for r in rows)
+        return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in rows])
+
+    with _replaced(ppo, "sample_responses", lambda original: sample):
+        yield
+
+
+def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
+    """What sampling on the engine changes in PPO's numbers: rollouts sampled from the start policy as train_ppo
+    samples them (the engine, under the run's precision), then, on the same tokens, the next-token distribution
+    of the engine's step (teacher-forced through its KV cache: what the tokens were drawn from) against the full
+    forward pass PPO takes its log-probs from. Exact KL(engine ‖ forward) per token (Σ_v p log p/q, nats) and
+    max/mean |Δ log-prob| of the sampled tokens."""
+    import torch
+
+    from rlhflab.config import PPOConfig, build_config
+    from rlhflab.data.oasst1 import load_prompts, split_prompts
+    from rlhflab.generation import GenerationSettings, _start, decode_engine, generate_batch
+    from rlhflab.kl import _response_batch, kl_sums, response_logits
+    from rlhflab.models import autocast, load_causal_lm
+
+    cfg = build_config(PPOConfig, "demo", **cfg_overrides)
+    model, tok = load_causal_lm(cfg.base_model)
+    model.eval()
+    train, _ = split_prompts(load_prompts(cfg.dataset, cfg.lang), cfg.num_prompts, cfg.num_heldout, cfg.seed)
+    texts = train[:prompts]
+    settings = GenerationSettings(temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                                  max_new_tokens=cfg.max_response_length, seed=cfg.seed)
+    with autocast(cfg.bf16):
+        kind = decode_engine(model).kind
+        response_ids = [g.token_ids or [] for g in generate_batch(model, tok, texts, settings, len(texts),
+                                                                  cfg.max_prompt_length)]
+        ids, mask, resp_mask, context = _response_batch(tok, texts, response_ids, cfg.max_prompt_length)
+        forward = response_logits(model, ids, mask, context) / cfg.temperature
+        with torch.inference_mode():
+            state = _start(model, mask[:, :context], ids.shape[1])
+            steps = [state.forward(ids[:, :context])]
+            steps += [state.forward(ids[:, j:j + 1]) for j in range(context, ids.shape[1] - 1)]
+        engine = torch.stack(steps, 1).float() / cfg.temperature
+    tokens, m = ids[:, context:], resp_mask.bool()
+    diff = (torch.log_softmax(engine, -1).gather(-1, tokens.unsqueeze(-1)) -
+            torch.log_softmax(forward, -1).gather(-1, tokens.unsqueeze(-1))).squeeze(-1)[m].abs()
+    sums = kl_sums(engine, forward, tokens, m)
+    return {"engine": kind, "prompts": len(texts), "tokens": int(sums[3]), "max_abs_logprob_diff": float(diff.max()),
+            "mean_abs_logprob_diff": float(diff.mean()), "kl_exact_engine_forward_per_token": float(sums[0] / sums[3])}
 
 
 def _results(metrics: list[dict]) -> dict:
@@ -212,6 +276,18 @@ def bf16_logprob_effect(prompts: int = 8, **cfg_overrides) -> dict:
 def _variant(name: str, steps: int, demo: dict, base: dict, cfg: dict) -> dict:
     """One "less work" row: train_ppo with only one factor of the baseline run changed (the other side)."""
     frozen = demo["value_freeze_layers"]
+    if name == "rollouts":
+        with generate_rollouts(demo["mini_batch_size"]):
+            other = ours(steps, **cfg)
+        effect = sampler_vs_forward_kl(**cfg)
+        return {"factor": f"rollouts sampled on the decode engine, the whole batch in one call (ours) vs generate() "
+                          f"per chunk of {demo['mini_batch_size']} (TRL's sampler)", "without": other,
+                "without_label": "generate() per chunk", "with_label": "decode engine (demo)",
+                "effect": (f"same distribution up to rounding: on {effect['tokens']} rollout tokens the engine's "
+                           f"{effect['engine']} step vs the forward pass PPO takes log-probs from: exact KL "
+                           f"{_tiny(effect['kl_exact_engine_forward_per_token'])} nats/token, max |Δ log-prob| "
+                           f"{effect['max_abs_logprob_diff']:.4f} nats (mean {effect['mean_abs_logprob_diff']:.5f})"),
+                "sampler_effect": effect}
     if name == "frozen_value":
         other = ours(steps, **{**cfg, "value_freeze_layers": 0})
         v, b = other["results"]["value_loss"], base["results"]["value_loss"]
@@ -309,8 +385,9 @@ def run(steps: int = 4, mode: str = "full", reward_model: str | None = None, var
             "work": work,
             "baseline": "plain TRL 1.12 PPOTrainer driven directly (one autocast context around train())",
             "baseline_steps": plain["steps"], "baseline_results": plain["results"],
-            "ours": "rlhflab train_ppo, demo profile, probe off (adds: rollout log-probs from one full no-grad forward "
-                    "under bf16, exact KL from the logits TRL computes, EOS closing of unfinished responses)",
+            "ours": "rlhflab train_ppo, demo profile, probe off (rollouts sampled on the decode engine, the whole batch "
+                    "in one call; adds: rollout log-probs from one full no-grad forward, exact KL from the logits TRL "
+                    "computes, EOS closing of unfinished responses)",
             "ours_steps": base["steps"], "ours_results": base["results"],
             "ours_save_s_per_save": base["save_s_per_save"], "ours_saves": base["saves"],
             "speedup": plain["steps"]["median"] / base["steps"]["median"]},

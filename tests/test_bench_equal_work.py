@@ -76,3 +76,36 @@ def test_plain_trl_and_train_ppo_time_the_same_steps_on_a_tiny_model(tiny_llama_
     # the same value-model work on both sides: the demo's frozen blocks and zero head give one trainable head
     assert len(e["baseline_results"]["value_loss"]) == len(e["ours_results"]["value_loss"]) == 2
     assert abs(e["ours_results"]["kl_exact_per_token"][0]) < 1e-5  # step 1 rolls out before any update (fp32 rounding)
+
+
+def test_rollouts_row_samples_with_generate_and_measures_the_engine_against_the_forward(tiny_llama_dir,
+                                                                                         tiny_reward_dir, prompts_file):
+    """The one factor of the "rollouts" row: inside generate_rollouts train_ppo samples with generate() (never the
+    engine); the engine's step measured against the forward pass is exact in fp32, close under bf16."""
+    import torch
+
+    import bench_ppo
+    import rlhflab.ppo as ppo
+    from rlhflab import generation
+
+    overrides = dict(base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir), dataset=prompts_file, lang=None,
+                     num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=2, max_response_length=8,
+                     judge_model="", bf16=False, probe_every=0)
+    engine_calls = []
+    original = generation.decode_batch
+    generation.decode_batch = lambda *a, **kw: engine_calls.append(1) or original(*a, **kw)
+    try:
+        with bench_ppo.generate_rollouts(chunk=2):
+            assert ppo.sample_responses is not generation.sample_responses
+            run = bench_ppo.ours(2, **overrides)
+    finally:
+        generation.decode_batch = original
+    assert ppo.sample_responses is generation.sample_responses and not engine_calls
+    assert len(run["results"]["score"]) == 2
+    exact = bench_ppo.sampler_vs_forward_kl(prompts=4, **overrides)
+    assert exact["engine"] == "llama" and exact["tokens"] > 0
+    assert abs(exact["kl_exact_engine_forward_per_token"]) < 1e-6 and exact["max_abs_logprob_diff"] < 1e-4
+    if torch.backends.mkldnn.is_available():
+        packed = bench_ppo.sampler_vs_forward_kl(prompts=4, **{**overrides, "bf16": True})
+        if packed["engine"] == "llama-packed-bf16":  # a CPU with fast bf16
+            assert 0 < packed["max_abs_logprob_diff"] < 0.1 and packed["kl_exact_engine_forward_per_token"] < 1e-3
