@@ -130,7 +130,7 @@ def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
 
     from rlhflab.config import PPOConfig, build_config
     from rlhflab.data.oasst1 import load_prompts, split_prompts
-    from rlhflab.generation import GenerationSettings, _start, decode_engine, generate_batch
+    from rlhflab.generation import GenerationSettings, decode_engine, engine_logits, generate_batch
     from rlhflab.kl import _response_batch, kl_sums, response_logits
     from rlhflab.models import autocast, load_causal_lm
 
@@ -147,11 +147,7 @@ def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
                                                                   cfg.max_prompt_length)]
         ids, mask, resp_mask, context = _response_batch(tok, texts, response_ids, cfg.max_prompt_length)
         forward = response_logits(model, ids, mask, context) / cfg.temperature
-        with torch.inference_mode():
-            state = _start(model, mask[:, :context], ids.shape[1])
-            steps = [state.forward(ids[:, :context])]
-            steps += [state.forward(ids[:, j:j + 1]) for j in range(context, ids.shape[1] - 1)]
-        engine = torch.stack(steps, 1).float() / cfg.temperature
+        engine = engine_logits(model, ids, mask, context) / cfg.temperature
     tokens, m = ids[:, context:], resp_mask.bool()
     diff = (torch.log_softmax(engine, -1).gather(-1, tokens.unsqueeze(-1)) -
             torch.log_softmax(forward, -1).gather(-1, tokens.unsqueeze(-1))).squeeze(-1)[m].abs()

@@ -26,8 +26,11 @@ def phase_timers(totals: dict):
 
     from rlhflab.ppo import _trl
 
+    import rlhflab.ppo as ppo
+
     module = _trl()[2]
     originals = {name: getattr(module, name) for name in ("batch_generation", "forward", "get_reward")}
+    ours = {name: getattr(ppo, name) for name in ("sample_responses", "save_atomically")}
 
     def wrap(name, fn, label):
         def timed(*args, **kwargs):
@@ -45,6 +48,9 @@ def phase_timers(totals: dict):
         return "value fwd (no grad)" if model.training else "reward fwd (no grad)"  # TRL trains the value model
 
     module.batch_generation = wrap("batch_generation", originals["batch_generation"], "generation")
+    # train_ppo samples on the decode engine (its own batch_generation replaces TRL's) and saves its work state
+    ppo.sample_responses = wrap("sample_responses", ours["sample_responses"], "rollout sampling (decode engine)")
+    ppo.save_atomically = wrap("save_atomically", ours["save_atomically"], "work-state saves")
     module.forward = wrap("forward", originals["forward"], forward_label)
     module.get_reward = wrap("get_reward", originals["get_reward"], reward_label)
     backward, step = Accelerator.backward, torch.optim.AdamW.step
@@ -55,6 +61,8 @@ def phase_timers(totals: dict):
     finally:
         for name, fn in originals.items():
             setattr(module, name, fn)
+        for name, fn in ours.items():
+            setattr(ppo, name, fn)
         Accelerator.backward, torch.optim.AdamW.step = backward, step
 
 

@@ -239,6 +239,37 @@ class _PackedLinear:
         return list(y.split(self.parts, -1)) if len(self.parts) > 1 else [y]
 
 
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric weight-only int8 per output channel: (q int8 (out, in), scale fp32 (out,)), w ≈ q * scale."""
+    w = w.detach().float()
+    scale = w.abs().amax(1).clamp(min=1e-8) / 127.0
+    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous(), scale
+
+
+class _Int8Linear:
+    """y = x (q · scale)ᵀ (+ b) with int8 weights (quantize_int8): half the bytes bf16 reads per token, through
+    torch's weight-only int8 kernel; the same interface as _PackedLinear."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
+        w = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
+        self.q, scale = quantize_int8(w)
+        self.scale = scale.to(dtype)
+        self.bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach().to(dtype) if b is not None else w.new_zeros(t.shape[0], dtype=dtype)
+             for b, t in zip(biases, weights)])
+        self.parts = [t.shape[0] for t in weights]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.q, self.scale).reshape(*x.shape[:-1], -1)
+        if self.bias is not None:
+            y = y + self.bias
+        return list(y.split(self.parts, -1)) if len(self.parts) > 1 else [y]
+
+
+def int8_available() -> bool:
+    return hasattr(torch, "_weight_int8pack_mm")
+
+
 def _lora_deltas(module) -> list | None:
     """peft LoRA on `module` as [(A, B, scaling)] for its active adapters ([] when none apply, None when the
     layer does something this engine does not replicate: merged weights, DoRA or other variants)."""
@@ -279,7 +310,7 @@ class DecodeEngine:
     when the packed weights change (an optimizer step) or autocast is switched on or off.
     """
 
-    def __init__(self, model, packed: bool | None = None):
+    def __init__(self, model, packed: bool | None = None, quantize: str | None = None):
         self.model = model
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.lm = inner
@@ -288,19 +319,27 @@ class DecodeEngine:
         llama = (getattr(self.config, "model_type", None) == "llama" and core is not None
                  and hasattr(core, "layers") and hasattr(core, "rotary_emb") and hasattr(inner, "lm_head"))
         self.core = core if llama else None
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        on_cpu = next(model.parameters()).device.type == "cpu"  # torch's weight-only int8 kernel is a CPU kernel
+        self.quantize = quantize if llama and on_cpu and packed is not False and int8_available() else None
         self.dtype = _packing_dtype(model) if llama and packed is not False else None
-        self.kind = "transformers" if not llama else ("llama-packed-bf16" if self.dtype is not None else "llama")
+        if self.quantize:
+            self.dtype = self.dtype or next(model.parameters()).dtype
+        self.kind = ("transformers" if not llama else "llama-int8" if self.quantize
+                     else "llama-packed-bf16" if self.dtype is not None else "llama")
         self._autocast = _cpu_autocast_bf16()
         self._weights_key = self._key()
         self._packed = None
-        if self.kind == "llama-packed-bf16":
+        if self.dtype is not None:
+            linear = _Int8Linear if self.quantize else _PackedLinear
             self._packed = [
-                (_PackedLinear(*self._wb([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])),
-                 _PackedLinear(*self._wb([l.self_attn.o_proj])),
-                 _PackedLinear(*self._wb([l.mlp.gate_proj, l.mlp.up_proj])),
-                 _PackedLinear(*self._wb([l.mlp.down_proj])))
+                (linear(*self._wb([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])),
+                 linear(*self._wb([l.self_attn.o_proj])),
+                 linear(*self._wb([l.mlp.gate_proj, l.mlp.up_proj])),
+                 linear(*self._wb([l.mlp.down_proj])))
                 for l in core.layers]
-            self._head = _PackedLinear(*self._wb([inner.lm_head]))
+            self._head = linear(*self._wb([inner.lm_head]))
 
     def _wb(self, modules):
         bases = [_base_linear(m) for m in modules]
@@ -327,12 +366,21 @@ def _version(t: torch.Tensor) -> int:
 
 
 def decode_engine(model) -> DecodeEngine:
-    """The model's decode engine, built on first use and rebuilt when its weights have changed."""
+    """The model's decode engine, built on first use and rebuilt when its weights have changed; int8 weights where
+    `use_int8_decode(model)` asked for them."""
     engine = getattr(model, "_rlhflab_engine", None)
-    if engine is None or not engine.current():
-        engine = DecodeEngine(model)
+    quantize = getattr(model, "_rlhflab_quantize", None)
+    if engine is None or not engine.current() or engine.quantize != quantize:
+        engine = DecodeEngine(model, quantize=quantize)
         object.__setattr__(model, "_rlhflab_engine", engine)  # a plain attribute, not a submodule
     return engine
+
+
+def use_int8_decode(model, on: bool = True):
+    """Decode this model with weight-only int8 projections and LM head (Llama family; see BENCHMARKS.md for what
+    it costs in KL and reward); training and scoring passes keep the model's own weights."""
+    object.__setattr__(model, "_rlhflab_quantize", "int8" if on else None)
+    return model
 
 
 class _DecodeState:
@@ -355,7 +403,7 @@ class _DecodeState:
             shape = (attention_mask.shape[0], self.kv_heads, self.capacity, self.head_dim)
             self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
             self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-            if engine.kind == "llama-packed-bf16":
+            if engine._packed is not None:
                 self.lora = [[_lora_deltas(m) for m in (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj,
                                                         l.self_attn.o_proj, l.mlp.gate_proj, l.mlp.up_proj,
                                                         l.mlp.down_proj)] for l in engine.core.layers]
@@ -420,11 +468,12 @@ class _DecodeState:
             self.v = [_grow(t, end) for t in self.v]
             self.capacity = self.k[0].shape[-2]
         mask = self._attention_mask(new, end)
-        # fp32 norm weights and embeddings (a model trained under autocast) return fp32: back to the packed dtype
+        # The residual stream stays in the model's dtype, as under autocast (fp32 for a policy in training); the
+        # packed projections, attention and the KV cache run in the packed dtype, so norm outputs are cast to it.
         dt = engine.dtype
         cast = (lambda t: t.to(dt)) if dt is not None else (lambda t: t)
-        h = cast(core.embed_tokens(tokens))
-        cos, sin = core.rotary_emb(h, position_ids)
+        h = core.embed_tokens(tokens)
+        cos, sin = core.rotary_emb(cast(h), position_ids)
         heads, kv_heads, d = self.engine.config.num_attention_heads, self.kv_heads, self.head_dim
         for i, layer in enumerate(core.layers):
             attn = layer.self_attn
@@ -484,6 +533,26 @@ def _start(model, attention_mask: torch.Tensor, capacity: int) -> _DecodeState:
 
 
 @torch.inference_mode()
+def engine_logits(model, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
+    """The decode engine's logits (fp32) predicting each position from `context` on, for given sequences (left-padded
+    prompts of width `context`, then the response tokens), fed through its KV cache one token at a time as when it
+    samples: what sampled tokens were drawn from, to hold against a full forward pass (rlhflab.kl.response_logits)."""
+    state = _start(model, mask[:, :context], ids.shape[1])
+    steps = [state.forward(ids[:, :context])]
+    steps += [state.forward(ids[:, j:j + 1]) for j in range(context, ids.shape[1] - 1)]
+    return torch.stack(steps, 1).float()
+
+
+def sample_tokens(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row drawn from softmax(scores): argmax of p / E with E = -log U ~ Exponential(1) per entry, an
+    exact draw from p (the exponential race). On a 2-core CPU torch.multinomial and exponential_ each took ~6 ms per
+    (8, 49152) draw, uniform numbers and a log ~1 ms. U < 1, so E > 0; entries with p = 0 are never drawn."""
+    probs = torch.softmax(scores.float(), -1).cpu()
+    race = torch.rand(probs.shape, generator=generator).log_().neg_()
+    return probs.div_(race).argmax(-1)
+
+
+@torch.inference_mode()
 def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
                  stop_ids: list[int], pad_id: int, generator: torch.Generator | None = None):
     """Yield the next token of every row, (batch,) per step, for a left-padded batch of prompts.
@@ -505,7 +574,7 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, s
         if settings.greedy:
             token = scores.argmax(-1)
         else:
-            token = torch.multinomial(torch.softmax(scores, -1).cpu(), 1, generator=generator).squeeze(1).to(device)
+            token = sample_tokens(scores, generator).to(device)
         token = torch.where(running, token, torch.full_like(token, pad_id))
         yield token
         running = running & ~torch.isin(token, stops)

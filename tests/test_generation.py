@@ -201,3 +201,45 @@ def test_sampled_responses_are_ordinary_tensors_padded_after_the_stop(tiny_llama
         else:
             assert -7 not in row
     model.get_input_embeddings()(responses.clamp(min=0)).sum().backward()  # usable where gradients are recorded
+
+
+def test_quantize_int8_round_trips_within_half_a_step():
+    from rlhflab.generation import quantize_int8
+
+    w = torch.randn(7, 33) * torch.logspace(-3, 1, 7)[:, None]  # rows of very different scales
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max() == 127 and scale.shape == (7,)
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+
+
+def test_int8_decode_is_opt_in_and_tracks_the_model(tiny_llama_dir):
+    from rlhflab.generation import int8_available, use_int8_decode
+
+    if not int8_available():
+        pytest.skip("this torch build has no weight-only int8 kernel")
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    batch, _ = encode_prompts(tok, PROMPTS, 256)
+    assert decode_engine(model).kind == "llama"
+    use_int8_decode(model)
+    engine = decode_engine(model)
+    assert engine.kind == "llama-int8" and decode_engine(model) is engine
+    with torch.inference_mode():
+        reference = model(**batch).logits[:, -1].float()
+        got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+    assert 0 < (got - reference).abs().max() < 0.05 * reference.abs().max()  # int8 rounding: close, not equal
+    use_int8_decode(model, False)
+    assert decode_engine(model).kind == "llama"
+
+
+def test_sample_tokens_draws_from_the_softmax():
+    """The exponential race is an exact draw: frequencies match softmax(scores), a zero-probability token never
+    comes up, and the same generator seed gives the same draws."""
+    from rlhflab.generation import sample_tokens
+
+    target = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    scores = target.log().expand(4000, -1)  # 4000 rows drawn at once, as a batch
+    draws = sample_tokens(scores, torch.Generator().manual_seed(1))
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert freq[4] == 0 and (freq - target).abs().max() < 0.03  # 4000 draws: the binomial s.d. is <= 0.008
+    again = sample_tokens(scores, torch.Generator().manual_seed(1))
+    assert torch.equal(draws, again)
