@@ -55,6 +55,8 @@ def _rows(results: dict) -> list[list[str]]:
         rows.append(_app_decode_row(d, g.get("decode_batch1", {}), _where(g)))
     if (e := g.get("engine_batches")) and e.get("rows"):
         rows.append(_engine_batches_row(e, _where(g)))
+    if (q := results.get("int8")) and "speed" in q:
+        rows.append(_int8_row(q))
     if (p := results.get("ppo")) and "equal_work" in p:
         rows.extend(_equal_work_rows(p, "PPO step", "s/step", _ppo_side))
     elif (p := results.get("ppo")) and "speedup" in p:
@@ -122,6 +124,23 @@ def _app_decode_row(d: dict, decode: dict, where: str) -> list[str]:
             f"after load {_num(ttft, 2)} s (load {_num(d.get('load_s'), 1)} s)",
             _x(d["speedup"]), f"2× and 60 %: {'met' if met else '**not met**'}; first token < 0.5 s: "
                               f"{'met' if ttft_met else '**not met**'}", where]
+
+
+def _int8_row(q: dict) -> list[str]:
+    """Weight-only int8 decode: its speed beside the app's bf16 path and what it costs in KL and reward."""
+    sp, ql = q["speed"], q["quality"]
+    lo, hi = ql["kl_ci"]
+    dlo, dhi = ql["reward_diff_ci"]
+    return [f"chat decode with int8 weights (`use_int8_decode`), batch 1, greedy (tokens/s); not adopted",
+            f"`generate()` bf16: {sp['generate_tok_s']:.1f}; engine bf16: {sp['bf16_tok_s']:.1f}",
+            f"engine int8: {sp['int8_tok_s']:.1f} ({sp['int8_over_bf16_engine']:.2f}× the bf16 engine; "
+            f"{sp['int8_fraction_of_limit'] * 100:.0f} % of its bandwidth limit at {sp['int8_bytes_per_token_mb']:.0f} "
+            f"MB/token); cost over {ql['tokens']} sampled tokens: exact KL(bf16 ‖ int8) "
+            f"{ql['kl_exact_bf16_int8_per_token']:.4f} [{lo:.4f}, {hi:.4f}] nats/token, top-1 agreement "
+            f"{ql['top1_agreement'] * 100:.1f} %, reward change {ql['reward_diff_int8_minus_bf16']:+.2f} "
+            f"[{dlo:+.2f}, {dhi:+.2f}] ({ql['prompts']} prompts)",
+            _x(sp["int8_over_generate"]), "adopted only if its cost is small: **not adopted** (KL as large as a "
+                                          "DPO run's change)", _where(q)]
 
 
 def _engine_batches_row(e: dict, where: str) -> list[str]:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 from common import command, machine  # noqa: E402
 from report import BENCHMARKS_MD, RESULTS, write_benchmarks_md  # noqa: E402
 
-BENCHES = {"generation": "bench_generation", "ppo": "bench_ppo", "reward": "bench_reward",
+BENCHES = {"generation": "bench_generation", "int8": "bench_int8", "ppo": "bench_ppo", "reward": "bench_reward",
            "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load",
            "pipeline": "bench_pipeline"}
 
