@@ -53,14 +53,28 @@ def exact_kl_sum(policy_logits: torch.Tensor, reference_logits: torch.Tensor, ma
     Tokens a distribution gives probability 0 (logit -inf, e.g. masked by a sampler) contribute 0, not NaN. Positions
     are converted `chunk` at a time, so a long batch never holds more than a few (chunk, vocab) fp32 tensors."""
     m = mask.bool()  # select first: only the kept positions are converted to fp32 over the vocabulary
-    p_sel, q_sel = policy_logits[m], reference_logits[m]
-    total = torch.zeros((), dtype=torch.float32, device=policy_logits.device)
+    total, _ = _chunked_kl(policy_logits[m], reference_logits[m], temperature, chunk)
+    return total, m.sum()
+
+
+def _chunked_kl(p_sel: torch.Tensor, q_sel: torch.Tensor, temperature: float, chunk: int,
+                tokens: torch.Tensor | None = None):
+    """Σ KL(p ‖ q) over the rows of (positions, vocab) logits, `chunk` rows at a time; with `tokens`, also each
+    row's log p and log q of its token, from the same log-softmax (one pass over the vocabulary per model)."""
+    total = torch.zeros((), dtype=torch.float32, device=p_sel.device)
+    picked_p, picked_q = [], []
     for start in range(0, p_sel.shape[0], chunk):
         logp = torch.log_softmax(p_sel[start:start + chunk].float() / temperature, dim=-1)
         logq = torch.log_softmax(q_sel[start:start + chunk].float() / temperature, dim=-1)
         terms = logp.exp() * (logp - logq)
         total = total + torch.where(torch.isneginf(logp), 0.0, terms).sum()
-    return total, m.sum()
+        if tokens is not None:
+            t = tokens[start:start + chunk].unsqueeze(-1)
+            picked_p.append(logp.gather(-1, t).squeeze(-1))
+            picked_q.append(logq.gather(-1, t).squeeze(-1))
+    if tokens is None:
+        return total, None
+    return total, (torch.cat(picked_p), torch.cat(picked_q))
 
 
 def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens: torch.Tensor,
@@ -71,12 +85,10 @@ def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens:
     are the sampled tokens. With r = log q(token) − log p(token): k1 = −r (TRL's PPO and RLOO), k3 = e^r − 1 − r
     (TRL's GRPO, Schulman's estimator); exact = Σ_v p log p/q. All three are per position, summed."""
     m = mask.bool()
-    exact, n = exact_kl_sum(policy_logits, reference_logits, m)
+    n = m.sum()
     if not int(n):
         return torch.zeros(4, dtype=torch.float64)
-    tok = tokens[m].unsqueeze(-1)
-    logp = torch.log_softmax(policy_logits[m].float(), -1).gather(-1, tok).squeeze(-1)
-    logq = torch.log_softmax(reference_logits[m].float(), -1).gather(-1, tok).squeeze(-1)
+    exact, (logp, logq) = _chunked_kl(policy_logits[m], reference_logits[m], 1.0, 512, tokens[m])
     r = (logq - logp).double()
     return torch.stack([exact.double(), (-r).sum(), (r.exp() - 1 - r).sum(), n.double()]).cpu()
 
