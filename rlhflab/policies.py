@@ -18,7 +18,7 @@ import torch
 
 from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
-from rlhflab.generation import decode_engine
+from rlhflab.generation import decode_engine, use_int8_decode
 from rlhflab.models import EMBEDDED_MODELS, attach_adapter, best_device, is_adapter_checkpoint, load_causal_lm
 from rlhflab.policy_training import POLICY_METHODS, read_policy_metadata
 
@@ -99,6 +99,9 @@ class PolicySet:
     base_model: str
     sources: dict[str, str] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
+    # Decode with int8 weights (rlhflab.generation.use_int8_decode): faster chat, at a measured cost in KL
+    # (BENCHMARKS.md), so only the app offers it, on request; the evaluation never sets it.
+    int8_decode: bool = False
     _base: tuple | None = field(default=None, repr=False)
     _attached: set = field(default_factory=set, repr=False)  # adapters living on the shared base
     _own: dict = field(default_factory=dict, repr=False)  # key -> (model, tokenizer) with weights of its own
@@ -137,7 +140,7 @@ class PolicySet:
     def _load_base(self):
         if self._base is None:
             model, tok = load_causal_lm(self.base_model, self.dtype)
-            self._base = (model.to(best_device()).eval(), tok)
+            self._base = (use_int8_decode(model.to(best_device()).eval(), self.int8_decode), tok)
             decode_engine(self._base[0])  # pack the decode weights at load, not in the first chat request
         return self._base
 
@@ -173,7 +176,7 @@ class PolicySet:
             model, tok = load_policy(str(path), self.dtype)
             if hasattr(model, "merge_and_unload"):  # an adapter on another base: one plain model
                 model = model.merge_and_unload()
-            self._own[name] = (model.to(best_device()).eval(), tok)
+            self._own[name] = (use_int8_decode(model.to(best_device()).eval(), self.int8_decode), tok)
             decode_engine(self._own[name][0])
             self._locks[name] = threading.Lock()
         return self._own[name]

@@ -112,6 +112,8 @@ class Registry:
         self._ratings = None
         # policies hold bf16 weights where bf16 is fast (rlhflab.models.policy_dtype); RLHFLAB_BF16=0 keeps fp32
         self.want_bf16 = env_flag(self.env, "RLHFLAB_BF16", default=True)
+        # RLHFLAB_INT8_DECODE=1: chat decodes with int8 weights (faster; its KL cost is in BENCHMARKS.md)
+        self.want_int8 = env_flag(self.env, "RLHFLAB_INT8_DECODE", default=False)
 
     # ---------------------------------------------------------------- resolution
 
@@ -326,7 +328,8 @@ class Registry:
         with self._locks["policies"]:
             if self._policies is None:
                 sources = {k: e.source for k, e in self.policy_entries().items() if k != "base"}
-                self._policies = PolicySet(self.resolve("base").source, sources, dtype=policy_dtype(self.want_bf16))
+                self._policies = PolicySet(self.resolve("base").source, sources, dtype=policy_dtype(self.want_bf16),
+                                           int8_decode=self.want_int8)
             return self._policies
 
     def policy_group(self, name: str) -> str:

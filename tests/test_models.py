@@ -98,6 +98,23 @@ def test_generating_policies_hold_bf16_weights_only_where_bf16_is_fast(monkeypat
     assert models.policy_dtype(True, "cpu") is torch.float32
     assert Registry(env={}).want_bf16 and Registry(env={"RLHFLAB_BF16": "1"}).want_bf16
     assert not any(Registry(env={"RLHFLAB_BF16": v}).want_bf16 for v in ("0", "false", "off", " No "))
+    assert not Registry(env={}).want_int8 and Registry(env={"RLHFLAB_INT8_DECODE": "1"}).want_int8
+
+
+def test_int8_decode_is_the_apps_choice_only(tiny_llama_dir):
+    """PolicySet decodes with int8 weights only when asked (the app's RLHFLAB_INT8_DECODE); by default, and so in the
+    evaluation, the engine runs the model's own weights."""
+    from rlhflab.generation import decode_engine, int8_available
+    from rlhflab.policies import BASE, PolicySet
+
+    if not int8_available():
+        pytest.skip("this torch build has no weight-only int8 kernel")
+    plain = PolicySet(str(tiny_llama_dir))
+    fast = PolicySet(str(tiny_llama_dir), int8_decode=True)
+    with plain.use(BASE) as (model, _):
+        assert decode_engine(model).kind == "llama"
+    with fast.use(BASE) as (model, _):
+        assert decode_engine(model).kind == "llama-int8"
 
 
 def test_env_flags_share_one_reading(capsys):
