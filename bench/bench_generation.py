@@ -103,6 +103,48 @@ def batch_rates(model, tok, batches: list[int], tokens: int = 32) -> list[dict]:
     return rows
 
 
+def rollout_rates(model_name: str, batches: list[int], tokens: int = 32) -> list[dict] | None:
+    """Rollout sampling as the policy trainers do it: fp32 weights under bf16 autocast, TRL's settings (temperature
+    0.7, no top-k/top-p, no stop), weights packed anew at every call (training changes them every step); the
+    decode engine's sample_responses against generate() on the same batch. Tokens/s = batch × tokens ÷ wall time.
+    None where the CPU has no fast bf16 (the trainers then run fp32 and the app rows above cover it)."""
+    import torch
+
+    from rlhflab.config import DEMO_DATA_DIR
+    from rlhflab.data.oasst1 import load_prompts
+    from rlhflab.generation import GenerationSettings, encode_prompts, sample_responses
+    from rlhflab.models import autocast, autocast_dtype, load_causal_lm
+
+    if autocast_dtype(True) is None:
+        return None
+    model, tok = load_causal_lm(model_name)
+    model.eval()
+    texts = load_prompts(str(DEMO_DATA_DIR / "oasst1.jsonl"), "en")
+    settings = GenerationSettings(temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=tokens)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for b in batches:
+        enc, _ = encode_prompts(tok, [texts[i % len(texts)] for i in range(b)], 256)
+
+        def engine():
+            object.__setattr__(model, "_rlhflab_engine", None)  # repacked every call, as after an optimizer step
+            return sample_responses(model, enc["input_ids"], enc["attention_mask"], settings, [], tok.pad_token_id,
+                                    generator).numel()
+
+        def generate():
+            out = model.generate(**enc, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=tokens,
+                                 min_new_tokens=tokens, pad_token_id=tok.pad_token_id)
+            return b * (out.shape[1] - enc["input_ids"].shape[1])
+
+        reps = 1 if b >= 32 else 2
+        with autocast(True):
+            base, ours = _decode_rate(generate, tokens, reps=reps), _decode_rate(engine, tokens, reps=reps)
+        rows.append({"batch": b, "new_tokens": tokens, "generate_tok_s": base, "engine_tok_s": ours,
+                     "speedup": ours / base})
+        print(f"rollouts batch {b}: generate {base:.1f}, engine {ours:.1f} tok/s", flush=True)
+    return rows
+
+
 def run(tokens: int = 64, prompts: int = 16, model_name: str = "smollm2-135m-instruct",
         batches: list[int] | None = (1, 8, 32, 64)) -> dict:
     import torch
@@ -176,6 +218,7 @@ def run(tokens: int = 64, prompts: int = 16, model_name: str = "smollm2-135m-ins
     if batches:
         result["engine_batches"] = {"dtype": app["dtype"], "engine": app["engine"],
                                     "rows": batch_rates(model_app, tok, batches)}
+        result["rollout_batches"] = rollout_rates(model_name, batches)
     del model_app
 
     from rlhflab.config import DEMO_DATA_DIR

@@ -55,6 +55,8 @@ def _rows(results: dict) -> list[list[str]]:
         rows.append(_app_decode_row(d, g.get("decode_batch1", {}), _where(g)))
     if (e := g.get("engine_batches")) and e.get("rows"):
         rows.append(_engine_batches_row(e, _where(g)))
+    if rb := g.get("rollout_batches"):
+        rows.append(_rollout_batches_row(rb, _where(g)))
     if (q := results.get("int8")) and "speed" in q:
         rows.append(_int8_row(q))
     if (p := results.get("ppo")) and "equal_work" in p:
@@ -153,6 +155,18 @@ def _engine_batches_row(e: dict, where: str) -> list[str]:
             f"batch {first['batch']}: {first['tok_s']:.1f}",
             f"{rates} (engine {e.get('engine', '?')}; ratio: batch {best['batch']} ÷ batch {first['batch']})",
             _x(best["tok_s"] / first["tok_s"]), "—", where]
+
+
+def _rollout_batches_row(rows: list[dict], where: str) -> list[str]:
+    rows = sorted(rows, key=lambda r: r["batch"])
+    sizes = "/".join(str(r["batch"]) for r in rows)
+    best = max(rows, key=lambda r: r["engine_tok_s"])
+    return [f"rollout sampling tokens/s at batch {sizes} (the trainers' path: fp32 weights under bf16 autocast, "
+            f"repacked every call; temperature 0.7, {rows[0]['new_tokens']} new tokens)",
+            "`generate()`: " + ", ".join(f"{r['batch']}: {r['generate_tok_s']:.0f}" for r in rows),
+            "decode engine: " + ", ".join(f"{r['batch']}: {r['engine_tok_s']:.0f} ({r['speedup']:.2f}×)" for r in rows)
+            + f"; cheapest per rollout token: batch {best['batch']}",
+            _x(best["speedup"]) + f" at batch {best['batch']}", "—", where]
 
 
 def _num(x, digits: int) -> str:
