@@ -103,7 +103,7 @@ def _lab_trainer(base: type) -> type:
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
             """TRL's text-only generation path, with the whole generation batch sampled in one call on the decode
-            engine (rlhflab.generation.sample_responses) under TRL's settings; vLLM, paged generation, images and
+            engine (rlhflab.generation.sample_responses) under TRL's settings; vLLM, continuous batching, images, tools and
             min-p go to TRL's own path."""
             if (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None
                     or multimodal_fields or getattr(self, "min_p", None) is not None or getattr(self, "tools", None)):

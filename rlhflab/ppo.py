@@ -170,10 +170,10 @@ def _engine_rollouts(trainer_module, temperature: float, stop_ids: list[int], ge
        evaluation's sampler; on a bf16 CPU its packed bf16 step) with TRL's settings: temperature, no top-k or
        top-p, stopping at the end-of-turn ids generate() would stop at, padding after.
     2. Rollout log-probs from a full forward pass per chunk, like the reference and training passes, instead of
-       from the sampler's incremental logits: those differ by ~1e-2 per token under bf16, a spurious KL at step 0
-       and PPO ratios != 1 before any update. With this, KL at step 0 is exactly 0 whenever policy and reference
-       are the same weights; the sampler's own numerics differ from the forward pass only as much as bf16 rounding
-       (measured in bench/bench_generation.py's rollout row).
+       from the sampler's incremental logits: under bf16 those differ from the forward pass by rounding (mean
+       |Δ log-prob| ~0.03 nats, exact KL ~1.5e-3 nats/token on the demo model: bench/bench_ppo.py's "rollouts" row),
+       which would show as a spurious KL at step 0 and PPO ratios != 1 before any update. With this, KL at step 0
+       is exactly 0 whenever policy and reference are the same weights.
     3. Logits upcast to fp32 before TRL divides them by the temperature and takes log-softmax (under autocast the
        LM head returns bf16, and TRL would do that arithmetic in bf16).
     """
