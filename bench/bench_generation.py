@@ -67,15 +67,16 @@ def decode_profile(model, input_ids, settings, tokens: int, bandwidth_gb_s: floa
             "top_ops_ms_per_token": {e.key: round(e.self_cpu_time_total / 1e3 / (n + 1), 2) for e in top}}
 
 
-def linear_weight_bytes(model) -> int:
+def linear_weight_bytes(model, bytes_per_weight: int | None = None, bytes_per_row: int = 0) -> int:
     """Bytes a decode step reads: every Linear's weight once (a tied LM head counted once; the embedding
-    lookup reads one row per token, which is negligible)."""
+    lookup reads one row per token, which is negligible), at the weights' own size unless `bytes_per_weight`
+    is given, plus `bytes_per_row` per output row (an int8 path's scales)."""
     seen, total = set(), 0
     for m in model.modules():
         w = getattr(m, "weight", None)
         if type(m).__name__ == "Linear" and w is not None and w.data_ptr() not in seen:
             seen.add(w.data_ptr())
-            total += w.numel() * w.element_size()
+            total += w.numel() * (bytes_per_weight or w.element_size()) + bytes_per_row * w.shape[0]
     return total
 
 

@@ -21,20 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import _decode_rate, memory_bandwidth_gb_s  # noqa: E402
+from bench_generation import _decode_rate, linear_weight_bytes, memory_bandwidth_gb_s  # noqa: E402
 from common import command, machine  # noqa: E402
-
-
-def _int8_bytes(model) -> int:
-    """Bytes an int8 decode step reads: a byte per projection and LM-head weight, a bf16 scale per output row
-    (every Linear once; a tied LM head counted once, as bench_generation.linear_weight_bytes counts)."""
-    seen, total = set(), 0
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if type(m).__name__ == "Linear" and w is not None and w.data_ptr() not in seen:
-            seen.add(w.data_ptr())
-            total += w.numel() + 2 * w.shape[0]
-    return total
 
 
 def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
@@ -76,13 +64,14 @@ def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
     int8_kind = decode_engine(model).kind
     int8_tok_s = _decode_rate(engine, 64)
     bw = memory_bandwidth_gb_s()
-    int8_bytes = _int8_bytes(model)
+    int8_bytes = linear_weight_bytes(model, bytes_per_weight=1, bytes_per_row=2)  # int8 weights, bf16 row scales
     same_greedy = list(decode_tokens(model, one["input_ids"], greedy, []))
     use_int8_decode(model, False)
     same_greedy = same_greedy == list(decode_tokens(model, one["input_ids"], greedy, []))
 
     # ---- quality
-    texts = load_prompts(str(DEMO_DATA_DIR / "oasst1.jsonl"), "en")[-prompts:]  # the end of the file: not the speed prompt
+    # the end of the file, away from the speed prompt
+    texts = load_prompts(str(DEMO_DATA_DIR / "oasst1.jsonl"), "en")[-prompts:]
     app = GenerationSettings(max_new_tokens=tokens)  # the app's default sampling settings
     t0 = time.perf_counter()
     bf16_out = generate_batch(model, tok, texts, app, batch_size=16)

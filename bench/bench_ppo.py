@@ -120,18 +120,15 @@ def generate_rollouts(chunk: int):
         yield
 
 
-def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
-    """What sampling on the engine changes in PPO's numbers: rollouts sampled from the start policy as train_ppo
-    samples them (the engine, under the run's precision), then, on the same tokens, the next-token distribution
-    of the engine's step (teacher-forced through its KV cache: what the tokens were drawn from) against the full
-    forward pass PPO takes its log-probs from. Exact KL(engine ‖ forward) per token (Σ_v p log p/q, nats) and
-    max/mean |Δ log-prob| of the sampled tokens."""
-    import torch
-
+def _start_rollouts(prompts: int, sample_in_bf16: bool | None, **cfg_overrides):
+    """The demo's start policy and `prompts` of its training prompts with one response each, sampled as train_ppo
+    samples (temperature, no top-k/top-p; under bf16 autocast when `sample_in_bf16`, as the config says when None):
+    (cfg, model, the kind of decode engine that sampled, ids, mask, response mask, context) as rlhflab.kl lays
+    them out."""
     from rlhflab.config import PPOConfig, build_config
     from rlhflab.data.oasst1 import load_prompts, split_prompts
-    from rlhflab.generation import GenerationSettings, decode_engine, engine_logits, generate_batch
-    from rlhflab.kl import _response_batch, kl_sums, response_logits
+    from rlhflab.generation import GenerationSettings, decode_engine, generate_batch
+    from rlhflab.kl import _response_batch
     from rlhflab.models import autocast, load_causal_lm
 
     cfg = build_config(PPOConfig, "demo", **cfg_overrides)
@@ -141,19 +138,45 @@ def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
     texts = train[:prompts]
     settings = GenerationSettings(temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
                                   max_new_tokens=cfg.max_response_length, seed=cfg.seed)
-    with autocast(cfg.bf16):
+    with autocast(cfg.bf16 if sample_in_bf16 is None else sample_in_bf16):
         kind = decode_engine(model).kind
         response_ids = [g.token_ids or [] for g in generate_batch(model, tok, texts, settings, len(texts),
                                                                   cfg.max_prompt_length)]
-        ids, mask, resp_mask, context = _response_batch(tok, texts, response_ids, cfg.max_prompt_length)
+    return (cfg, model, kind, *_response_batch(tok, texts, response_ids, cfg.max_prompt_length))
+
+
+def _logit_gap(p, q, ids, resp_mask, context) -> dict:
+    """Two sets of response logits (at the sampling temperature) on the same tokens: the number of tokens, max and
+    mean |Δ log-prob| of the sampled tokens (nats) and the exact KL(p ‖ q) per token."""
+    import torch
+
+    from rlhflab.kl import kl_sums
+
+    tokens, m = ids[:, context:], resp_mask.bool()
+    diff = (torch.log_softmax(p, -1).gather(-1, tokens.unsqueeze(-1)) -
+            torch.log_softmax(q, -1).gather(-1, tokens.unsqueeze(-1))).squeeze(-1)[m].abs()
+    sums = kl_sums(p, q, tokens, m)
+    return {"tokens": int(sums[3]), "max_abs_logprob_diff": float(diff.max()),
+            "mean_abs_logprob_diff": float(diff.mean()), "kl": float(sums[0] / sums[3])}
+
+
+def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
+    """What sampling on the engine changes in PPO's numbers: rollouts sampled from the start policy as train_ppo
+    samples them (the engine, under the run's precision), then, on the same tokens, the next-token distribution
+    of the engine's step (teacher-forced through its KV cache: what the tokens were drawn from) against the full
+    forward pass PPO takes its log-probs from. Exact KL(engine ‖ forward) per token (Σ_v p log p/q, nats) and
+    max/mean |Δ log-prob| of the sampled tokens."""
+    from rlhflab.generation import engine_logits
+    from rlhflab.kl import response_logits
+    from rlhflab.models import autocast
+
+    cfg, model, kind, ids, mask, resp_mask, context = _start_rollouts(prompts, None, **cfg_overrides)
+    with autocast(cfg.bf16):
         forward = response_logits(model, ids, mask, context) / cfg.temperature
         engine = engine_logits(model, ids, mask, context) / cfg.temperature
-    tokens, m = ids[:, context:], resp_mask.bool()
-    diff = (torch.log_softmax(engine, -1).gather(-1, tokens.unsqueeze(-1)) -
-            torch.log_softmax(forward, -1).gather(-1, tokens.unsqueeze(-1))).squeeze(-1)[m].abs()
-    sums = kl_sums(engine, forward, tokens, m)
-    return {"engine": kind, "prompts": len(texts), "tokens": int(sums[3]), "max_abs_logprob_diff": float(diff.max()),
-            "mean_abs_logprob_diff": float(diff.mean()), "kl_exact_engine_forward_per_token": float(sums[0] / sums[3])}
+    gap = _logit_gap(engine, forward, ids, resp_mask, context)
+    return {"engine": kind, "prompts": ids.shape[0], **{k: v for k, v in gap.items() if k != "kl"},
+            "kl_exact_engine_forward_per_token": gap["kl"]}
 
 
 def _results(metrics: list[dict]) -> dict:
@@ -237,36 +260,18 @@ def bf16_logprob_effect(prompts: int = 8, **cfg_overrides) -> dict:
     policy, then every response token's log-prob and next-token distribution computed in fp32 and under bf16
     autocast on the same sequences. Max and mean |Δ log-prob| of the sampled tokens (nats), and the exact KL
     (Σ_v p log p/q over the vocabulary, fp32 ‖ bf16) per token at the sampling temperature."""
-    import torch
+    from rlhflab.kl import response_logits
+    from rlhflab.models import autocast, autocast_dtype
 
-    from rlhflab.config import PPOConfig, build_config
-    from rlhflab.data.oasst1 import load_prompts, split_prompts
-    from rlhflab.generation import GenerationSettings, generate_batch
-    from rlhflab.kl import _response_batch, kl_sums, response_logits
-    from rlhflab.models import autocast, autocast_dtype, load_causal_lm
-
-    cfg = build_config(PPOConfig, "demo", **cfg_overrides)
     if autocast_dtype(True) is None:
         return {"note": "this CPU has no fast bf16: both sides run fp32"}
-    model, tok = load_causal_lm(cfg.base_model)
-    model.eval()
-    train, _ = split_prompts(load_prompts(cfg.dataset, cfg.lang), cfg.num_prompts, cfg.num_heldout, cfg.seed)
-    texts = train[:prompts]
-    settings = GenerationSettings(temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                                  max_new_tokens=cfg.max_response_length, seed=cfg.seed)
-    response_ids = [g.token_ids or [] for g in generate_batch(model, tok, texts, settings, len(texts),
-                                                              cfg.max_prompt_length)]
-    ids, mask, resp_mask, context = _response_batch(tok, texts, response_ids, cfg.max_prompt_length)
+    cfg, model, _, ids, mask, resp_mask, context = _start_rollouts(prompts, False, **cfg_overrides)
     fp32 = response_logits(model, ids, mask, context) / cfg.temperature
     with autocast(True):
         bf16 = response_logits(model, ids, mask, context) / cfg.temperature
-    tokens = ids[:, context:]
-    m = resp_mask.bool()
-    diff = (torch.log_softmax(fp32, -1).gather(-1, tokens.unsqueeze(-1)) -
-            torch.log_softmax(bf16, -1).gather(-1, tokens.unsqueeze(-1))).squeeze(-1)[m].abs()
-    sums = kl_sums(fp32, bf16, tokens, m)
-    return {"prompts": len(texts), "tokens": int(sums[3]), "max_abs_logprob_diff": float(diff.max()),
-            "mean_abs_logprob_diff": float(diff.mean()), "kl_exact_fp32_bf16_per_token": float(sums[0] / sums[3])}
+    gap = _logit_gap(fp32, bf16, ids, resp_mask, context)
+    return {"prompts": ids.shape[0], **{k: v for k, v in gap.items() if k != "kl"},
+            "kl_exact_fp32_bf16_per_token": gap["kl"]}
 
 
 def _variant(name: str, steps: int, demo: dict, base: dict, cfg: dict) -> dict:

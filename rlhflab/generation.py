@@ -106,7 +106,7 @@ def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings
     limit = max_prompt_tokens or prompt_token_limit(tokenizer, model, settings.max_new_tokens)
     torch.manual_seed(settings.seed)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    eos_ids = _stop_ids(tokenizer, model)
+    eos_ids = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     out: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
@@ -129,14 +129,16 @@ def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings
     return out
 
 
-def _stop_ids(tokenizer, model) -> list[int]:
+def stop_token_ids(tokenizer, model, chat_end: bool = True) -> list[int]:
+    """The tokenizer's EOS and the ids the model's generation config stops at (what generate() stops at), and with
+    `chat_end` ChatML's end-of-turn token where the vocabulary has one."""
     ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)
     elif gen_eos:
         ids.update(gen_eos)
-    if "<|im_end|>" in tokenizer.get_vocab():
+    if chat_end and "<|im_end|>" in tokenizer.get_vocab():
         ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
     return sorted(i for i in ids if i is not None)
 
@@ -222,21 +224,31 @@ def _packing_dtype(model) -> torch.dtype | None:
     return None
 
 
-class _PackedLinear:
-    """y = x Wᵀ (+ b) with W packed once for oneDNN's bf16 kernel; `parts` are the output widths of the
-    modules fused into it (q|k|v, gate|up), split again on the way out."""
+class _FusedLinear:
+    """The modules fused into one matmul (q|k|v, gate|up, or one alone): their weights concatenated, their biases
+    (zeros for a module without one) in `dtype`, and `parts`, the output widths split again on the way out."""
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
-        w = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
-        w = w.to(dtype)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+        self.weight = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
         self.bias = None if all(b is None for b in biases) else torch.cat(
-            [b.detach().to(dtype) if b is not None else w.new_zeros(t.shape[0]) for b, t in zip(biases, weights)])
+            [b.detach().to(dtype) if b is not None else torch.zeros(t.shape[0], dtype=dtype, device=t.device)
+             for b, t in zip(biases, weights)])
         self.parts = [t.shape[0] for t in weights]
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+    def _split(self, y: torch.Tensor) -> list[torch.Tensor]:
         return list(y.split(self.parts, -1)) if len(self.parts) > 1 else [y]
+
+
+class _PackedLinear(_FusedLinear):
+    """y = x Wᵀ (+ b) with W packed once for oneDNN's bf16 kernel."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
+        super().__init__(weights, biases, dtype)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.to(dtype).contiguous(), 1)
+        del self.weight  # the packed copy is the one kept
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._split(torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], ""))
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,24 +258,19 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous(), scale
 
 
-class _Int8Linear:
+class _Int8Linear(_FusedLinear):
     """y = x (q · scale)ᵀ (+ b) with int8 weights (quantize_int8): half the bytes bf16 reads per token, through
-    torch's weight-only int8 kernel; the same interface as _PackedLinear."""
+    torch's weight-only int8 kernel."""
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
-        w = torch.cat([t.detach() for t in weights]) if len(weights) > 1 else weights[0].detach()
-        self.q, scale = quantize_int8(w)
+        super().__init__(weights, biases, dtype)
+        self.q, scale = quantize_int8(self.weight)
         self.scale = scale.to(dtype)
-        self.bias = None if all(b is None for b in biases) else torch.cat(
-            [b.detach().to(dtype) if b is not None else w.new_zeros(t.shape[0], dtype=dtype)
-             for b, t in zip(biases, weights)])
-        self.parts = [t.shape[0] for t in weights]
+        del self.weight  # the int8 copy is the one kept
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.q, self.scale).reshape(*x.shape[:-1], -1)
-        if self.bias is not None:
-            y = y + self.bias
-        return list(y.split(self.parts, -1)) if len(self.parts) > 1 else [y]
+        return self._split(y if self.bias is None else y + self.bias)
 
 
 def int8_available() -> bool:
@@ -620,7 +627,7 @@ def stream_generate(model, tokenizer, prompt, settings: GenerationSettings, max_
     batch, truncated = encode_prompts(tokenizer, [prompt], limit)
     ids: list[int] = []
     text = ""
-    for tid in decode_tokens(model, batch["input_ids"], settings, _stop_ids(tokenizer, model)):
+    for tid in decode_tokens(model, batch["input_ids"], settings, stop_token_ids(tokenizer, model)):
         ids.append(tid)
         new_text = tokenizer.decode(ids, skip_special_tokens=True)
         if new_text != text and not new_text.endswith("\ufffd"):  # wait for complete UTF-8 characters

@@ -26,7 +26,7 @@ from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
-from rlhflab.generation import GenerationSettings, sample_responses
+from rlhflab.generation import GenerationSettings, sample_responses, stop_token_ids
 from rlhflab.models import (autocast, autocast_dtype, best_device, clear_autocast_cache_after_steps, count_parameters,
                             follow_thread_share, format_prompt, freeze_lower_layers, load_causal_lm, load_reward_model,
                             lora_target_modules, model_path)
@@ -213,15 +213,6 @@ def _engine_rollouts(trainer_module, temperature: float, stop_ids: list[int], ge
         yield
     finally:
         trainer_module.batch_generation, trainer_module.forward = original_generation, original_forward
-
-
-def rollout_stop_ids(tokenizer, model) -> list[int]:
-    """The ids TRL's generate() call stops at (the model's generation config) and the stop token TRL truncates
-    responses at (the tokenizer's EOS): stopping at either leaves TRL's post-processed responses unchanged."""
-    ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
-    return sorted(i for i in ids if i is not None)
 
 
 class _ExactKLCapture:
@@ -544,8 +535,10 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         # `bf16=True` changes nothing; autocast here covers rollouts, scoring and the PPO updates.
         rank = int(os.environ.get("RANK", "0"))
         generator = torch.Generator().manual_seed((cfg.seed + done_steps) * 1009 + rank)  # resumed runs draw anew
-        rollouts = _engine_rollouts(trainer_module, cfg.temperature, rollout_stop_ids(tokenizer, policy_model),
-                                    generator)
+        # where generate() would stop (the model's generation config) and TRL's stop token (the tokenizer's EOS):
+        # stopping at either leaves TRL's post-processed responses unchanged
+        rollouts = _engine_rollouts(trainer_module, cfg.temperature,
+                                    stop_token_ids(tokenizer, policy_model, chat_end=False), generator)
         with (probe.installed(trainer_module, trainer.reward_model), autocast(cfg.bf16), rollouts,
               exact.installed(trainer_module)):
             if overopt is not None and done_steps == 0:  # the start, before any update
