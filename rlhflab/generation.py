@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from rlhflab.errors import UserError
-from rlhflab.models import format_prompt
+from rlhflab.models import bf16_packing_available, format_prompt
 
 # (min, max) of every numeric setting; the app's sliders and the API use the same bounds.
 SETTING_BOUNDS = {
@@ -216,8 +216,7 @@ def _packing_dtype(model) -> torch.dtype | None:
     """bf16 where oneDNN's packed bf16 kernel can serve this model: bf16 weights on a CPU, or fp32 weights under
     bf16 autocast (the policy trainers' rollouts), where autocast would run these matmuls in bf16 anyway."""
     p = next(model.parameters())
-    if p.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not hasattr(
-            torch.ops.mkldnn, "_reorder_linear_weight"):
+    if p.device.type != "cpu" or not bf16_packing_available():
         return None
     if p.dtype == torch.bfloat16 or (p.dtype == torch.float32 and _cpu_autocast_bf16()):
         return torch.bfloat16

@@ -7,8 +7,11 @@ import torch
 
 from rlhflab.generation import (DecodeEngine, GenerationSettings, _start, decode_batch, decode_engine, encode_prompts,
                                 generate_batch)
-from rlhflab.models import load_causal_lm
+from rlhflab.models import bf16_packing_available, load_causal_lm
 
+# Where oneDNN cannot pack bf16 weights (an AVX2-only CPU), the engine runs its exact loop on the bf16 modules
+# instead; these tests then check that path against the same references.
+BF16_KIND = "llama-packed-bf16" if bf16_packing_available() else "llama"
 PROMPTS = ["Hi", "Tell me something about the weather today please, in detail.", "How are you?"]
 
 
@@ -107,7 +110,7 @@ def test_lora_adapters_on_a_shared_base(tiny_llama_dir, packed):
     model, tok = _adapter_model(tiny_llama_dir, torch.bfloat16 if packed else torch.float32)
     engine = DecodeEngine(model, packed=packed)
     object.__setattr__(model, "_rlhflab_engine", engine)
-    assert engine.kind == ("llama-packed-bf16" if packed else "llama")
+    assert engine.kind == (BF16_KIND if packed else "llama")
     batch, _ = encode_prompts(tok, PROMPTS, 256)
     outs = {}
     for name in ("first", "second", "base"):
@@ -154,7 +157,7 @@ def test_fp32_weights_under_bf16_autocast_get_the_packed_step(tiny_llama_dir):
     batch, _ = encode_prompts(tok, PROMPTS, 256)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
         engine = decode_engine(model)
-        assert engine.kind == "llama-packed-bf16" and decode_engine(model) is engine
+        assert engine.kind == BF16_KIND and decode_engine(model) is engine
         reference = model(**batch).logits[:, -1].float()
         got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
     assert got.dtype == torch.float32 and (got - reference).abs().max() < 0.05 * reference.abs().max()
@@ -243,3 +246,40 @@ def test_sample_tokens_draws_from_the_softmax():
     assert freq[4] == 0 and (freq - target).abs().max() < 0.03  # 4000 draws: the binomial s.d. is <= 0.008
     again = sample_tokens(scores, torch.Generator().manual_seed(1))
     assert torch.equal(draws, again)
+
+
+def test_a_cpu_without_bf16_instructions_gets_no_bf16_packing_or_autocast(tiny_llama_dir, monkeypatch):
+    """An AVX2-only CPU (simulated through RLHFLAB_CPU_FLAGS): oneDNN's bf16 packing would raise there, so the
+    engine runs its exact loop on bf16 weights, and no precision choice asks for bf16."""
+    from rlhflab.models import autocast_dtype, cpu_flags, policy_dtype, vector_features
+
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "sse4_2 avx avx2 fma")
+    assert cpu_flags() == {"sse4_2", "avx", "avx2", "fma"} and vector_features() == "AVX2"
+    assert not bf16_packing_available()
+    assert autocast_dtype(True, "cpu") is None and policy_dtype(True, "cpu") is torch.float32
+    model, tok = load_causal_lm(str(tiny_llama_dir), torch.bfloat16)
+    batch, _ = encode_prompts(tok, PROMPTS, 256)
+    engine = decode_engine(model)
+    assert engine.kind == "llama" and engine._packed is None
+    with torch.inference_mode():
+        reference = model(**batch).logits[:, -1].float()
+        got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+    assert (got - reference).abs().max() < 0.05 * reference.abs().max()
+    # the same CPU under bf16 autocast (a trainer's rollouts asked for bf16): still the exact loop
+    fp32, _ = load_causal_lm(str(tiny_llama_dir))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        assert decode_engine(fp32).kind == "llama"
+
+
+def test_the_avx2_emulation_hides_avx512_and_amx(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 cap torch's kernels below AVX-512; the lab's flags follow."""
+    from rlhflab.models import cpu_flags, vector_features
+
+    monkeypatch.delenv("RLHFLAB_CPU_FLAGS", raising=False)
+    for name, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):
+        monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        monkeypatch.setenv(name, value)
+        assert not any(f.startswith(("avx512", "amx")) for f in cpu_flags())
+        assert "AVX-512" not in vector_features() and "AMX" not in vector_features()
+    assert vector_features(frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})) == "AVX-512 + AVX512-BF16 + AMX"
