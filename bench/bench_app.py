@@ -22,7 +22,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # runnable as `python bench/bench_app.py`
 
 SETTINGS = dict(temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1, no_repeat_ngram_size=0,
                 max_new_tokens=32, seed=0, greedy=False, best_of_n=1)  # the order of /chat's parameters
@@ -113,7 +112,7 @@ def run(policy: str = "base", checkpoints: str | None = None, base_model: str | 
     """Start app.py, measure, stop it; returns the measurements and where they were taken."""
     from gradio_client import Client
 
-    from rlhflab.gan import hardware_description
+    from rlhflab.models.hardware import hardware_description
 
     proc, url, log, t0 = start_app(checkpoints, base_model, "bench-app-")
     try:

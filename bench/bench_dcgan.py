@@ -1,8 +1,8 @@
-"""DCGAN training throughput: the training loop itself (rlhflab.dcgan_training.train_epoch: one in-memory tensor,
+"""DCGAN training throughput: the training loop itself (rlhflab.gan.training.train_epoch: one in-memory tensor,
 randperm slices) vs the textbook loop that reads ChestMNIST through medmnist's per-image PIL path
 (ToTensor + Normalize) and a DataLoader.
 
-Same models, initial weights, batch, step function (rlhflab.gan.train_step) and number of steps; the two
+Same models, initial weights, batch, step function (rlhflab.gan.networks.train_step) and number of steps; the two
 loops alternate for a few rounds and the best round of each counts. The data is a synthetic npz in
 ChestMNIST's format written as <tmp>/chestmnist.npz (PHANTOM images: the pixels do not change the speed).
 
@@ -14,19 +14,16 @@ import argparse
 import copy
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine  # noqa: E402  (also puts the repository root on sys.path)
+import torch
+from common import command, machine
 
-import torch  # noqa: E402
-
-from rlhflab.data.chestmnist import NPZ_NAME, read_chestmnist_npz, to_unit_range, write_chestmnist_npz  # noqa: E402
-from rlhflab.dcgan_training import epoch_batches, train_epoch  # noqa: E402
-from rlhflab.gan import Discriminator, Generator, dcgan_weights_init, train_step  # noqa: E402
+from rlhflab.gan.data import NPZ_NAME, read_chestmnist_npz, to_unit_range, write_chestmnist_npz
+from rlhflab.gan.networks import Discriminator, Generator, dcgan_weights_init, train_step
+from rlhflab.gan.training import epoch_batches, train_epoch
 
 
 def _models(width: int, seed: int, device):

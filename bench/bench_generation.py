@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine  # noqa: E402
+from common import command, machine
 
 
 def memory_bandwidth_gb_s(size_mb: int = 512, reps: int = 5) -> float:
@@ -50,7 +47,7 @@ def decode_profile(model, input_ids, settings, tokens: int, bandwidth_gb_s: floa
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from rlhflab.generation import decode_tokens
+    from rlhflab.generation.sampling import decode_tokens
 
     matmul_ops = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise"}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -84,7 +81,7 @@ def batch_rates(model, tok, batches: list[int], tokens: int = 32) -> list[dict]:
     """Tokens/s of the decode engine (greedy, no early stop) at each batch size: batch × tokens ÷ wall time."""
     from rlhflab.config import DEMO_DATA_DIR
     from rlhflab.data.oasst1 import load_prompts
-    from rlhflab.generation import GenerationSettings, decode_batch, encode_prompts
+    from rlhflab.generation.sampling import GenerationSettings, decode_batch, encode_prompts
 
     texts = load_prompts(str(DEMO_DATA_DIR / "oasst1.jsonl"), "en")
     settings = GenerationSettings(greedy=True, max_new_tokens=tokens, repetition_penalty=1.0)
@@ -113,8 +110,9 @@ def rollout_rates(model_name: str, batches: list[int], tokens: int = 32) -> list
 
     from rlhflab.config import DEMO_DATA_DIR
     from rlhflab.data.oasst1 import load_prompts
-    from rlhflab.generation import GenerationSettings, encode_prompts, sample_responses
-    from rlhflab.models import autocast, autocast_dtype, load_causal_lm
+    from rlhflab.generation.sampling import GenerationSettings, encode_prompts, sample_responses
+    from rlhflab.models.loading import load_causal_lm
+    from rlhflab.models.precision import autocast, autocast_dtype
 
     if autocast_dtype(True) is None:
         return None
@@ -150,9 +148,10 @@ def run(tokens: int = 64, prompts: int = 16, model_name: str = "smollm2-135m-ins
         batches: list[int] | None = (1, 8, 32, 64)) -> dict:
     import torch
 
-    from rlhflab.generation import (GenerationSettings, decode_engine, decode_tokens, encode_prompts,
-                                    generate_batch)
-    from rlhflab.models import load_causal_lm, policy_dtype
+    from rlhflab.generation.engine import decode_engine
+    from rlhflab.generation.sampling import GenerationSettings, decode_tokens, encode_prompts, generate_batch
+    from rlhflab.models.loading import load_causal_lm
+    from rlhflab.models.precision import policy_dtype
 
     model, tok = load_causal_lm(model_name)
     model.eval()

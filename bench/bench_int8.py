@@ -1,4 +1,4 @@
-"""Weight-only int8 decoding (rlhflab.generation.use_int8_decode) against the app's bf16 path: speed and its cost.
+"""Weight-only int8 decoding (rlhflab.generation.engine.use_int8_decode) against the app's bf16 path: speed and its cost.
 
 `python bench/bench_int8.py [--prompts 48] [--tokens 96] [--reward-model checkpoints/reward]`
 
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import _decode_rate, linear_weight_bytes, memory_bandwidth_gb_s  # noqa: E402
-from common import command, machine  # noqa: E402
+from bench_generation import _decode_rate, linear_weight_bytes, memory_bandwidth_gb_s
+from common import command, machine
 
 
 def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
@@ -31,12 +28,13 @@ def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
 
     from rlhflab.config import CHECKPOINTS_DIR, DEMO_DATA_DIR
     from rlhflab.data.oasst1 import load_prompts
-    from rlhflab.generation import (GenerationSettings, decode_engine, decode_tokens, encode_prompts, engine_logits,
-                                    generate_batch, int8_available, use_int8_decode)
-    from rlhflab.kl import _response_batch, kl_sums
-    from rlhflab.models import load_causal_lm, load_reward_model, policy_dtype
-    from rlhflab.scoring import score_responses
-    from rlhflab.stats import paired_bootstrap_diff
+    from rlhflab.generation.engine import decode_engine, engine_logits, int8_available, use_int8_decode
+    from rlhflab.generation.sampling import GenerationSettings, decode_tokens, encode_prompts, generate_batch
+    from rlhflab.measure.kl import _response_batch, kl_sums
+    from rlhflab.measure.scoring import score_responses
+    from rlhflab.measure.stats import paired_bootstrap_diff
+    from rlhflab.models.loading import load_causal_lm, load_reward_model
+    from rlhflab.models.precision import policy_dtype
 
     if not int8_available():
         return {"benchmark": "int8 decode", "note": "this torch build has no weight-only int8 kernel"}
@@ -86,7 +84,7 @@ def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
     m = resp_mask.bool()
     per_row = [kl_sums(p_logits[i:i + 1], q_logits[i:i + 1], response[i:i + 1], m[i:i + 1]) for i in range(len(texts))]
     sums = torch.stack(per_row).sum(0)
-    from rlhflab.stats import ratio_bootstrap_ci
+    from rlhflab.measure.stats import ratio_bootstrap_ci
 
     kl = ratio_bootstrap_ci([float(r[0]) for r in per_row], [float(r[3]) for r in per_row])
     top1 = (p_logits.argmax(-1) == q_logits.argmax(-1))[m].float().mean().item()

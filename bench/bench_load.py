@@ -27,9 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))  # runnable as `python bench/bench_load.py`
-sys.path.insert(0, str(HERE))
-from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app, stop_app  # noqa: E402
+from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app, stop_app
 
 RESULTS = HERE / "results.json"
 PROMPTS = ["Give me one tip for sleeping better.", "What is a good name for a cat?", "How do I boil an egg?",
@@ -193,7 +191,7 @@ def run(clients: int = 20, duration_s: float = 120, checkpoints: str | None = No
         policies: tuple[str, ...] = ("base", "full", "lora"), max_new_tokens: int = 16, grace_s: float = 60,
         max_memory_growth: float = 0.10, start_timeout_s: float = 600, warm_up_s: float = 20) -> dict:
     """Start app.py, warm it up, load it, stop it; returns the measurements (`passed` says whether it held)."""
-    from rlhflab.checkpoints import hardware_description
+    from rlhflab.models.hardware import hardware_description
 
     policies = list(policies)
     proc, url, log, _ = start_app(checkpoints, base_model, "bench-load-")

@@ -7,12 +7,9 @@ ceiling that decode (batch 1) and PPO rollouts / evaluation (batch 8-16) run int
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine  # noqa: E402
+from common import command, machine
 
 SHAPES = {"block 576->1536": (576, 1536), "block 1536->576": (1536, 576), "LM head 576->49152": (576, 49152)}
 

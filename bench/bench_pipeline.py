@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import ROOT, command, machine  # noqa: E402
+from common import ROOT, command, machine
 
 
 def _ppo_cmd(mode: str, out: Path, steps: int, reward: str) -> list[str]:
@@ -45,8 +44,8 @@ def _run(cmds: list[list[str]], threads: int, logs: Path) -> float:
 
 
 def run(steps: int = 6, reward: str | None = None) -> dict:
-    from rlhflab.checkpoints import read_jsonl
     from rlhflab.config import CHECKPOINTS_DIR
+    from rlhflab.store.jsonio import read_jsonl
 
     reward = reward or str(CHECKPOINTS_DIR / "reward")
     cores = os.cpu_count() or 1

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, demo_ppo_run, machine, spread, tiny_models  # noqa: E402
+from common import command, demo_ppo_run, machine, spread, tiny_models
 
 VARIANTS = ("rollouts", "frozen_value", "bf16", "checkpointing", "value_head", "probe")
 TINY = dict(lang=None, num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=4, max_prompt_length=96,
@@ -55,7 +53,7 @@ def _enable_checkpointing(model):
 def ours(steps: int, checkpointing: bool = False, **cfg_overrides) -> dict:
     """rlhflab's train_ppo (demo profile + overrides) for `steps` steps: step times, with the resumable work-state saves
     taken out (plain TRL saves nothing mid-run) and reported apart, and the run's per-step results."""
-    import rlhflab.ppo as ppo
+    import rlhflab.training.ppo as ppo
 
     pending, saves_after = [0.0], {}
 
@@ -104,7 +102,7 @@ def generate_rollouts(chunk: int):
     decode engine; the rest of the step (log-probs from one full forward, the KL capture) is unchanged."""
     import torch
 
-    import rlhflab.ppo as ppo
+    import rlhflab.training.ppo as ppo
 
     def sample(model, input_ids, attention_mask, settings, stop_ids, pad_id, generator=None):
         rows = []
@@ -123,13 +121,15 @@ def generate_rollouts(chunk: int):
 def _start_rollouts(prompts: int, sample_in_bf16: bool | None, **cfg_overrides):
     """The demo's start policy and `prompts` of its training prompts with one response each, sampled as train_ppo
     samples (temperature, no top-k/top-p; under bf16 autocast when `sample_in_bf16`, as the config says when None):
-    (cfg, model, the kind of decode engine that sampled, ids, mask, response mask, context) as rlhflab.kl lays
+    (cfg, model, the kind of decode engine that sampled, ids, mask, response mask, context) as rlhflab.measure.kl lays
     them out."""
     from rlhflab.config import PPOConfig, build_config
     from rlhflab.data.oasst1 import load_prompts, split_prompts
-    from rlhflab.generation import GenerationSettings, decode_engine, generate_batch
-    from rlhflab.kl import _response_batch
-    from rlhflab.models import autocast, load_causal_lm
+    from rlhflab.generation.engine import decode_engine
+    from rlhflab.generation.sampling import GenerationSettings, generate_batch
+    from rlhflab.measure.kl import _response_batch
+    from rlhflab.models.loading import load_causal_lm
+    from rlhflab.models.precision import autocast
 
     cfg = build_config(PPOConfig, "demo", **cfg_overrides)
     model, tok = load_causal_lm(cfg.base_model)
@@ -150,7 +150,7 @@ def _logit_gap(p, q, ids, resp_mask, context) -> dict:
     mean |Δ log-prob| of the sampled tokens (nats) and the exact KL(p ‖ q) per token."""
     import torch
 
-    from rlhflab.kl import kl_sums
+    from rlhflab.measure.kl import kl_sums
 
     tokens, m = ids[:, context:], resp_mask.bool()
     diff = (torch.log_softmax(p, -1).gather(-1, tokens.unsqueeze(-1)) -
@@ -166,9 +166,9 @@ def sampler_vs_forward_kl(prompts: int = 16, **cfg_overrides) -> dict:
     of the engine's step (teacher-forced through its KV cache: what the tokens were drawn from) against the full
     forward pass PPO takes its log-probs from. Exact KL(engine ‖ forward) per token (Σ_v p log p/q, nats) and
     max/mean |Δ log-prob| of the sampled tokens."""
-    from rlhflab.generation import engine_logits
-    from rlhflab.kl import response_logits
-    from rlhflab.models import autocast
+    from rlhflab.generation.engine import engine_logits
+    from rlhflab.measure.kl import response_logits
+    from rlhflab.models.precision import autocast
 
     cfg, model, kind, ids, mask, resp_mask, context = _start_rollouts(prompts, None, **cfg_overrides)
     with autocast(cfg.bf16):
@@ -194,9 +194,10 @@ def plain_trl(steps: int, **cfg_overrides) -> dict:
     from transformers import TrainerCallback
 
     from rlhflab.config import PPOConfig, build_config
-    from rlhflab.models import (autocast_dtype, best_device, clear_autocast_cache_after_steps, load_causal_lm,
-                                load_reward_model, lora_target_modules, model_path)
-    from rlhflab.ppo import _trl, build_value_model, ppo_batch_plan, prepare_prompts
+    from rlhflab.models.hardware import best_device
+    from rlhflab.models.loading import load_causal_lm, load_reward_model, lora_target_modules, model_path
+    from rlhflab.models.precision import autocast_dtype, clear_autocast_cache_after_steps
+    from rlhflab.training.ppo import _trl, build_value_model, ppo_batch_plan, prepare_prompts
 
     cfg = build_config(PPOConfig, "demo", max_steps=steps, **cfg_overrides)
     torch.manual_seed(cfg.seed)
@@ -260,8 +261,8 @@ def bf16_logprob_effect(prompts: int = 8, **cfg_overrides) -> dict:
     policy, then every response token's log-prob and next-token distribution computed in fp32 and under bf16
     autocast on the same sequences. Max and mean |Δ log-prob| of the sampled tokens (nats), and the exact KL
     (Σ_v p log p/q over the vocabulary, fp32 ‖ bf16) per token at the sampling temperature."""
-    from rlhflab.kl import response_logits
-    from rlhflab.models import autocast, autocast_dtype
+    from rlhflab.measure.kl import response_logits
+    from rlhflab.models.precision import autocast, autocast_dtype
 
     if autocast_dtype(True) is None:
         return {"note": "this CPU has no fast bf16: both sides run fp32"}

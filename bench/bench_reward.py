@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine, spread, tiny_models  # noqa: E402
+from common import command, machine, spread, tiny_models
 
 TINY = dict(freeze_layers=1, max_length=64, test_size=16)
 
@@ -47,7 +45,7 @@ def _summary(step_s: list[float], prefix_s: float, pairs: int, epochs: int) -> d
 
 @contextlib.contextmanager
 def _without_prefix_cache():
-    from rlhflab.reward_training import FrozenPrefix
+    from rlhflab.training.reward import FrozenPrefix
 
     original = FrozenPrefix.__dict__["applies"]
     FrozenPrefix.applies = staticmethod(lambda model, n: False)
@@ -59,7 +57,7 @@ def _without_prefix_cache():
 
 def ours(pairs: int, epochs: int, cached: bool = True, **cfg_kw) -> dict:
     """train_reward_model (demo profile + overrides) with a step timer added to its Trainer."""
-    import rlhflab.reward_training as rt
+    import rlhflab.training.reward as rt
     from rlhflab.config import RewardConfig, build_config
 
     step_s, prefix_s = [], []
@@ -103,9 +101,10 @@ def plain_trainer(pairs: int, epochs: int, **cfg_kw) -> dict:
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
     from rlhflab.config import RewardConfig, build_config
-    from rlhflab.models import autocast, autocast_dtype, freeze_lower_layers, load_tokenizer, model_path
-    from rlhflab.reward_training import evaluate_reward_model, split_for
-    from rlhflab.scoring import encode_for_reward, left_pad
+    from rlhflab.measure.scoring import encode_for_reward, left_pad
+    from rlhflab.models.loading import freeze_lower_layers, load_tokenizer, model_path
+    from rlhflab.models.precision import autocast, autocast_dtype
+    from rlhflab.training.reward import evaluate_reward_model, split_for
 
     cfg = build_config(RewardConfig, "demo", train_size=pairs, epochs=epochs, output_dir="unused", **cfg_kw)
     split = split_for(cfg)
@@ -155,7 +154,7 @@ def _acc(r: dict) -> str:
 
 def run(pairs: int = 64, epochs: int = 1, overrides: dict | None = None) -> dict:
     from rlhflab.config import RewardConfig, profile_defaults
-    from rlhflab.models import autocast_dtype
+    from rlhflab.models.precision import autocast_dtype
 
     kw = {"dev_size": 8, **(overrides or {})}
     demo = {**profile_defaults(RewardConfig, "demo"), **kw}

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
-    from rlhflab.checkpoints import hardware_description
+    from rlhflab.models.hardware import hardware_description
 
     return hardware_description()
 
@@ -33,9 +32,10 @@ def demo_ppo_metrics(trl_overrides: dict | None = None, **cfg_overrides) -> tupl
     """Run PPO with the demo profile (plus overrides) into a temporary folder; (metrics records, config)."""
     import tempfile
 
-    from rlhflab.checkpoints import METRICS_FILE, read_jsonl
     from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
-    from rlhflab.ppo import train_ppo
+    from rlhflab.store.checkpoints import METRICS_FILE
+    from rlhflab.store.jsonio import read_jsonl
+    from rlhflab.training.ppo import train_ppo
 
     cfg_overrides.setdefault("reward_model", str(CHECKPOINTS_DIR / "reward"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,10 +50,11 @@ def demo_ppo_run(trl_overrides: dict | None = None, on_step=None, **cfg_override
     import json
     import tempfile
 
-    from rlhflab.checkpoints import METRICS_FILE, read_jsonl
     from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
-    from rlhflab.overopt import read_overopt
-    from rlhflab.ppo import PPO_INFO_FILE, train_ppo
+    from rlhflab.measure.overopt import read_overopt
+    from rlhflab.store.checkpoints import METRICS_FILE
+    from rlhflab.store.jsonio import read_jsonl
+    from rlhflab.training.ppo import PPO_INFO_FILE, train_ppo
 
     cfg_overrides.setdefault("reward_model", str(CHECKPOINTS_DIR / "reward"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +81,7 @@ def tiny_models(folder: Path) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from rlhflab.models import EMBEDDED_MODELS, _embedded_gguf
+    from rlhflab.models.loading import EMBEDDED_MODELS, _embedded_gguf
 
     folder = Path(folder)
     policy_dir, reward_dir = folder / "tiny-policy", folder / "tiny-reward"

@@ -9,13 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, demo_ppo_metrics, machine  # noqa: E402
+from common import command, demo_ppo_metrics, machine
 
 
 @contextlib.contextmanager
@@ -24,9 +21,8 @@ def phase_timers(totals: dict):
     import torch
     from accelerate import Accelerator
 
-    from rlhflab.ppo import _trl
-
-    import rlhflab.ppo as ppo
+    import rlhflab.training.ppo as ppo
+    from rlhflab.training.ppo import _trl
 
     module = _trl()[2]
     originals = {name: getattr(module, name) for name in ("batch_generation", "forward", "get_reward")}

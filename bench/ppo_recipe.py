@@ -18,13 +18,11 @@ import argparse
 import ast
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import command  # noqa: E402
+from common import command
 
 RESULTS = HERE / "ppo_recipe.jsonl"
 
@@ -33,8 +31,8 @@ def sample_scores(model, tokenizer, reward_model, prompts: list[str], samples: i
     """Mean reward-model score per prompt over `samples` seeded responses (seeds 100, 101, ...)."""
     import numpy as np
 
-    from rlhflab.generation import GenerationSettings, generate_batch
-    from rlhflab.scoring import score_responses
+    from rlhflab.generation.sampling import GenerationSettings, generate_batch
+    from rlhflab.measure.scoring import score_responses
 
     per_seed = []
     for k in range(samples):
@@ -63,9 +61,9 @@ def main():
 
     from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, parse_config
     from rlhflab.data.oasst1 import read_prompts
-    from rlhflab.models import load_causal_lm, load_policy, load_reward_model
-    from rlhflab.ppo import train_ppo
-    from rlhflab.stats import paired_bootstrap_diff
+    from rlhflab.measure.stats import paired_bootstrap_diff
+    from rlhflab.models.loading import load_causal_lm, load_policy, load_reward_model
+    from rlhflab.training.ppo import train_ppo
 
     reward = args.reward_model or str(CHECKPOINTS_DIR / "reward")
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.trl)}

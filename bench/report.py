@@ -7,12 +7,10 @@ around the table (what limits each figure, the next step) is prose in BENCHMARKS
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import ROOT  # noqa: E402
+from common import ROOT
 
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 RESULTS = ROOT / "bench" / "results.json"
@@ -210,7 +208,7 @@ def _equal_work_rows(r: dict, what: str, unit: str, side) -> list[list[str]]:
 
 
 def render_table(results: dict) -> str:
-    from rlhflab.checkpoints import markdown_table
+    from rlhflab.store.cards import markdown_table
 
     return markdown_table(HEADER, [[c.replace("|", "\\|") for c in row] for row in _rows(results)])
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import command, machine  # noqa: E402
-from report import BENCHMARKS_MD, RESULTS, write_benchmarks_md  # noqa: E402
+from common import command, machine
+from report import BENCHMARKS_MD, RESULTS, write_benchmarks_md
 
 BENCHES = {"generation": "bench_generation", "int8": "bench_int8", "ppo": "bench_ppo", "reward": "bench_reward",
            "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load",

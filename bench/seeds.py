@@ -27,9 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from common import command, machine  # noqa: E402
-from seed_interval import t_interval  # noqa: E402
+from common import command, machine
+from seed_interval import t_interval
 
 RESULTS = HERE / "seeds.jsonl"
 KL_BAND = (0.02, 0.1)

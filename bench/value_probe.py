@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import command, machine  # noqa: E402
+from common import command, machine
 
 
 def main():
@@ -37,9 +35,10 @@ def main():
 
     from rlhflab.config import CHECKPOINTS_DIR, DEFAULT_BASE_MODEL, DEMO_DATA_DIR
     from rlhflab.data.oasst1 import load_prompts
-    from rlhflab.generation import GenerationSettings, generate_batch
-    from rlhflab.models import format_prompt, load_causal_lm, load_reward_model
-    from rlhflab.scoring import response_suffix, score_responses
+    from rlhflab.generation.sampling import GenerationSettings, generate_batch
+    from rlhflab.measure.scoring import response_suffix, score_responses
+    from rlhflab.models.loading import load_causal_lm, load_reward_model
+    from rlhflab.models.prompts import format_prompt
 
     reward_path = args.reward_model or str(CHECKPOINTS_DIR / "reward")
     reward_model, tokenizer = load_reward_model(reward_path)

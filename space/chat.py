@@ -13,9 +13,15 @@ import time
 import gradio as gr
 
 from rlhflab.errors import UserError
-from rlhflab.generation import SETTING_BOUNDS, GenerationSettings, generate_batch, prompt_token_limit, stream_generate
-from rlhflab.models import format_prompt
-from rlhflab.scoring import score_responses
+from rlhflab.generation.sampling import (
+    SETTING_BOUNDS,
+    GenerationSettings,
+    generate_batch,
+    prompt_token_limit,
+    stream_generate,
+)
+from rlhflab.measure.scoring import score_responses
+from rlhflab.models.prompts import format_prompt
 from space.registry import Registry
 
 ONE, ALL = "one", "all"

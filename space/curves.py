@@ -4,16 +4,18 @@ over-optimisation curve (training-RM and judge score on held-out prompts against
 loss, DPO's margin, accuracy and KL for the offline ones (SFT, DPO) — read from each checkpoint's metrics.jsonl."""
 from __future__ import annotations
 
-import gradio as gr
-
 from pathlib import Path
 
-from rlhflab.checkpoints import METRICS_FILE, markdown_table, read_jsonl
+import gradio as gr
+
 from rlhflab.errors import UserError
-from rlhflab.evaluation import JUDGE_COMMAND
-from rlhflab.overopt import OVEROPT_FILE, read_overopt
-from rlhflab.plots import method_curves_figure, overopt_usable, overoptimisation_figure, training_curves_figure
-from rlhflab.ppo_metrics import KL_BAND, run_summary_table, summarize_metrics
+from rlhflab.measure.evaluation import JUDGE_COMMAND
+from rlhflab.measure.overopt import OVEROPT_FILE, read_overopt
+from rlhflab.measure.plots import method_curves_figure, overopt_usable, overoptimisation_figure, training_curves_figure
+from rlhflab.measure.ppo_metrics import KL_BAND, run_summary_table, summarize_metrics
+from rlhflab.store.cards import markdown_table
+from rlhflab.store.checkpoints import METRICS_FILE
+from rlhflab.store.jsonio import read_jsonl
 from space.registry import EXPECTED_POLICIES, Registry
 
 TRACE_NAMES = {"full": "ppo-full", "lora": "ppo-lora"}  # policy key -> trace name where they differ

@@ -8,9 +8,9 @@ from space.chat import build_chat_tab, chat_notice, refresh_pickers
 from space.curves import build_curves_tab
 from space.evaluation import build_evaluation_tab
 from space.rating import build_rating_tab
-from space.status import pipeline_status_markdown
 from space.registry import Registry
 from space.reward import build_reward_tab
+from space.status import pipeline_status_markdown
 from space.xrays import build_xrays_tab
 
 TITLE = "RLHF + GAN checkpoint lab"

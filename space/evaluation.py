@@ -7,10 +7,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from rlhflab.checkpoints import markdown_table
 from rlhflab.errors import UserError
-from rlhflab.plots import reward_comparison_figure
-from rlhflab.evaluation import agreement_markdown, policy_results_table, scorers_markdown
+from rlhflab.measure.evaluation import agreement_markdown, policy_results_table, scorers_markdown
+from rlhflab.measure.plots import reward_comparison_figure
+from rlhflab.store.cards import markdown_table
 from space.registry import Registry
 
 EXAMPLE_COLUMNS = ["prompt", "base", "full", "lora"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from rlhflab.errors import UserError
-from rlhflab.ratings import CRITERIA, CRITERIA_LABELS, aggregate_markdown
+from rlhflab.store.ratings import CRITERIA, CRITERIA_LABELS, aggregate_markdown
 from space.registry import Registry
 
 MAX_RESPONSES = 3

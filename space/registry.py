@@ -13,9 +13,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhflab.checkpoints import CARD_FILE, METRICS_FILE, read_jsonl, read_model_card, resolve_checkpoint
 from rlhflab.config import DEFAULT_BASE_MODEL, REPO_ROOT
 from rlhflab.errors import UserError
+from rlhflab.store.cards import CARD_FILE, read_model_card
+from rlhflab.store.checkpoints import METRICS_FILE, resolve_checkpoint
+from rlhflab.store.jsonio import read_jsonl
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -110,7 +112,7 @@ class Registry:
         self._lora_files: dict[tuple[str, str], Path | None] = {}
         self._singletons: dict[str, object] = {}  # reward model and generator, loaded once
         self._ratings = None
-        # policies hold bf16 weights where bf16 is fast (rlhflab.models.policy_dtype); RLHFLAB_BF16=0 keeps fp32
+        # policies hold bf16 weights where bf16 is fast (rlhflab.models.precision.policy_dtype); RLHFLAB_BF16=0 keeps fp32
         self.want_bf16 = env_flag(self.env, "RLHFLAB_BF16", default=True)
         # RLHFLAB_INT8_DECODE=1: chat decodes with int8 weights (faster; its KL cost is in BENCHMARKS.md)
         self.want_int8 = env_flag(self.env, "RLHFLAB_INT8_DECODE", default=False)
@@ -125,7 +127,7 @@ class Registry:
         """The kind of checkpoint `key`: a fixed one from KINDS, else a policy found in the store or on the Hub."""
         if key in KINDS:
             return KINDS[key]
-        from rlhflab.policies import policy_label
+        from rlhflab.models.policies import policy_label
 
         entry = self.policy_entries().get(key)
         folder, command = EXPECTED_POLICIES.get(key, (key, None))
@@ -136,7 +138,7 @@ class Registry:
     def policy_entries(self) -> dict:
         """Every policy available now, base first, then in method order: the store's policy checkpoints (found by
         their cards), RLHFLAB_FULL_REPO / RLHFLAB_LORA_REPO, and each repo in RLHFLAB_POLICY_REPOS."""
-        from rlhflab.policies import PolicyEntry, discover_policies, policy_label, sorted_entries
+        from rlhflab.models.policies import PolicyEntry, discover_policies, policy_label, sorted_entries
 
         base = self.resolve("base")
         entries = {"base": PolicyEntry("base", "Base model", base.source, {"method": "base", "mode": "full"})}
@@ -153,7 +155,7 @@ class Registry:
         for repo in [r.strip() for r in (self.env.get(POLICY_REPOS_ENV) or "").split(",") if r.strip()]:
             meta = self._repo_meta(repo)
             if meta:
-                from rlhflab.policy_training import policy_key
+                from rlhflab.training.policy import policy_key
 
                 key = policy_key(meta["method"], meta.get("mode", "full"))
                 key = {"ppo-full": "full", "ppo-lora": "lora"}.get(key, key)
@@ -170,7 +172,7 @@ class Registry:
         if repo not in self._hub_meta:
             from huggingface_hub import hf_hub_download
 
-            from rlhflab.policy_training import CARD_KEY, card_front_matter
+            from rlhflab.store.cards import CARD_KEY, card_front_matter
 
             try:
                 text = Path(hf_hub_download(repo, "README.md")).read_text(encoding="utf-8")
@@ -215,7 +217,7 @@ class Registry:
         return Resolution(kind, "missing", None, "missing")
 
     def _resolve_base(self) -> Resolution:
-        from rlhflab.models import EMBEDDED_MODELS
+        from rlhflab.models.loading import EMBEDDED_MODELS
 
         kind = KINDS["base"]
         name = (self.env.get(kind.env_var) or "").strip()
@@ -232,7 +234,7 @@ class Registry:
     def _adapter_base(self) -> tuple[str, str] | None:
         """The base model the LoRA run was trained on: ppo_info.json's user-facing name, else the adapter's own
         base_model_name_or_path (often a local cache path, which only helps on the machine that trained it)."""
-        from rlhflab.models import EMBEDDED_MODELS
+        from rlhflab.models.loading import EMBEDDED_MODELS
 
         res = self.resolve("lora")
         if not res.available:
@@ -322,8 +324,8 @@ class Registry:
 
     @property
     def policies(self):
-        from rlhflab.models import policy_dtype
-        from rlhflab.policies import PolicySet
+        from rlhflab.models.policies import PolicySet
+        from rlhflab.models.precision import policy_dtype
 
         with self._locks["policies"]:
             if self._policies is None:
@@ -386,7 +388,7 @@ class Registry:
 
     def reward_model(self):
         """(model, tokenizer) of the reward model, loaded once."""
-        from rlhflab.models import load_reward_model
+        from rlhflab.models.loading import load_reward_model
 
         return self._load_once("reward", load_reward_model)
 
@@ -395,7 +397,7 @@ class Registry:
 
     def generator(self):
         """The DCGAN generator (its config.json as `.config`), loaded once."""
-        from rlhflab.gan import load_generator
+        from rlhflab.gan.networks import load_generator
 
         return self._load_once("dcgan", load_generator)
 
@@ -423,7 +425,7 @@ class Registry:
 
     def ratings_store(self):
         """The blind-rating store at <eval>/ratings.sqlite (never created when the evaluation folder is missing)."""
-        from rlhflab.ratings import RatingsStore
+        from rlhflab.store.ratings import RatingsStore
 
         with self._locks["ratings"]:
             res = self.require("eval")

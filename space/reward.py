@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from rlhflab.errors import UserError
-from rlhflab.scoring import DEFAULT_MAX_LENGTH, preference_probability, score_responses
+from rlhflab.measure.scoring import DEFAULT_MAX_LENGTH, preference_probability, score_responses
 from space.chat import MAX_MESSAGE_CHARS
 from space.registry import Registry
 

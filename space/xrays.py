@@ -7,9 +7,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from rlhflab.data.chestmnist import PHANTOM_NOTICE
 from rlhflab.errors import UserError
-from rlhflab.gan import GRID_IMAGES, latent_interpolation, make_grid_png, sample_images
+from rlhflab.gan.data import PHANTOM_NOTICE
+from rlhflab.gan.networks import GRID_IMAGES, latent_interpolation, make_grid_png, sample_images
 from space.registry import Registry
 
 GRID_COLUMNS = 8  # 32 images -> 8 × 4

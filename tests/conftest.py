@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -22,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer
 
-    from rlhflab.models import EMBEDDED_MODELS, _embedded_gguf
+    from rlhflab.models.loading import EMBEDDED_MODELS, _embedded_gguf
 
     gguf = _embedded_gguf("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_MODELS["smollm2-135m-instruct"][1])
@@ -132,14 +130,14 @@ def tiny_cfg(tmp_path, mode, base, reward, prompts, **kw):
 
 @pytest.fixture(scope="session")
 def full_run(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.ppo import train_ppo
+    from rlhflab.training.ppo import train_ppo
     tmp = tmp_path_factory.mktemp("full")
     return train_ppo(tiny_cfg(tmp, "full", tiny_llama_dir, tiny_reward_dir, prompts_file))
 
 
 @pytest.fixture(scope="session")
 def lora_run(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.ppo import train_ppo
+    from rlhflab.training.ppo import train_ppo
     tmp = tmp_path_factory.mktemp("lora")
     return train_ppo(tiny_cfg(tmp, "lora", tiny_llama_dir, tiny_reward_dir, prompts_file))
 

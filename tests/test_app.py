@@ -89,8 +89,8 @@ def write_lora(folder: Path, tiny_llama_dir: Path) -> None:
 def write_dcgan(folder: Path) -> None:
     import torch
 
-    from rlhflab.data.chestmnist import PHANTOM_SOURCE
-    from rlhflab.gan import Generator, save_generator
+    from rlhflab.gan.data import PHANTOM_SOURCE
+    from rlhflab.gan.networks import Generator, save_generator
 
     torch.manual_seed(4)
     save_generator(folder, Generator(100, 8), {"data_source": PHANTOM_SOURCE, "is_phantom": True})
@@ -98,7 +98,7 @@ def write_dcgan(folder: Path) -> None:
 
 
 def write_eval(folder: Path) -> None:
-    from rlhflab.ratings import RatingsStore
+    from rlhflab.store.ratings import RatingsStore
 
     folder.mkdir(parents=True, exist_ok=True)
     results = {"command": "python eval/evaluate.py --profile demo", "settings": {"seed": 1234}, "num_prompts": 2,

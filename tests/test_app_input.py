@@ -8,9 +8,16 @@ import math
 import httpx
 import pytest
 
-from rlhflab.generation import SETTING_BOUNDS
-from tests.test_app import (BASE_SETTINGS, chat_args, compare_args, make_client, running_app, text_of,
-                            write_tiny_checkpoints)
+from rlhflab.generation.sampling import SETTING_BOUNDS
+from tests.test_app import (
+    BASE_SETTINGS,
+    chat_args,
+    compare_args,
+    make_client,
+    running_app,
+    text_of,
+    write_tiny_checkpoints,
+)
 
 ODD_MESSAGES = {
     "control": "\x00\x01\x02\x07\x08\x1b[31mred\x1b[0m\x7f\u200b\u202e reversed? \ufeff",
@@ -104,7 +111,7 @@ def test_odd_text_is_scored_by_the_reward_model(shared, name):
 def test_absurd_pastes_are_cut_before_tokenizing_without_changing_the_score(app, shared):
     """Text past MAX_MESSAGE_CHARS is cut (prompt from the start, response at the end) before the
     tokenizer sees it; the model reads at most 512 tokens, so the score is the uncut text's score."""
-    from rlhflab.scoring import score_responses
+    from rlhflab.measure.scoring import score_responses
     from space.chat import MAX_MESSAGE_CHARS
 
     registry, _ = app

@@ -7,15 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import (_write_jsonl, chat_args, compare_args, make_client, running_app, text_of,
-                            write_tiny_checkpoints)
+from tests.test_app import (
+    _write_jsonl,
+    chat_args,
+    compare_args,
+    make_client,
+    running_app,
+    text_of,
+    write_tiny_checkpoints,
+)
 
 SEVEN = ["base", "sft", "full", "lora", "dpo", "dpo-lora", "grpo"]
 
 
 def _card(folder: Path, method: str, mode: str, base: str) -> None:
-    from rlhflab.checkpoints import write_model_card
-    from rlhflab.policy_training import CARD_KEY, policy_metadata
+    from rlhflab.store.cards import CARD_KEY, write_model_card
+    from rlhflab.training.policy import policy_metadata
 
     write_model_card(folder, {"base_model": base, CARD_KEY: policy_metadata(method, mode, base, None)},
                      f"Tiny {method} ({mode})", {"What this is": "Test fixture."})

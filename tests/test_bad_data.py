@@ -15,10 +15,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, hh_row, oasst_rows, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, hh_row, oasst_rows, write_jsonl
 from rlhflab.data import _io, hh_rlhf, oasst1
 from rlhflab.errors import UserError
 

@@ -1,12 +1,10 @@
 """The equal-work benches (bench/bench_ppo.py, bench/bench_reward.py) and their rows in BENCHMARKS.md's table: plain
 TRL and train_ppo time the same steps on a tiny model; each row names both sides' work, its spread and its effect."""
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
 
-from report import render_table  # noqa: E402
+from report import render_table
 
 WHERE = {"command": "python bench/run_all.py --only ppo", "machine": "Test CPU, 2 cores", "measured": "2026-11-23T10:00+00:00"}
 
@@ -82,11 +80,11 @@ def test_rollouts_row_samples_with_generate_and_measures_the_engine_against_the_
                                                                                          tiny_reward_dir, prompts_file):
     """The one factor of the "rollouts" row: inside generate_rollouts train_ppo samples with generate() (never the
     engine); the engine's step measured against the forward pass is exact in fp32, close under bf16."""
+    import bench_ppo
     import torch
 
-    import bench_ppo
-    import rlhflab.ppo as ppo
-    from rlhflab import generation
+    import rlhflab.training.ppo as ppo
+    from rlhflab.generation import sampling as generation
 
     overrides = dict(base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir), dataset=prompts_file, lang=None,
                      num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=2, max_response_length=8,

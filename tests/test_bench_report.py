@@ -1,13 +1,11 @@
 """bench/run_all.py writes BENCHMARKS.md's table from bench/results.json: every figure with its baseline,
 ratio, command, machine and date; the prose around the markers is left as it was."""
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
 
-from report import END, START, render_table, write_benchmarks_md  # noqa: E402
+from report import END, START, render_table, write_benchmarks_md
 
 WHERE = {"command": "python bench/run_all.py --only x", "machine": "Test CPU, 2 cores", "measured": "2026-11-22T10:00+00:00"}
 RESULTS = {

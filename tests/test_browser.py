@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from test_app import running_app, write_tiny_checkpoints
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -3,8 +3,8 @@
 import pytest
 from huggingface_hub import HfApi
 
-from rlhflab import checkpoints
 from rlhflab.errors import UserError
+from rlhflab.store import cards, checkpoints, hub
 
 
 def test_save_round_trip_and_card(tmp_path):
@@ -12,12 +12,12 @@ def test_save_round_trip_and_card(tmp_path):
 
     def write(folder):
         (folder / "weights.txt").write_text("v1")
-        checkpoints.write_model_card(folder, {"base_model": "x/y", "datasets": ["a/b"], "tags": ["t"]},
+        cards.write_model_card(folder, {"base_model": "x/y", "datasets": ["a/b"], "tags": ["t"]},
                                      "Title", {"Metrics": "acc 0.7"})
 
     checkpoints.save_atomically(out, write)
     assert (out / "weights.txt").read_text() == "v1"
-    card = checkpoints.read_model_card(out)
+    card = cards.read_model_card(out)
     assert card.startswith("---\nbase_model: x/y\ndatasets:\n- a/b\ntags:\n- t\n---\n")
     assert "## Metrics\n\nacc 0.7" in card
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -87,7 +87,7 @@ def test_push_sends_the_folder_to_the_named_repo(tmp_path):
     (folder / "model.safetensors").write_text("w")
     (folder / "README.md").write_text("card")
     api = RecordingApi()
-    result = checkpoints.push_folder(folder, "me/reward", api=api)
+    result = hub.push_folder(folder, "me/reward", api=api)
     assert result.ok and result.url.endswith("/commit/1")
     assert api.calls[0] == ("create_repo", "me/reward", "model", True)
     assert api.calls[1][:3] == ("upload_folder", "me/reward", ["README.md", "model.safetensors"])
@@ -101,7 +101,7 @@ def test_failed_push_keeps_local_checkpoint_and_says_what_failed(tmp_path, monke
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     # A real client pointed at a closed local port: the request fails like a network outage.
     api = HfApi(endpoint="http://127.0.0.1:9", token="hf_secret_value")
-    result = checkpoints.push_folder(folder, "me/reward", api=api)
+    result = hub.push_folder(folder, "me/reward", api=api)
     assert not result.ok
     assert "failed while creating the repo" in result.message and "intact" in result.message
     assert "hf_secret_value" not in result.message

@@ -21,9 +21,23 @@ SCRIPTS = ["app.py", *sorted(str(p.relative_to(ROOT)) for folder in ("training",
 CONFIG_USE = re.compile(r"parse_config\(\s*(\w+)")
 
 
+CLI_USE = re.compile(r"from rlhflab\.cli import (\w+) as main")
+
+
+def _source(script: str) -> str:
+    """The script's own source, or for a thin script the source of the rlhflab.cli function it runs."""
+    import inspect
+
+    from rlhflab import cli
+
+    source = (ROOT / script).read_text(encoding="utf-8")
+    used = CLI_USE.search(source)
+    return inspect.getsource(getattr(cli, used.group(1))) if used else source
+
+
 def _parses_arguments(script: str) -> bool:
     """Whether the script has a --help at all (app.py has none: `python app.py --help` starts the server)."""
-    source = (ROOT / script).read_text(encoding="utf-8")
+    source = _source(script)
     return "parse_config(" in source or "argparse" in source
 
 
@@ -55,7 +69,7 @@ def test_help_exits_zero_and_lists_every_option(script, help_runs):
     errors = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
     assert proc.returncode == 0, f"{script} --help exited {proc.returncode}:\n{errors[-3000:]}"
     assert "usage:" in proc.stdout and "Traceback" not in errors
-    for name in CONFIG_USE.findall((ROOT / script).read_text(encoding="utf-8")):
+    for name in CONFIG_USE.findall(_source(script)):
         cls = getattr(config_module, name)
         missing = [f.name for f in dataclasses.fields(cls) if "--" + f.name.replace("_", "-") not in proc.stdout]
         assert not missing, f"{script} --help does not list {cls.__name__}'s options {missing}"
@@ -70,3 +84,19 @@ def test_help_does_not_import_torch(script, help_runs):
     assert "torch" not in imported, (f"{script} --help imports torch; import the library after parse_config "
                                      f"(as training/reward.py does) so --help answers at once")
 
+
+
+def test_every_script_is_also_a_console_script_and_the_package_pins_what_requirements_pins():
+    """pyproject.toml's console scripts run the same functions as the scripts, and its dependencies are
+    requirements.txt's (the file a Space installs) word for word."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    targets = {v.split(":")[1] for v in project["scripts"].values()}
+    for script in SCRIPTS:
+        used = CLI_USE.search((ROOT / script).read_text(encoding="utf-8"))
+        if script != "app.py":
+            assert used and used.group(1) in targets, f"{script} is not a thin script over a console script's function"
+    pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert project["dependencies"] == pins

@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from conftest import hh_row, write_jsonl
+
 from rlhflab.config import DEMO_DATA_DIR
 from rlhflab.data import hh_rlhf, oasst1
 from rlhflab.errors import DatasetUnavailable, UserError
@@ -147,8 +147,8 @@ def test_the_hub_test_part_comes_from_the_test_split(monkeypatch):
 
 def test_sft_and_dpo_train_only_on_the_policy_side(tmp_path, monkeypatch):
     """What SFT and DPO hand their trainers never shares a pair (or a prompt) with the judge side or the test part."""
-    from rlhflab import dpo, sft
     from rlhflab.config import DPOConfig, SFTConfig, build_config
+    from rlhflab.training import dpo, sft
 
     path = str(write_jsonl(tmp_path / "pairs.jsonl", _split_rows()))
     split = hh_rlhf.preference_split(path, seed=0, dev_size=10, test_size=hh_rlhf.DEFAULT_TEST_SIZE)
@@ -178,7 +178,7 @@ def test_sft_and_dpo_train_only_on_the_policy_side(tmp_path, monkeypatch):
 
 def test_the_demo_sizes_leave_each_reward_model_enough_pairs():
     from rlhflab.config import RewardConfig, build_config
-    from rlhflab.reward_training import split_for
+    from rlhflab.training.reward import split_for
 
     parts = {role: split_for(build_config(RewardConfig, "demo", role=role)).role_parts(role) for role in ("reward", "judge")}
     (rm_train, rm_dev), (judge_train, judge_dev) = parts["reward"], parts["judge"]

@@ -15,12 +15,18 @@ import torch
 from PIL import Image
 
 from rlhflab.config import DCGANConfig, GANEvalConfig, build_config
-from rlhflab.data.chestmnist import (LABEL_NAMES, PHANTOM_SOURCE, load_xray_dataset, make_phantom_xrays,
-                                     write_chestmnist_npz)
-from rlhflab.dcgan_training import train_dcgan
 from rlhflab.errors import UserError, cli_main
-from rlhflab.gan import (Generator, evaluate_generator, frechet_distance, latent_interpolation, load_generator,
-                         make_grid_png, ms_ssim, nearest_neighbour_l2, sample_images, save_generator)
+from rlhflab.gan.data import LABEL_NAMES, PHANTOM_SOURCE, load_xray_dataset, make_phantom_xrays, write_chestmnist_npz
+from rlhflab.gan.diagnostics import evaluate_generator, frechet_distance, ms_ssim, nearest_neighbour_l2
+from rlhflab.gan.networks import (
+    Generator,
+    latent_interpolation,
+    load_generator,
+    make_grid_png,
+    sample_images,
+    save_generator,
+)
+from rlhflab.gan.training import train_dcgan
 
 REPO = Path(__file__).resolve().parent.parent
 

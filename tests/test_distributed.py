@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, hh_row, write_jsonl
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"

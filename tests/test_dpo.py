@@ -8,17 +8,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, hh_row, write_jsonl
 from test_sft import InterruptAfterSave
-from rlhflab.checkpoints import read_jsonl
+
 from rlhflab.config import DPOConfig, SFTConfig, build_config
 from rlhflab.data.hh_rlhf import load_pairs
-from rlhflab.dpo import build_dpo_trainer, train_dpo
 from rlhflab.errors import UserError
-from rlhflab.models import load_policy
-from rlhflab.policy_training import read_policy_metadata
-from rlhflab.sft import train_sft
+from rlhflab.models.loading import load_policy
+from rlhflab.store.cards import read_policy_metadata
+from rlhflab.store.jsonio import read_jsonl
+from rlhflab.training.dpo import build_dpo_trainer, train_dpo
+from rlhflab.training.sft import train_sft
 
 CHOSEN = "Happy to help: here is a clear and careful answer."
 REJECTED = "No. Figure it out yourself, I will not help."

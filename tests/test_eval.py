@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhflab import stats
-from rlhflab.checkpoints import read_jsonl
 from rlhflab.config import EvalConfig, build_config
 from rlhflab.errors import UserError
-from rlhflab.ratings import CRITERIA, RatingsStore
+from rlhflab.measure import stats
+from rlhflab.store.jsonio import read_jsonl
+from rlhflab.store.ratings import CRITERIA, RatingsStore
 
 
 def test_bootstrap_interval_covers_true_mean_at_nominal_rate():
@@ -32,7 +32,7 @@ def test_paired_bootstrap_and_wilson():
 
 
 def test_one_interval_format_for_reports_cards_and_the_app():
-    from rlhflab.ppo_metrics import format_gain
+    from rlhflab.measure.ppo_metrics import format_gain
 
     assert stats.format_interval(0.4123, 0.3011, 0.5204) == "0.412 [0.301, 0.520]"
     assert stats.format_interval(0.11, -0.02, 0.24, signed=True) == "+0.110 [-0.020, +0.240]"
@@ -43,8 +43,8 @@ def test_one_interval_format_for_reports_cards_and_the_app():
 
 
 def test_kl_of_a_policy_to_itself_is_zero(tiny_llama_dir):
-    from rlhflab.kl import kl_per_token, response_logprobs
-    from rlhflab.models import load_causal_lm
+    from rlhflab.measure.kl import kl_per_token, response_logprobs
+    from rlhflab.models.loading import load_causal_lm
     model, tok = load_causal_lm(str(tiny_llama_dir))
     prompts, responses = ["Hi there", "Tell me a story"], ["Hello, friend.", "Once upon a time"]
     lp = response_logprobs(model, tok, prompts, responses)
@@ -80,8 +80,8 @@ def test_rating_aggregate_matches_hand_computed_means(tmp_path):
 
 
 def test_heldout_prompts_never_overlap_training(tmp_path):
-    from rlhflab.evaluation import heldout_prompts
     from rlhflab.data.oasst1 import save_prompts
+    from rlhflab.measure.evaluation import heldout_prompts
     run = tmp_path / "ppo-full"
     run.mkdir()
     save_prompts(run / "train_prompts.jsonl", ["a", "b", "c"])
@@ -97,7 +97,7 @@ def test_heldout_prompts_never_overlap_training(tmp_path):
 
 
 def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run, lora_run):
-    from rlhflab.evaluation import run_evaluation
+    from rlhflab.measure.evaluation import run_evaluation
     cfg = build_config(EvalConfig, "demo", base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir),
                        full_model=str(full_run), lora_model=str(lora_run), num_prompts=4, num_rating_prompts=2,
                        max_new_tokens=6, batch_size=4, bootstrap_samples=200, output_dir=str(tmp_path / "eval"),

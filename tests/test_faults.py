@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, hh_row, write_jsonl
-from rlhflab.checkpoints import push_folder, read_jsonl, recover_interrupted_save, report_push, save_atomically
+
 from rlhflab.errors import UserError
+from rlhflab.store.checkpoints import recover_interrupted_save, save_atomically
+from rlhflab.store.hub import push_folder, report_push
+from rlhflab.store.jsonio import read_jsonl
 
 INTERRUPTED = "interrupted: re-run the same command with --resume to continue from the last saved state."
 
@@ -132,7 +134,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_reward_training_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_path, cli, tiny_llama_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhflab.models import load_reward_model
+    from rlhflab.models.loading import load_reward_model
 
     data = write_jsonl(tmp_path / "hh.jsonl", [hh_row([f"Question {i}: can you help me?"], f"Sure, here is answer {i}.",
                                                        f"No, go away {i}.") for i in range(320)])
@@ -179,7 +181,7 @@ def test_reward_training_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_
 
 def test_ppo_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_path, cli, tiny_llama_dir,
                                                                            tiny_reward_dir, prompts_file):
-    from rlhflab.models import load_policy
+    from rlhflab.models.loading import load_policy
 
     out, work = tmp_path / "ppo-full", tmp_path / ".ppo-full-work"
     steps = 10  # 16 prompts x 2 passes / rollout batch 2 = 16 steps, capped at 10; saved every 10 // 5 = 2 steps
@@ -224,7 +226,7 @@ def test_ppo_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_pat
 
 def test_sft_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_path, cli, tiny_llama_dir):
     """The Trainer-based policy trainers (SFT here; DPO and GRPO share prepare_resume) under real signals."""
-    from rlhflab.models import load_policy
+    from rlhflab.models.loading import load_policy
 
     rows = [hh_row([f"Question number {i}?"], f"A good answer {i}.", f"A bad answer {i}.") for i in range(80)]
     data = write_jsonl(tmp_path / "hh.jsonl", rows)
@@ -261,8 +263,8 @@ def test_sft_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_step(tmp_pat
 
 
 def test_dcgan_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_epoch_and_survives_a_failed_push(tmp_path, cli):
-    from rlhflab.data.chestmnist import write_chestmnist_npz
-    from rlhflab.gan import load_generator
+    from rlhflab.gan.data import write_chestmnist_npz
+    from rlhflab.gan.networks import load_generator
 
     write_chestmnist_npz(tmp_path / "chestmnist.npz", n_train=1000, n_val=8, n_test=16, seed=1)
     out, epochs = tmp_path / "dcgan", 6
@@ -312,7 +314,7 @@ def test_dcgan_killed_by_ctrl_c_and_sigkill_resumes_to_the_configured_epoch_and_
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint_byte_identical(tmp_path, monkeypatch, writer):
     import safetensors.torch
 
-    from rlhflab.gan import Generator, load_generator, save_generator
+    from rlhflab.gan.networks import Generator, load_generator, save_generator
 
     out = tmp_path / "dcgan"
     torch.manual_seed(0)
@@ -362,8 +364,7 @@ def test_full_disk_on_a_first_save_says_nothing_was_written(tmp_path):
 KILLED_SAVE = """
 import os, signal, sys, time
 from pathlib import Path
-sys.path.insert(0, {root!r})
-from rlhflab.checkpoints import save_atomically
+from rlhflab.store.checkpoints import save_atomically
 out, when = Path(sys.argv[1]), sys.argv[2]
 replace = os.replace
 
@@ -422,7 +423,7 @@ def broken(tmp_path_factory, tiny_llama_dir, tiny_reward_dir) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rlhflab.gan import Generator, save_generator
+    from rlhflab.gan.networks import Generator, save_generator
 
     root = tmp_path_factory.mktemp("broken")
 
@@ -466,8 +467,8 @@ CASES = {  # id: (loader, folder, file the sentence must name, words it must con
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_checkpoint_stops_with_a_sentence_naming_the_file(case, broken, tiny_llama_dir, tiny_reward_dir):
-    from rlhflab.gan import load_generator
-    from rlhflab.models import load_policy, load_reward_model
+    from rlhflab.gan.networks import load_generator
+    from rlhflab.models.loading import load_policy, load_reward_model
 
     kind, name, filename, words = CASES[case]
     folder = {"REWARD": tiny_reward_dir, "LLAMA": tiny_llama_dir}.get(name, broken / name)
@@ -483,7 +484,7 @@ def test_bad_checkpoint_stops_with_a_sentence_naming_the_file(case, broken, tiny
 
 def test_truncated_adapter_in_the_app_names_the_file(broken, tiny_llama_dir):
     """The app's PolicySet attaches the adapter through the same function as load_policy, with the same sentence."""
-    from rlhflab.policies import PolicySet
+    from rlhflab.models.policies import PolicySet
 
     folder = broken / "lora-truncated"
     with pytest.raises(UserError) as info:
@@ -567,8 +568,9 @@ def test_new_trainers_push_through_the_same_path_and_keep_the_checkpoint(method,
     import huggingface_hub.constants as hub_constants
 
     from rlhflab import config as configs
-    from rlhflab.models import load_causal_lm, load_policy
-    from rlhflab.policy_training import read_policy_metadata, save_policy_checkpoint
+    from rlhflab.models.loading import load_causal_lm, load_policy
+    from rlhflab.store.cards import read_policy_metadata
+    from rlhflab.training.policy import save_policy_checkpoint
 
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(var, raising=False)

@@ -1,13 +1,14 @@
-"""The decode engine (rlhflab.generation): greedy outputs equal generate()'s token for token, per-row stops,
+"""The decode engine (rlhflab.generation.sampling): greedy outputs equal generate()'s token for token, per-row stops,
 cache growth, seeded sampling, LoRA adapters on a shared base, and the packed bf16 step."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rlhflab.generation import (DecodeEngine, GenerationSettings, _start, decode_batch, decode_engine, encode_prompts,
-                                generate_batch)
-from rlhflab.models import bf16_packing_available, load_causal_lm
+from rlhflab.generation.engine import DecodeEngine, decode_engine, start_decode
+from rlhflab.generation.sampling import GenerationSettings, decode_batch, encode_prompts, generate_batch
+from rlhflab.models.hardware import bf16_packing_available
+from rlhflab.models.loading import load_causal_lm
 
 # Where oneDNN cannot pack bf16 weights (an AVX2-only CPU), the engine runs its exact loop on the bf16 modules
 # instead; these tests then check that path against the same references.
@@ -57,7 +58,7 @@ def test_each_row_stops_at_its_own_stop_token(tiny_llama_dir):
 def test_cache_grows_past_its_preallocated_length(tiny_llama_dir):
     model, tok = load_causal_lm(str(tiny_llama_dir))
     batch, expected = _generate_ids(model, tok, PROMPTS[:2], 8, min_new_tokens=8)
-    state = _start(model, batch["attention_mask"], capacity=4)  # shorter than the prompt itself
+    state = start_decode(model, batch["attention_mask"], capacity=4)  # shorter than the prompt itself
     logits = state.forward(batch["input_ids"])
     got = []
     for _ in range(8):
@@ -117,7 +118,7 @@ def test_lora_adapters_on_a_shared_base(tiny_llama_dir, packed):
         ctx = model.disable_adapter() if name == "base" else _active(model, name)
         with ctx, torch.inference_mode():
             reference = model(**batch).logits[:, -1].float()
-            got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+            got = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
         tol = 0.05 if packed else 1e-5  # bf16 rounding of a different kernel's summation order
         assert (got - reference).abs().max() < tol * reference.abs().max()
         outs[name] = got
@@ -159,7 +160,7 @@ def test_fp32_weights_under_bf16_autocast_get_the_packed_step(tiny_llama_dir):
         engine = decode_engine(model)
         assert engine.kind == BF16_KIND and decode_engine(model) is engine
         reference = model(**batch).logits[:, -1].float()
-        got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+        got = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
     assert got.dtype == torch.float32 and (got - reference).abs().max() < 0.05 * reference.abs().max()
     exact = decode_engine(model)
     assert exact is not engine and exact.kind == "llama"
@@ -173,7 +174,7 @@ def test_adapter_steps_do_not_repack_the_base_but_are_followed(tiny_llama_dir):
     batch, _ = encode_prompts(tok, PROMPTS, 256)
     engine = decode_engine(model)
     with torch.inference_mode():
-        before = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+        before = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -181,14 +182,14 @@ def test_adapter_steps_do_not_repack_the_base_but_are_followed(tiny_llama_dir):
     assert decode_engine(model) is engine
     with torch.inference_mode():
         reference = model(**batch).logits[:, -1].float()
-        after = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+        after = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
     assert not torch.allclose(before, after)
     assert (after - reference).abs().max() < 0.05 * reference.abs().max()
 
 
 def test_sampled_responses_are_ordinary_tensors_padded_after_the_stop(tiny_llama_dir):
     """A trainer feeds the responses to passes that record gradients: no inference tensors."""
-    from rlhflab.generation import sample_responses
+    from rlhflab.generation.sampling import sample_responses
 
     model, tok = load_causal_lm(str(tiny_llama_dir))
     batch, _ = encode_prompts(tok, PROMPTS, 256)
@@ -207,7 +208,7 @@ def test_sampled_responses_are_ordinary_tensors_padded_after_the_stop(tiny_llama
 
 
 def test_quantize_int8_round_trips_within_half_a_step():
-    from rlhflab.generation import quantize_int8
+    from rlhflab.generation.engine import quantize_int8
 
     w = torch.randn(7, 33) * torch.logspace(-3, 1, 7)[:, None]  # rows of very different scales
     q, scale = quantize_int8(w)
@@ -216,7 +217,7 @@ def test_quantize_int8_round_trips_within_half_a_step():
 
 
 def test_int8_decode_is_opt_in_and_tracks_the_model(tiny_llama_dir):
-    from rlhflab.generation import int8_available, use_int8_decode
+    from rlhflab.generation.engine import int8_available, use_int8_decode
 
     if not int8_available():
         pytest.skip("this torch build has no weight-only int8 kernel")
@@ -228,7 +229,7 @@ def test_int8_decode_is_opt_in_and_tracks_the_model(tiny_llama_dir):
     assert engine.kind == "llama-int8" and decode_engine(model) is engine
     with torch.inference_mode():
         reference = model(**batch).logits[:, -1].float()
-        got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+        got = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
     assert 0 < (got - reference).abs().max() < 0.05 * reference.abs().max()  # int8 rounding: close, not equal
     use_int8_decode(model, False)
     assert decode_engine(model).kind == "llama"
@@ -237,7 +238,7 @@ def test_int8_decode_is_opt_in_and_tracks_the_model(tiny_llama_dir):
 def test_sample_tokens_draws_from_the_softmax():
     """The exponential race is an exact draw: frequencies match softmax(scores), a zero-probability token never
     comes up, and the same generator seed gives the same draws."""
-    from rlhflab.generation import sample_tokens
+    from rlhflab.generation.sampling import sample_tokens
 
     target = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     scores = target.log().expand(4000, -1)  # 4000 rows drawn at once, as a batch
@@ -251,7 +252,8 @@ def test_sample_tokens_draws_from_the_softmax():
 def test_a_cpu_without_bf16_instructions_gets_no_bf16_packing_or_autocast(tiny_llama_dir, monkeypatch):
     """An AVX2-only CPU (simulated through RLHFLAB_CPU_FLAGS): oneDNN's bf16 packing would raise there, so the
     engine runs its exact loop on bf16 weights, and no precision choice asks for bf16."""
-    from rlhflab.models import autocast_dtype, cpu_flags, policy_dtype, vector_features
+    from rlhflab.models.hardware import cpu_flags, vector_features
+    from rlhflab.models.precision import autocast_dtype, policy_dtype
 
     monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "sse4_2 avx avx2 fma")
     assert cpu_flags() == {"sse4_2", "avx", "avx2", "fma"} and vector_features() == "AVX2"
@@ -263,7 +265,7 @@ def test_a_cpu_without_bf16_instructions_gets_no_bf16_packing_or_autocast(tiny_l
     assert engine.kind == "llama" and engine._packed is None
     with torch.inference_mode():
         reference = model(**batch).logits[:, -1].float()
-        got = _start(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+        got = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
     assert (got - reference).abs().max() < 0.05 * reference.abs().max()
     # the same CPU under bf16 autocast (a trainer's rollouts asked for bf16): still the exact loop
     fp32, _ = load_causal_lm(str(tiny_llama_dir))
@@ -273,7 +275,7 @@ def test_a_cpu_without_bf16_instructions_gets_no_bf16_packing_or_autocast(tiny_l
 
 def test_the_avx2_emulation_hides_avx512_and_amx(monkeypatch):
     """ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 cap torch's kernels below AVX-512; the lab's flags follow."""
-    from rlhflab.models import cpu_flags, vector_features
+    from rlhflab.models.hardware import cpu_flags, vector_features
 
     monkeypatch.delenv("RLHFLAB_CPU_FLAGS", raising=False)
     for name, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):

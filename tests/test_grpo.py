@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_cfg, write_jsonl
 
-from conftest import oasst_rows, tiny_cfg, write_jsonl
 from rlhflab.errors import UserError
-from rlhflab.models import load_causal_lm, load_policy
-from rlhflab.policy_training import read_policy_metadata
+from rlhflab.models.loading import load_causal_lm, load_policy
+from rlhflab.store.cards import read_policy_metadata
 
 FIELDS = {"step", "pass", "episode", "kl_per_token", "kl_estimator", "kl_per_sequence", "kl_coef", "kl_coef_next",
           "score", "entropy_per_token", "response_tokens_mean", "lr", "seconds_per_step", "rollout_scores",
@@ -32,20 +32,20 @@ def _metrics(path):
 
 @pytest.fixture(scope="module")
 def grpo_full(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.grpo import train_grpo
+    from rlhflab.training.grpo import train_grpo
 
     return train_grpo(grpo_cfg(tmp_path_factory.mktemp("grpo"), "full", tiny_llama_dir, tiny_reward_dir, prompts_file))
 
 
 @pytest.fixture(scope="module")
 def grpo_lora(tmp_path_factory, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.grpo import train_grpo
+    from rlhflab.training.grpo import train_grpo
 
     return train_grpo(grpo_cfg(tmp_path_factory.mktemp("grpo"), "lora", tiny_llama_dir, tiny_reward_dir, prompts_file))
 
 
 def test_batch_plan_of_the_spec_and_the_demo():
-    from rlhflab.grpo import grpo_batch_plan
+    from rlhflab.training.grpo import grpo_batch_plan
 
     spec = grpo_batch_plan(16, 4, 1000, 1)  # 64 responses per step, in backward passes of 16
     assert spec["per_device_train_batch_size"] * spec["gradient_accumulation_steps"] == 64 == spec["completions_per_step"]
@@ -72,7 +72,7 @@ def test_step_one_kl_is_zero_and_the_record_matches_ppo(run, request):
     assert abs(records[0]["kl_exact_per_token"]) < 1e-6 and records[1]["kl_exact_per_token"] > 0
     assert [r["kl_controller_estimator"] for r in records] == ["exact", "exact"]
     # the over-optimisation probe: before training and at the last step, copied into the checkpoint
-    from rlhflab.overopt import read_overopt
+    from rlhflab.measure.overopt import read_overopt
 
     probes = read_overopt(request.getfixturevalue(run))
     assert [p["step"] for p in probes] == [0, 2] and abs(probes[0]["kl_exact_per_token"]) < 1e-6
@@ -80,7 +80,7 @@ def test_step_one_kl_is_zero_and_the_record_matches_ppo(run, request):
 
 
 def test_kl_coefficient_follows_the_adaptive_controller(grpo_full):
-    from rlhflab.ppo import AdaptiveKLController
+    from rlhflab.training.ppo import AdaptiveKLController
 
     first, second = _metrics(grpo_full)
     expected = AdaptiveKLController(first["kl_coef"], 0.05, 100).update(first["kl_exact_per_token"], 4)
@@ -92,8 +92,8 @@ def test_kl_coefficient_follows_the_adaptive_controller(grpo_full):
 
 def test_trls_own_estimator_adds_no_forward_and_drives_the_controller(tmp_path, tiny_llama_dir, tiny_reward_dir,
                                                                        prompts_file, monkeypatch):
-    from rlhflab import grpo
-    from rlhflab.ppo import AdaptiveKLController
+    from rlhflab.training import grpo
+    from rlhflab.training.ppo import AdaptiveKLController
 
     measured, sampled = [], []
     monkeypatch.setattr(grpo, "KLAccumulator", lambda: measured.append(1) or pytest.fail("no extra forward wanted"))
@@ -129,7 +129,7 @@ def test_checkpoint_reloads_and_says_what_it_is(run, mode, request, tiny_llama_d
 
 
 def test_bad_dataset_is_one_sentence_and_leaves_no_folder(tmp_path, tiny_llama_dir, tiny_reward_dir):
-    from rlhflab.grpo import train_grpo
+    from rlhflab.training.grpo import train_grpo
 
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": "x", "role": "assistant"}])
     cfg = grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, str(empty), output_dir=str(tmp_path / "out"))
@@ -140,7 +140,7 @@ def test_bad_dataset_is_one_sentence_and_leaves_no_folder(tmp_path, tiny_llama_d
 
 def test_resume_after_an_interruption_reaches_the_configured_step(tmp_path, tiny_llama_dir, tiny_reward_dir,
                                                                    prompts_file):
-    from rlhflab.grpo import train_grpo
+    from rlhflab.training.grpo import train_grpo
 
     cfg = dict(max_steps=3, batch_size=4)  # 16 prompts / 4 = 4 steps, capped at 3; Trainer checkpoint every step
 
@@ -161,7 +161,7 @@ def test_resume_after_an_interruption_reaches_the_configured_step(tmp_path, tiny
 
 def test_init_from_a_policy_folder_starts_policy_and_reference_there(tmp_path, tiny_llama_dir, tiny_reward_dir,
                                                                     prompts_file, grpo_full):
-    from rlhflab.grpo import train_grpo
+    from rlhflab.training.grpo import train_grpo
 
     out = train_grpo(grpo_cfg(tmp_path, "lora", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1,
                               init_from=str(grpo_full)))
@@ -173,7 +173,7 @@ def test_init_from_a_policy_folder_starts_policy_and_reference_there(tmp_path, t
 
 
 def test_rloo_runs_and_names_its_kl_estimator(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, monkeypatch):
-    from rlhflab import grpo
+    from rlhflab.training import grpo
 
     sampled = []
     sample = grpo.sample_responses
@@ -188,7 +188,7 @@ def test_rloo_runs_and_names_its_kl_estimator(tmp_path, tiny_llama_dir, tiny_rew
 
 
 def test_ppo_init_from_a_policy_folder_is_recorded(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, grpo_full):
-    from rlhflab.ppo import train_ppo
+    from rlhflab.training.ppo import train_ppo
 
     out = train_ppo(tiny_cfg(tmp_path, "lora", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1,
                              init_from=str(grpo_full)))

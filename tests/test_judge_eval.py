@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from rlhflab import stats
 from rlhflab.config import EvalConfig, build_config
 from rlhflab.errors import UserError
-from rlhflab.ratings import CRITERIA, RatingsStore, preference_pairs
+from rlhflab.measure import stats
+from rlhflab.store.ratings import CRITERIA, RatingsStore, preference_pairs
 
 
 def _synthetic(n=300, slope=0.05, true_gain=0.0, extra_tokens=20.0, seed=0):
@@ -98,9 +98,9 @@ def _cfg(tmp_path, base, reward, full, judge, **kw):
 
 
 def test_evaluation_reports_gains_under_the_judge(tmp_path, tiny_llama_dir, tiny_reward_dir, tiny_judge_dir, full_run):
-    from rlhflab.evaluation import run_evaluation
-    from rlhflab.models import load_reward_model
-    from rlhflab.scoring import score_responses
+    from rlhflab.measure.evaluation import run_evaluation
+    from rlhflab.measure.scoring import score_responses
+    from rlhflab.models.loading import load_reward_model
 
     cfg = _cfg(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run, tiny_judge_dir)
     store = RatingsStore(cfg.ratings_db)  # a rater preferred one of two answers in an earlier round
@@ -141,7 +141,7 @@ def test_evaluation_reports_gains_under_the_judge(tmp_path, tiny_llama_dir, tiny
 
 
 def test_a_missing_judge_is_a_note_not_a_crash(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run):
-    from rlhflab.evaluation import NO_JUDGE, run_evaluation
+    from rlhflab.measure.evaluation import NO_JUDGE, run_evaluation
 
     cfg = _cfg(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run, tmp_path / "no-judge-here", best_of_n="")
     out = run_evaluation(cfg, progress=lambda *_: None)
@@ -156,7 +156,7 @@ def test_a_missing_judge_is_a_note_not_a_crash(tmp_path, tiny_llama_dir, tiny_re
 
 
 def test_the_training_reward_model_cannot_be_its_own_judge(tiny_reward_dir):
-    from rlhflab.evaluation import load_judge
+    from rlhflab.measure.evaluation import load_judge
 
     cfg = build_config(EvalConfig, "demo", reward_model=str(tiny_reward_dir), judge_model=str(tiny_reward_dir))
     with pytest.raises(UserError, match="is the training reward model"):
@@ -177,7 +177,7 @@ def _results(judge: dict | None) -> dict:
 
 
 def test_results_table_shows_both_scorers_side_by_side():
-    from rlhflab.evaluation import NO_JUDGE, policy_results_table
+    from rlhflab.measure.evaluation import NO_JUDGE, policy_results_table
 
     table = policy_results_table(_results({"model": "j", "available": True}))
     assert "judge gain vs base" in table and "training-RM gain vs base" in table
@@ -200,7 +200,7 @@ OVEROPT = [{"step": s, "episode": 8 * s, "n_prompts": 16, "kl_exact_per_token": 
 
 
 def test_overoptimisation_figure_draws_rm_and_judge_against_kl():
-    from rlhflab.plots import overoptimisation_figure
+    from rlhflab.measure.plots import overoptimisation_figure
 
     fig = json.loads(overoptimisation_figure({"ppo-full": OVEROPT, "grpo": [{"step": 1}]}).to_json())
     traces = {t["name"]: t for t in fig["data"]}

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from rlhflab import stats
-from rlhflab.kl import exact_kl_of_responses, exact_kl_sum
+from rlhflab.measure import stats
+from rlhflab.measure.kl import exact_kl_of_responses, exact_kl_sum
 
 
 def test_exact_kl_matches_hand_computed_values():
@@ -33,8 +33,8 @@ def test_total_kl_over_total_tokens_with_its_interval():
 
 
 def test_evaluation_kl_on_generated_tokens(tiny_llama_dir):
-    from rlhflab.generation import GenerationSettings, generate_batch
-    from rlhflab.models import load_causal_lm
+    from rlhflab.generation.sampling import GenerationSettings, generate_batch
+    from rlhflab.models.loading import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_llama_dir))
     other, _ = load_causal_lm(str(tiny_llama_dir))
@@ -56,7 +56,7 @@ def test_evaluation_kl_on_generated_tokens(tiny_llama_dir):
     moved, _ = exact_kl_of_responses(holder(other), holder(model), tok, prompts, ids, temperature=0.7)
     assert all(x > 0 for x in moved)
     # the same KL, position by position, from one full forward pass of each model
-    from rlhflab.kl import _response_batch, response_logits
+    from rlhflab.measure.kl import _response_batch, response_logits
 
     full, mask, resp_mask, ctx = _response_batch(tok, prompts, ids, 1024)
     kl, n = exact_kl_sum(response_logits(other, full, mask, ctx), response_logits(model, full, mask, ctx), resp_mask,
@@ -65,7 +65,7 @@ def test_evaluation_kl_on_generated_tokens(tiny_llama_dir):
 
 
 def test_training_side_sums_exact_k1_and_k3_of_hand_built_distributions():
-    from rlhflab.kl import KLAccumulator, kl_sums
+    from rlhflab.measure.kl import KLAccumulator, kl_sums
 
     p = torch.tensor([0.5, 0.25, 0.25])
     q = torch.tensor([0.25, 0.5, 0.25])

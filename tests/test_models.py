@@ -1,9 +1,10 @@
 """Model loading, prompt formatting and the padding guard for Llama-style and GPT-2-style tokenizers."""
 import pytest
 
-from rlhflab.generation import GenerationSettings, generate_batch
 from rlhflab.errors import UserError
-from rlhflab.models import (format_prompt, load_causal_lm, load_tokenizer, lora_target_modules)
+from rlhflab.generation.sampling import GenerationSettings, generate_batch
+from rlhflab.models.loading import load_causal_lm, load_tokenizer, lora_target_modules
+from rlhflab.models.prompts import format_prompt
 
 
 def test_prompt_format_chat_template_and_plain(tiny_llama_dir, tiny_gpt2_dir):
@@ -59,7 +60,7 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_streaming_decoder_matches_generate_greedy(tiny_model_dir):
-    from rlhflab.generation import stream_generate
+    from rlhflab.generation.sampling import stream_generate
     model, tok = load_causal_lm(str(tiny_model_dir))
     settings = GenerationSettings(greedy=True, max_new_tokens=8, repetition_penalty=1.3, no_repeat_ngram_size=2)
     expected = generate_batch(model, tok, ["Tell me about cats."], settings)[0]
@@ -75,7 +76,7 @@ def test_streaming_decoder_matches_generate_greedy(tiny_model_dir):
 
 
 def test_long_prompt_is_truncated_and_reported(tiny_llama_dir):
-    from rlhflab.generation import stream_generate
+    from rlhflab.generation.sampling import stream_generate
     model, tok = load_causal_lm(str(tiny_llama_dir))
     gen = stream_generate(model, tok, "word " * 5000, GenerationSettings(max_new_tokens=2), max_prompt_tokens=64)
     try:
@@ -88,7 +89,7 @@ def test_long_prompt_is_truncated_and_reported(tiny_llama_dir):
 def test_generating_policies_hold_bf16_weights_only_where_bf16_is_fast(monkeypatch):
     import torch
 
-    from rlhflab import models
+    from rlhflab.models import precision as models
     from space.registry import Registry
 
     assert models.policy_dtype(False, "cpu") is torch.float32
@@ -104,8 +105,8 @@ def test_generating_policies_hold_bf16_weights_only_where_bf16_is_fast(monkeypat
 def test_int8_decode_is_the_apps_choice_only(tiny_llama_dir):
     """PolicySet decodes with int8 weights only when asked (the app's RLHFLAB_INT8_DECODE); by default, and so in the
     evaluation, the engine runs the model's own weights."""
-    from rlhflab.generation import decode_engine, int8_available
-    from rlhflab.policies import BASE, PolicySet
+    from rlhflab.generation.engine import decode_engine, int8_available
+    from rlhflab.models.policies import BASE, PolicySet
 
     if not int8_available():
         pytest.skip("this torch build has no weight-only int8 kernel")
@@ -133,10 +134,10 @@ def test_bf16_policies_chat_including_a_lora_adapter_on_the_bf16_base(tmp_path, 
     """The app's policies in bf16 (as on a CPU with AVX512-bf16): base, full and LoRA all stream an answer,
     and the adapter changes the base's output (its fp32 weights apply to the bf16 base's activations)."""
     import torch
-
-    from rlhflab.generation import stream_generate
-    from rlhflab.policies import PolicySet
     from test_app import write_tiny_checkpoints
+
+    from rlhflab.generation.sampling import stream_generate
+    from rlhflab.models.policies import PolicySet
 
     store = write_tiny_checkpoints(tmp_path / "store", tiny_llama_dir, kinds=("full", "lora"))
     policies = PolicySet(str(tiny_llama_dir), {"full": str(store / "ppo-full"), "lora": str(store / "ppo-lora")},

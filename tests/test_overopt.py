@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, holder, keep_up_to, read_overopt
+from rlhflab.measure.overopt import OVEROPT_FILE, OverOptProbe, holder, keep_up_to, read_overopt
 
 FIELDS = {"step", "episode", "n_prompts", "kl_exact_per_token", "kl_exact_ci", "rm_score_mean", "rm_score_ci",
           "judge_score_mean", "judge_score_ci", "response_tokens_mean", "temperature", "judge_model", "reward_model"}
@@ -15,7 +15,7 @@ PROMPTS = ["Name a fruit.", "Tell me a fact about the sea.", "What is a cloud?"]
 
 @pytest.fixture(scope="module")
 def models(tiny_llama_dir, tiny_reward_dir):
-    from rlhflab.models import load_causal_lm, load_reward_model
+    from rlhflab.models.loading import load_causal_lm, load_reward_model
 
     policy, tok = load_causal_lm(str(tiny_llama_dir))
     moved, _ = load_causal_lm(str(tiny_llama_dir))
@@ -54,9 +54,9 @@ def test_probe_record_with_a_missing_judge(tmp_path, models, capsys):
 
 
 def test_probe_kl_is_the_evaluation_kl_of_its_own_samples(tmp_path, models, tiny_reward_dir):
-    from rlhflab.generation import generate_batch
-    from rlhflab.kl import exact_kl_of_responses
-    from rlhflab.scoring import score_responses
+    from rlhflab.generation.sampling import generate_batch
+    from rlhflab.measure.kl import exact_kl_of_responses
+    from rlhflab.measure.scoring import score_responses
 
     policy, moved, tok, reward, reward_tok = models
     probe = _probe(tmp_path, models, str(tiny_reward_dir))

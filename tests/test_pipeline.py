@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "training"))
 
-import pipeline  # noqa: E402
+from rlhflab import pipeline
 
 STEP_SCRIPT = '''
 import argparse, json, os, sys, time
@@ -105,7 +103,7 @@ def test_a_step_that_outlives_its_neighbour_gets_the_freed_core(tmp_path):
 def test_follow_thread_share_adopts_the_pipelines_share(tmp_path, monkeypatch):
     import torch
 
-    from rlhflab.models import follow_thread_share
+    from rlhflab.models.hardware import follow_thread_share
 
     before = torch.get_num_threads()
     monkeypatch.delenv("RLHFLAB_THREADS_FILE", raising=False)
@@ -122,8 +120,7 @@ def test_follow_thread_share_adopts_the_pipelines_share(tmp_path, monkeypatch):
 
 
 def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
-    from rlhflab.config import (DCGANConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig,
-                                parse_config)
+    from rlhflab.config import DCGANConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, parse_config
 
     classes = {"reward": RewardConfig, "judge": RewardConfig, "ppo-full": PPOConfig, "ppo-lora": PPOConfig,
                "dcgan": DCGANConfig, "sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}

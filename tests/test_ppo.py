@@ -3,11 +3,11 @@ import json
 
 import pytest
 import torch
-
 from conftest import oasst_rows, tiny_cfg, write_jsonl
+
 from rlhflab.errors import UserError
-from rlhflab.models import load_causal_lm, load_policy
-from rlhflab.ppo import AdaptiveKLController, build_value_model, ppo_batch_plan, train_ppo
+from rlhflab.models.loading import load_causal_lm, load_policy
+from rlhflab.training.ppo import AdaptiveKLController, build_value_model, ppo_batch_plan, train_ppo
 
 FIELDS = {"step", "episode", "kl_per_token", "kl_per_sequence", "kl_coef", "score", "rlhf_reward",
           "entropy_per_token", "response_tokens_mean", "lr", "seconds_per_step"}
@@ -79,7 +79,7 @@ def test_lora_mode_trains_only_adapters_and_reloads(lora_run, tiny_llama_dir):
             continue
         key = name.replace(".base_layer", "")
         assert torch.equal(p, reference[key]), f"base weight {key} changed"
-    from rlhflab.generation import GenerationSettings, generate_batch
+    from rlhflab.generation.sampling import GenerationSettings, generate_batch
     out = generate_batch(policy, tok, ["Hello?"], GenerationSettings(greedy=True, max_new_tokens=4))
     assert out[0].num_tokens > 0
     info = json.loads((lora_run / "ppo_info.json").read_text())
@@ -102,7 +102,7 @@ def test_empty_and_too_long_prompt_sets(tmp_path, tiny_llama_dir, tiny_reward_di
 
 
 def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, monkeypatch):
-    import rlhflab.ppo as ppo
+    import rlhflab.training.ppo as ppo
 
     zeroed = []
 
@@ -117,7 +117,7 @@ def test_resume_continues_the_step_count(tmp_path, tiny_llama_dir, tiny_reward_d
                              resume=True, value_head="zero"))
     assert [r["step"] for r in _metrics(out)] == [1, 2]
     assert zeroed == [True, False]  # a resumed run keeps the value head it learned
-    from rlhflab.overopt import read_overopt
+    from rlhflab.measure.overopt import read_overopt
 
     # probes before training and at each run's last step; the resumed run does not probe step 0 again
     assert [r["step"] for r in read_overopt(out)] == [0, 1, 2]
@@ -145,7 +145,7 @@ def test_value_model_starts_from_the_reward_model_with_its_head_or_a_zero_head(t
 
 
 def test_unfinished_rollouts_are_closed_with_eos_before_scoring():
-    from rlhflab.ppo import close_unfinished
+    from rlhflab.training.ppo import close_unfinished
 
     pad, eos, ctx = 0, 2, 2
     qr = torch.tensor([[5, 6, 7, 8, 9],     # unfinished, fills the width
@@ -158,7 +158,7 @@ def test_unfinished_rollouts_are_closed_with_eos_before_scoring():
 
 
 def test_first_and_last_pass_over_the_same_prompts_are_compared():
-    from rlhflab.ppo_metrics import summarize_metrics
+    from rlhflab.measure.ppo_metrics import summarize_metrics
 
     rows = [{"step": s, "pass": (s - 1) // 3 + 1, "score": float(s), "kl_per_token": 0.01 * s, "kl_coef": 0.1}
             for s in range(1, 10)]
@@ -171,7 +171,7 @@ def test_first_and_last_pass_over_the_same_prompts_are_compared():
 
 
 def test_kl_at_step_zero_under_bf16_autocast(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.models import autocast_dtype
+    from rlhflab.models.precision import autocast_dtype
 
     if autocast_dtype(True) is None:
         pytest.skip("this CPU has no fast bf16 (AMX/AVX512-bf16), so autocast is off")
@@ -184,7 +184,7 @@ def test_kl_at_step_zero_under_bf16_autocast(tmp_path, tiny_llama_dir, tiny_rewa
 
 
 def test_lora_under_bf16_autocast_moves_the_adapters(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
-    from rlhflab.models import autocast_dtype
+    from rlhflab.models.precision import autocast_dtype
 
     if autocast_dtype(True) is None:
         pytest.skip("this CPU has no fast bf16 (AMX/AVX512-bf16), so autocast is off")
@@ -196,7 +196,7 @@ def test_lora_under_bf16_autocast_moves_the_adapters(tmp_path, tiny_llama_dir, t
 
 
 def test_paired_score_gain_matches_hand_computed_differences():
-    from rlhflab.ppo_metrics import paired_pass_gain
+    from rlhflab.measure.ppo_metrics import paired_pass_gain
 
     # two passes over prompts 1..4; prompt k scores k in pass 1 and k + 0.5 (k odd) or k + 1.5 (k even) in pass 2
     rows = [{"step": 1, "pass": 1, "rollout_prompts": [1, 2], "rollout_scores": [1.0, 2.0]},
@@ -231,16 +231,15 @@ def test_the_optimizer_is_chosen_by_name_per_mode_and_recorded(full_run, lora_ru
 def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_path, tiny_llama_dir, tiny_reward_dir,
                                                                            prompts_file, monkeypatch):
     """The training-side exact KL (captured from TRL's rollout and reference logits) and the evaluation-side one
-    (rlhflab.kl.exact_kl_of_responses, two fresh forward passes) on the same rollout tokens and the same policy."""
+    (rlhflab.measure.kl.exact_kl_of_responses, two fresh forward passes) on the same rollout tokens and the same policy."""
     import contextlib
     import shutil
 
+    import rlhflab.training.ppo as ppo_module
     from rlhflab.data.oasst1 import read_prompts
-    from rlhflab.kl import exact_kl_of_responses
-    from rlhflab.models import format_prompt
-    from rlhflab.overopt import read_overopt
-
-    import rlhflab.ppo as ppo_module
+    from rlhflab.measure.kl import exact_kl_of_responses
+    from rlhflab.measure.overopt import read_overopt
+    from rlhflab.models.prompts import format_prompt
 
     rollouts = []
     sample = ppo_module.sample_responses
@@ -305,7 +304,7 @@ def _fake_step(log_path, kl_estimator, controller, exact_sums):
     (0.07 nats/token), the captured exact KL 0.5 nats over 10 tokens (0.05 nats/token)."""
     from types import SimpleNamespace
 
-    from rlhflab.ppo import _ExactKLCapture, _metrics_callback, _RewardProbe
+    from rlhflab.training.ppo import _ExactKLCapture, _metrics_callback, _RewardProbe
 
     probe = _RewardProbe()
     probe.lengths.append(torch.tensor([10, 10]))
@@ -340,7 +339,7 @@ def test_the_controller_follows_the_chosen_estimator(estimator, kl, tmp_path):
 
 
 def test_summary_and_table_show_exact_kl_next_to_k1():
-    from rlhflab.ppo_metrics import run_summary_table, summarize_metrics
+    from rlhflab.measure.ppo_metrics import run_summary_table, summarize_metrics
 
     rows = [{"step": s, "score": 1.0, "kl_per_token": 0.2, "kl_estimator": "k1", "kl_exact_per_token": 0.05,
              "kl_coef": 0.1} for s in range(1, 5)]

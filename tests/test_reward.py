@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import hh_row, write_jsonl
-from rlhflab.config import build_config, JUDGE_DIR, RewardConfig, RewardEvalConfig
-from rlhflab.errors import UserError
-from rlhflab.models import load_reward_model
-from rlhflab.reward_training import evaluate_reward_checkpoint, evaluate_reward_model, pairwise_loss, train_reward_model
+
+from rlhflab.config import JUDGE_DIR, RewardConfig, RewardEvalConfig, build_config
 from rlhflab.data.hh_rlhf import SPLIT_FILE, pairs_by_id
-from rlhflab.scoring import preference_probability, score_responses
+from rlhflab.errors import UserError
+from rlhflab.measure.scoring import preference_probability, score_responses
+from rlhflab.models.loading import load_reward_model
+from rlhflab.training.reward import evaluate_reward_checkpoint, evaluate_reward_model, pairwise_loss, train_reward_model
 
 GOOD = ["Sure, here is a clear answer with the steps you need.", "Happy to help: the answer is yes.",
         "Great question, the short answer is forty two.", "Yes, you can do that safely at home."]
@@ -65,7 +65,7 @@ def test_loss_falls_and_accuracy_rises(trained_reward, tiny_llama_dir, toy_datas
     assert train_losses[-1] < train_losses[0]
     ev = json.loads((path / "reward_eval.json").read_text())
     # An untrained head on the same backbone, for the "accuracy rises" comparison.
-    from rlhflab.reward_training import build_reward_model
+    from rlhflab.training.reward import build_reward_model
     torch.manual_seed(0)
     untrained, tok = build_reward_model(str(tiny_llama_dir))
     test = pairs_by_id(toy_dataset, json.loads((path / SPLIT_FILE).read_text())["ids"]["test"])
@@ -141,7 +141,9 @@ def test_bad_dataset_stops_with_one_sentence(tmp_path, tiny_llama_dir):
 
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
-    import subprocess, sys
+    import subprocess
+    import sys
+
     from conftest import ROOT
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -153,9 +155,15 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path):
 
 def test_cached_frozen_blocks_give_the_same_rewards_as_the_whole_model(tiny_llama_dir):
     """FrozenPrefix: lower blocks once per sequence + upper blocks on their outputs == the whole model."""
-    from rlhflab.reward_training import CachedPairDataset, FrozenPrefix, PairDataset, _collate_cached, build_reward_model
-    from rlhflab.scoring import left_pad, reward_forward
     from rlhflab.data.hh_rlhf import parse_rows
+    from rlhflab.measure.scoring import left_pad, reward_forward
+    from rlhflab.training.reward import (
+        CachedPairDataset,
+        FrozenPrefix,
+        PairDataset,
+        _collate_cached,
+        build_reward_model,
+    )
 
     torch.manual_seed(0)
     model, tok = build_reward_model(str(tiny_llama_dir))
@@ -272,7 +280,9 @@ def test_the_judge_trains_on_the_other_side_and_is_compared_on_the_same_test_pai
 
 
 def test_eval_cli_without_a_split_says_what_to_do(tiny_reward_dir):
-    import subprocess, sys
+    import subprocess
+    import sys
+
     from conftest import ROOT
     proc = subprocess.run([sys.executable, str(ROOT / "eval" / "reward_model.py"), "--profile", "demo",
                            "--reward-model", str(tiny_reward_dir)], capture_output=True, text=True)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from rlhflab.errors import UserError
-from rlhflab.ratings import CRITERIA, RatingsStore
+from rlhflab.store.ratings import CRITERIA, RatingsStore
 from tests.test_app import FakeScheduler, make_client, running_app, write_tiny_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def test_a_folder_with_only_pytorch_model_bin_is_refused(tmp_path, tiny_llama_di
 
     from transformers import AutoModelForSequenceClassification, LlamaForCausalLM
 
-    from rlhflab.models import load_causal_lm, load_policy, load_reward_model
+    from rlhflab.models.loading import load_causal_lm, load_policy, load_reward_model
 
     policy = _only_pickle(tmp_path / "policy", LlamaForCausalLM.from_pretrained(tiny_llama_dir))
     reward = _only_pickle(tmp_path / "reward",
@@ -117,8 +117,8 @@ def test_a_lora_adapter_with_only_adapter_model_bin_is_refused(tmp_path, tiny_ll
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
-    from rlhflab.models import load_policy
-    from rlhflab.policies import PolicySet
+    from rlhflab.models.loading import load_policy
+    from rlhflab.models.policies import PolicySet
 
     adapter = tmp_path / "lora"
     peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama_dir),
@@ -198,7 +198,7 @@ def test_rating_sql_is_fixed_text_with_parameters():
     tree = ast.parse(path.read_text("utf-8"))
     constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
                  for t in node.targets if isinstance(t, ast.Name)}
-    import rlhflab.ratings as ratings_module
+    import rlhflab.store.ratings as ratings_module
 
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
              and n.func.attr in ("execute", "executemany", "executescript")]

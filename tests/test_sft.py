@@ -5,16 +5,17 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, hh_row, write_jsonl
 from transformers import AutoTokenizer, TrainerCallback
 
-from conftest import ROOT, hh_row, write_jsonl
-from rlhflab.checkpoints import read_jsonl
 from rlhflab.config import SFTConfig, build_config
-from rlhflab.errors import UserError
-from rlhflab.models import format_prompt, load_policy, load_tokenizer
-from rlhflab.policy_training import read_policy_metadata
-from rlhflab.sft import build_sft_trainer, train_sft
 from rlhflab.data.hh_rlhf import load_pairs
+from rlhflab.errors import UserError
+from rlhflab.models.loading import load_policy, load_tokenizer
+from rlhflab.models.prompts import format_prompt
+from rlhflab.store.cards import read_policy_metadata
+from rlhflab.store.jsonio import read_jsonl
+from rlhflab.training.sft import build_sft_trainer, train_sft
 
 ANSWER = "The answer is always forty two, my friend."
 
@@ -69,7 +70,7 @@ def test_checkpoint_reloads_and_its_card_says_sft(sft_run, tiny_llama_dir):
     assert ((out / "adapter_config.json").is_file()) == (cfg.mode == "lora")
     model, tok = load_policy(str(out))
     assert type(model).__name__.startswith("Peft") == (cfg.mode == "lora")
-    # the saved tokenizer keeps the pad token rlhflab.models chose (one that never occurs inside a prompt)
+    # the saved tokenizer keeps the pad token rlhflab.models.loading chose (one that never occurs inside a prompt)
     assert AutoTokenizer.from_pretrained(out).pad_token == load_tokenizer(tiny_llama_dir).pad_token
     card = (out / "README.md").read_text()
     assert "embedded stand-in data" in card and "not Anthropic/hh-rlhf" in card  # the demo profile's data
@@ -167,7 +168,7 @@ def test_cli_help_and_bad_input(tmp_path):
 
 
 def test_card_windows_are_whole_passes_when_the_run_made_two():
-    from rlhflab.sft import window_means
+    from rlhflab.training.sft import window_means
 
     two_passes = [{"epoch": e, "loss": loss} for e, loss in ((0.5, 4.0), (1.0, 2.0), (1.5, 3.0), (2.0, 1.0))]
     columns, first, last = window_means(two_passes, ["loss"])

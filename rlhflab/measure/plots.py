@@ -2,7 +2,7 @@
 comparison)."""
 from __future__ import annotations
 
-from rlhflab.ppo_metrics import KL_BAND
+from rlhflab.measure.ppo_metrics import KL_BAND
 
 
 def training_curves_figure(runs: dict[str, list[dict]], x: str = "step", per_sequence: bool = False):

@@ -9,14 +9,13 @@ the policy hacks the reward model (the gold-model protocol of the reward over-op
 - `n_prompts`: held-out prompts answered (always the first `probe_prompts` of the run's held-out set).
 - `kl_exact_per_token`: exact KL(policy ‖ reference), Σ_v p log p/q at every generated token (end-of-turn token
   included, no re-tokenising), under the sampling distribution softmax(logits / temperature), as total KL ÷ total
-  tokens, in nats/token; `kl_exact_ci`: [low, high], 95 % bootstrap over prompts (rlhflab.stats.ratio_bootstrap_ci).
+  tokens, in nats/token; `kl_exact_ci`: [low, high], 95 % bootstrap over prompts (rlhflab.measure.stats.ratio_bootstrap_ci).
 - `rm_score_mean`, `rm_score_ci`: the training reward model's mean score and its 95 % bootstrap interval.
 - `judge_score_mean`, `judge_score_ci`: the judge's, or null when no judge could be loaded.
 - `response_tokens_mean`: generated tokens per response (end-of-turn token included: the tokens the KL is over).
 - `temperature`: the sampling temperature (the run's; pure temperature sampling, no top-k/top-p, seed fixed).
 - `judge_model`, `reward_model`: the two scorers as configured (`judge_model` null when it was not found).
-- `seconds`: wall time of the probe.
-"""
+- `seconds`: wall time of the probe."""
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +26,11 @@ from pathlib import Path
 import torch
 
 OVEROPT_FILE = "overopt.jsonl"
+
+
 PROBE_SEED = 20240  # the same sampling noise at every probe: differences between probes are the policy's
+
+
 BOOTSTRAP_SAMPLES = 1000
 
 
@@ -73,7 +76,7 @@ def load_judge(name: str | None, device=None, reward_model: str | None = None):
     unloadable judge never stops training or an evaluation, it only leaves the judge's numbers empty. The training
     reward model itself is refused (UserError): a judge is a reward model no policy was trained against."""
     from rlhflab.errors import UserError
-    from rlhflab.models import load_reward_model
+    from rlhflab.models.loading import load_reward_model
 
     if not name:
         return None, None, f"no judge given (--judge-model); train one with `{JUDGE_COMMAND}`"
@@ -118,18 +121,18 @@ class OverOptProbe:
                   f"model's score and the KL only (judge fields null).", flush=True)
 
     def settings(self):
-        from rlhflab.generation import GenerationSettings
+        from rlhflab.generation.sampling import GenerationSettings
 
         # pure temperature sampling: the distribution the exact KL below is measured under, and the rollouts'
         return GenerationSettings(temperature=self.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
                                   max_new_tokens=self.max_new_tokens, seed=PROBE_SEED).validate()
 
     def run(self, step: int, episode: int, use_policy=None, use_reference=None) -> dict:
-        from rlhflab.checkpoints import append_jsonl
-        from rlhflab.generation import generate_batch
-        from rlhflab.kl import exact_kl_of_responses
-        from rlhflab.scoring import score_responses
-        from rlhflab.stats import bootstrap_ci, ratio_bootstrap_ci
+        from rlhflab.generation.sampling import generate_batch
+        from rlhflab.measure.kl import exact_kl_of_responses
+        from rlhflab.measure.scoring import score_responses
+        from rlhflab.measure.stats import bootstrap_ci, ratio_bootstrap_ci
+        from rlhflab.store.jsonio import append_jsonl
 
         start = time.perf_counter()
         use_policy, use_reference = use_policy or self.use_policy, use_reference or self.use_reference

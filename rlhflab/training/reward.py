@@ -12,16 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from rlhflab import stats
-from rlhflab.checkpoints import (Timer, command_line, hardware_description, markdown_table, report_push,
-                                 resolve_checkpoint, save_atomically, write_json, write_model_card)
 from rlhflab.config import CHECKPOINTS_DIR, RewardConfig, RewardEvalConfig, profile_defaults
 from rlhflab.data._io import is_local
 from rlhflab.data.hh_rlhf import SPLIT_FILE, PreferencePair, pairs_by_id, preference_split
 from rlhflab.errors import UserError
-from rlhflab.models import (autocast, autocast_dtype, best_device, count_parameters, freeze_lower_layers,
-                            load_reward_model, load_tokenizer, model_path)
-from rlhflab.scoring import encode_for_reward, left_pad, reward_forward, score_responses
+from rlhflab.measure import stats
+from rlhflab.measure.scoring import encode_for_reward, left_pad, reward_forward, score_responses
+from rlhflab.models.hardware import best_device, hardware_description
+from rlhflab.models.loading import count_parameters, freeze_lower_layers, load_reward_model, load_tokenizer, model_path
+from rlhflab.models.precision import autocast, autocast_dtype
+from rlhflab.store.cards import Timer, command_line, markdown_table, write_model_card
+from rlhflab.store.checkpoints import resolve_checkpoint, save_atomically
+from rlhflab.store.hub import report_push
+from rlhflab.store.jsonio import write_json
 
 EVAL_FILE = "reward_eval.json"
 
@@ -528,7 +531,7 @@ def _write_card(folder, cfg, ev, trainable, total, split, seconds):
         "Parameters": f"trainable {trainable:,} of {total:,}",
         "Hyperparameters": hp,
         "How it was made": f"`{command_line()}` in {seconds:.0f} s on {hardware_description()}.",
-        "Use": ("```python\nfrom rlhflab.models import load_reward_model\nfrom rlhflab.scoring import score_responses\n"
+        "Use": ("```python\nfrom rlhflab.models.loading import load_reward_model\nfrom rlhflab.measure.scoring import score_responses\n"
                 "model, tok = load_reward_model('PATH_OR_REPO')\nscore_responses(model, tok, ['Hi'], ['Hello!'])\n```"),
     }
     title = f"Independent judge ({name})" if judge else f"Reward model ({name})"

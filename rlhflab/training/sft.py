@@ -1,8 +1,7 @@
 """Supervised fine-tuning (SFT) of a policy on the chosen responses of preference pairs, with TRL's SFTTrainer.
 
 Each example is a prompt (the transcript before the last assistant turn) and its chosen response; the loss is
-on the response tokens only. Resume, per-step metrics and the checkpoint folder come from policy_training.
-"""
+on the response tokens only. Resume, per-step metrics and the checkpoint folder come from policy_training."""
 from __future__ import annotations
 
 import contextlib
@@ -13,14 +12,26 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.checkpoints import (METRICS_FILE, Timer, command_line, hardware_description, markdown_table,
-                                 read_jsonl)
 from rlhflab.config import SFTConfig
 from rlhflab.data.hh_rlhf import PreferencePair, policy_pairs
 from rlhflab.errors import UserError
-from rlhflab.models import autocast_dtype, best_device, count_parameters, format_prompt, format_response
-from rlhflab.policy_training import (is_stand_in, learning_rate, load_start_policy, lora_config, policy_output_dir,
-                                     prepare_resume, save_policy_checkpoint, trainer_metrics_callback)
+from rlhflab.models.hardware import best_device, hardware_description
+from rlhflab.models.loading import count_parameters
+from rlhflab.models.precision import autocast_dtype
+from rlhflab.models.prompts import format_prompt, format_response
+from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.checkpoints import METRICS_FILE
+from rlhflab.store.jsonio import read_jsonl
+from rlhflab.training.policy import (
+    is_stand_in,
+    learning_rate,
+    load_start_policy,
+    lora_config,
+    policy_output_dir,
+    prepare_resume,
+    save_policy_checkpoint,
+    trainer_metrics_callback,
+)
 
 # Trainer checkpoints (weights + optimizer) per run: each full-model save of the 135M embedded model writes
 # 135M x 12 bytes (fp32 weights and AdamW's two moments) = 1.6 GB, so a few per run bound both the disk time and the work lost to an interruption.
@@ -29,7 +40,7 @@ SAVES_PER_RUN = 4
 
 def sft_examples(pairs: list[PreferencePair], tokenizer) -> list[dict]:
     """TRL prompt/completion examples: chat messages when the tokenizer has a chat template (TRL renders
-    them), else the plain 'Human:/Assistant:' text the policy is prompted with (rlhflab.models.format_prompt)."""
+    them), else the plain 'Human:/Assistant:' text the policy is prompted with (rlhflab.models.prompts.format_prompt)."""
     if getattr(tokenizer, "chat_template", None):
         return [{"prompt": p.messages, "completion": [{"role": "assistant", "content": p.chosen}]} for p in pairs]
     return [{"prompt": format_prompt(tokenizer, p.messages), "completion": format_response(tokenizer, p.chosen)}
@@ -38,7 +49,7 @@ def sft_examples(pairs: list[PreferencePair], tokenizer) -> list[dict]:
 
 def trainer_precision(want_bf16: bool) -> dict:
     """TrainingArguments precision flags: the Trainer's own bf16 (an autocast entered per forward pass) where
-    rlhflab.models.autocast_dtype allows it. Not an autocast around the whole run: autocast caches the bf16 copy
+    rlhflab.models.precision.autocast_dtype allows it. Not an autocast around the whole run: autocast caches the bf16 copy
     of each trainable weight until the outermost context exits, so forwards would keep seeing the first step's
     weights."""
     bf16 = autocast_dtype(want_bf16, best_device()) is not None
@@ -130,7 +141,8 @@ def build_sft_trainer(cfg: SFTConfig, pairs: list[PreferencePair], work: Path, c
     """(TRL SFTTrainer, start name): the start policy (with a fresh LoRA adapter in LoRA mode) and the
     tokenized examples, whose labels are -100 on every prompt token (TRL's completion_only_loss)."""
     import datasets
-    from trl import SFTConfig as TRLSFTConfig, SFTTrainer
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
 
     model, tokenizer, start = load_start_policy(cfg.base_model, None)
     dataset = datasets.Dataset.from_list(sft_examples(pairs, tokenizer))
@@ -208,7 +220,7 @@ def _save(cfg: SFTConfig, trainer, start: str, train_set, log_path: Path, out: P
         "Hyperparameters": hyperparameter_table(cfg),
         "How it was made": (f"`{command_line()}` in {timer.elapsed_s:.0f} s on {hardware_description()}; "
                             f"bf16 autocast: {args.bf16}."),
-        "Use": ("```python\nfrom rlhflab.models import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```\n"
+        "Use": ("```python\nfrom rlhflab.models.loading import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```\n"
                 "Start DPO, PPO or GRPO from it with `--init-from sft`."),
     }
     return save_policy_checkpoint(out, policy, trainer.processing_class, cfg, method="sft", start=start, info=info,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhflab.generation import encode_prompts
+from rlhflab.generation.sampling import encode_prompts
 
 
 @torch.no_grad()
@@ -118,7 +118,7 @@ class KLAccumulator:
 
 def _response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):
     """Left-padded prompts followed by right-padded response token ids (as generated: no re-tokenising)."""
-    from rlhflab.generation import encode_prompts
+    from rlhflab.generation.sampling import encode_prompts
 
     batch, _ = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     width = max(1, max(len(r) for r in response_ids))

@@ -1,11 +1,10 @@
 """Every policy the lab knows — the base model and each policy checkpoint, whatever method made it — found by what
-its checkpoint says it is (rlhflab.policy_training's card block), loaded lazily, with weights shared where they can be.
+its checkpoint says it is (rlhflab.training.policy's card block), loaded lazily, with weights shared where they can be.
 
 LoRA adapters trained on the base model are attached to the one loaded base as named adapters: "base" runs
 with adapters disabled, an adapter policy with its adapter set. Full checkpoints (and adapters on another base,
 e.g. an SFT run) load as models of their own. One lock per underlying model keeps concurrent users from switching
-adapters under each other; policies on different models run at the same time.
-"""
+adapters under each other; policies on different models run at the same time."""
 from __future__ import annotations
 
 import contextlib
@@ -16,14 +15,18 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.checkpoints import resolve_checkpoint
 from rlhflab.errors import UserError
-from rlhflab.generation import decode_engine, use_int8_decode
-from rlhflab.models import EMBEDDED_MODELS, attach_adapter, best_device, is_adapter_checkpoint, load_causal_lm
-from rlhflab.policy_training import POLICY_METHODS, read_policy_metadata
+from rlhflab.generation.engine import decode_engine, use_int8_decode
+from rlhflab.models.hardware import best_device
+from rlhflab.models.loading import EMBEDDED_MODELS, attach_adapter, is_adapter_checkpoint, load_causal_lm
+from rlhflab.store.cards import read_policy_metadata
+from rlhflab.store.checkpoints import resolve_checkpoint
+from rlhflab.training.policy import POLICY_METHODS
 
 # Folder names of the store whose app key differs (PPO's historical keys "full" and "lora").
 FOLDER_KEYS = {"ppo-full": "full", "ppo-lora": "lora"}
+
+
 BASE = "base"
 
 
@@ -99,7 +102,7 @@ class PolicySet:
     base_model: str
     sources: dict[str, str] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
-    # Decode with int8 weights (rlhflab.generation.use_int8_decode): faster chat, at a measured cost in KL
+    # Decode with int8 weights (rlhflab.generation.engine.use_int8_decode): faster chat, at a measured cost in KL
     # (BENCHMARKS.md), so only the app offers it, on request; the evaluation never sets it.
     int8_decode: bool = False
     _base: tuple | None = field(default=None, repr=False)
@@ -153,13 +156,13 @@ class PolicySet:
                 raise UserError(f"{self.sources[name]} is not a LoRA adapter checkpoint (no adapter_config.json).")
             model, tok = self._load_base()
             if self._attached:
-                from rlhflab.models import refuse_pickled_weights
+                from rlhflab.models.loading import refuse_pickled_weights
 
                 refuse_pickled_weights(path, "LoRA adapter")
                 try:
                     model.load_adapter(path, adapter_name=name)
                 except Exception as exc:
-                    from rlhflab.models import weights_error
+                    from rlhflab.models.loading import weights_error
 
                     raise weights_error(path, exc, "LoRA adapter", "re-run the training that wrote it") from None
             else:
@@ -170,7 +173,7 @@ class PolicySet:
 
     def _load_own(self, name: str):
         if name not in self._own:
-            from rlhflab.models import load_policy
+            from rlhflab.models.loading import load_policy
 
             path = resolve_checkpoint(self.sources[name])
             model, tok = load_policy(str(path), self.dtype)

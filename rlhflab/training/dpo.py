@@ -1,8 +1,7 @@
 """Direct preference optimisation (DPO) of a policy on preference pairs, with TRL's DPOTrainer.
 
 The reference is the policy the run starts from (--init-from, else --base-model). Around TRL it adds the exact
-per-token KL to that reference on the chosen responses, logged each step beside TRL's implicit rewards.
-"""
+per-token KL to that reference on the chosen responses, logged each step beside TRL's implicit rewards."""
 from __future__ import annotations
 
 import copy
@@ -11,22 +10,39 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.checkpoints import METRICS_FILE, Timer, command_line, hardware_description, markdown_table, read_jsonl
 from rlhflab.config import DPOConfig
 from rlhflab.data.hh_rlhf import PreferencePair, policy_pairs
-from rlhflab.kl import exact_kl_sum
-from rlhflab.models import count_parameters, format_prompt, format_response
-from rlhflab.policy_training import load_start_policy, lora_config, policy_output_dir, prepare_resume, \
-    save_policy_checkpoint
-from rlhflab.sft import (adapter_sentence, common_trainer_args, hyperparameter_table, preference_data_line,
-                         removed_on_failure, require_examples, run_trainer, window_means)
+from rlhflab.measure.kl import exact_kl_sum
+from rlhflab.models.hardware import hardware_description
+from rlhflab.models.loading import count_parameters
+from rlhflab.models.prompts import format_prompt, format_response
+from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.checkpoints import METRICS_FILE
+from rlhflab.store.jsonio import read_jsonl
+from rlhflab.training.policy import (
+    load_start_policy,
+    lora_config,
+    policy_output_dir,
+    prepare_resume,
+    save_policy_checkpoint,
+)
+from rlhflab.training.sft import (
+    adapter_sentence,
+    common_trainer_args,
+    hyperparameter_table,
+    preference_data_line,
+    removed_on_failure,
+    require_examples,
+    run_trainer,
+    window_means,
+)
 
 KL_ESTIMATOR = "exact"  # sum over the whole vocabulary of p log(p/q), not a sampled estimate
 
 
 def dpo_examples(pairs: list[PreferencePair], tokenizer) -> list[dict]:
     """TRL preference examples: chat messages when the tokenizer has a chat template, else plain
-    'Human:/Assistant:' text (rlhflab.models.format_prompt)."""
+    'Human:/Assistant:' text (rlhflab.models.prompts.format_prompt)."""
     if getattr(tokenizer, "chat_template", None):
         return [{"prompt": p.messages, "chosen": [{"role": "assistant", "content": p.chosen}],
                  "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
@@ -187,7 +203,7 @@ def _save(cfg: DPOConfig, trainer, start: str, train_set, log_path: Path, out: P
         "Hyperparameters": hyperparameter_table(cfg),
         "How it was made": (f"`{command_line()}` in {timer.elapsed_s:.0f} s on {hardware_description()}; "
                             f"bf16 autocast: {args.bf16}."),
-        "Use": "```python\nfrom rlhflab.models import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```",
+        "Use": "```python\nfrom rlhflab.models.loading import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```",
     }
     return save_policy_checkpoint(out, policy, trainer.processing_class, cfg, method="dpo", start=start, info=info,
                                   title=f"DPO policy ({cfg.mode})", sections=sections, metrics_path=log_path,

@@ -12,25 +12,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhflab import stats
-from rlhflab.checkpoints import (METRICS_FILE, Timer, command_line, markdown_table, read_jsonl, resolve_checkpoint,
-                                 write_json)
 from rlhflab.config import EvalConfig
 from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
-from rlhflab.generation import GenerationSettings, generate_batch
-from rlhflab.kl import exact_kl_of_responses, kl_per_token, response_logprobs
-from rlhflab.models import autocast, follow_thread_share, load_reward_model, policy_dtype
-from rlhflab import overopt
-from rlhflab.overopt import JUDGE_COMMAND, read_overopt
-from rlhflab.policies import PolicySet
-from rlhflab.ppo_metrics import run_summary_table, summarize_metrics
-from rlhflab.ratings import RatingsStore, aggregate_markdown, preference_pairs
-from rlhflab.scoring import score_responses
+from rlhflab.generation.sampling import GenerationSettings, generate_batch
+from rlhflab.measure import overopt, stats
+from rlhflab.measure.kl import exact_kl_of_responses, kl_per_token, response_logprobs
+from rlhflab.measure.overopt import JUDGE_COMMAND, read_overopt
+from rlhflab.measure.ppo_metrics import run_summary_table, summarize_metrics
+from rlhflab.measure.scoring import score_responses
+from rlhflab.models.hardware import follow_thread_share
+from rlhflab.models.loading import load_reward_model
+from rlhflab.models.policies import PolicySet
+from rlhflab.models.precision import autocast, policy_dtype
+from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.checkpoints import METRICS_FILE, resolve_checkpoint
+from rlhflab.store.jsonio import read_jsonl, write_json
+from rlhflab.store.ratings import RatingsStore, aggregate_markdown, preference_pairs
 
 RESULTS_FILE = "results.json"
+
+
 REPORT_FILE = "report.md"
+
+
 NO_JUDGE = f"n/a (no judge: train one with `{JUDGE_COMMAND}`)"
+
+
 OVEROPT_FIGURE = "overoptimisation"
 
 
@@ -72,7 +80,7 @@ def policy_sources(cfg: EvalConfig) -> dict[str, Path]:
     """The policy checkpoints to evaluate (key -> folder): --policies all means every policy in the store;
     --full-model / --lora-model name the PPO runs' folders."""
     from rlhflab.config import CHECKPOINTS_DIR
-    from rlhflab.policies import discover_policies
+    from rlhflab.models.policies import discover_policies
 
     store = Path(cfg.full_model).parent if Path(cfg.full_model).parent.is_dir() else CHECKPOINTS_DIR
     found = {k: Path(e.source) for k, e in discover_policies(store).items()}
@@ -333,7 +341,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
 
 
 def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> None:
-    from rlhflab.plots import overoptimisation_figure, reward_comparison_figure, training_curves_figure
+    from rlhflab.measure.plots import overoptimisation_figure, reward_comparison_figure, training_curves_figure
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)

@@ -3,11 +3,9 @@ checkpoint names its method, how TRL's per-step logs become the lab's `metrics.j
 
 A policy checkpoint says what it is in its model card's front matter, under the key `rlhflab`
 (method, mode, base model, what it started from), and in `policy_info.json` beside it. The app
-discovers policies by reading that, never by a hard-coded folder name.
-"""
+discovers policies by reading that, never by a hard-coded folder name."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -17,22 +15,13 @@ from typing import Callable
 
 import torch
 
-from rlhflab.checkpoints import (CARD_FILE, METRICS_FILE, append_jsonl, read_jsonl, report_push, save_atomically,
-                                 write_json, write_model_card)
 from rlhflab.config import CHECKPOINTS_DIR
 from rlhflab.errors import UserError
+from rlhflab.store.cards import CARD_KEY, POLICY_INFO_FILE, POLICY_METHODS, policy_metadata, write_model_card
+from rlhflab.store.checkpoints import METRICS_FILE, save_atomically
+from rlhflab.store.hub import report_push
+from rlhflab.store.jsonio import append_jsonl, read_jsonl, write_json
 
-# method -> (display name, what it optimises); the order is the order the app and the report list them in
-POLICY_METHODS: dict[str, tuple[str, str]] = {
-    "base": ("Base", "the model as downloaded"),
-    "sft": ("SFT", "supervised fine-tuning on the chosen responses"),
-    "ppo": ("PPO", "PPO against the reward model"),
-    "dpo": ("DPO", "direct preference optimisation on the preference pairs"),
-    "grpo": ("GRPO", "group-relative policy optimisation against the reward model"),
-    "rloo": ("RLOO", "REINFORCE leave-one-out against the reward model"),
-}
-CARD_KEY = "rlhflab"
-POLICY_INFO_FILE = "policy_info.json"
 STORE_ALIASES = ("sft", "sft-lora")  # --init-from names that mean a folder of the local store
 
 
@@ -72,7 +61,7 @@ def load_start_policy(base_model: str, init_from: str | None, dtype: torch.dtype
     A LoRA start (an SFT adapter) is merged into its base, so the policy and its frozen reference are the
     same plain model at step 0 whichever way the start was trained.
     """
-    from rlhflab.models import load_causal_lm, load_policy
+    from rlhflab.models.loading import load_causal_lm, load_policy
 
     start = resolve_init_from(init_from)
     if start is None:
@@ -88,7 +77,7 @@ def lora_config(cfg, model):
     """The spec's LoRA adapter (attention q/v, r, alpha, dropout from the config) for `model`."""
     from peft import LoraConfig
 
-    from rlhflab.models import lora_target_modules
+    from rlhflab.models.loading import lora_target_modules
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_target_modules(model), task_type="CAUSAL_LM", bias="none")
@@ -99,62 +88,7 @@ def learning_rate(cfg) -> float:
 
 
 # ---------------------------------------------------------------- what a checkpoint says it is
-def policy_metadata(method: str, mode: str, base_model: str, init_from: str | None) -> dict:
-    """The `rlhflab` block of a policy checkpoint's card (and its policy_info.json)."""
-    if method not in POLICY_METHODS:
-        raise ValueError(f"unknown policy method {method!r}")
-    return {"kind": "policy", "method": method, "mode": mode, "base_model": base_model,
-            "init_from": init_from or base_model}
 
-
-def card_front_matter(text: str) -> dict:
-    """The YAML front matter of a model card ({} when it has none or it does not parse)."""
-    import yaml
-
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        data = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-@functools.lru_cache(maxsize=256)
-def _card_block(path: str, mtime_ns: int, size: int):
-    """The card's `rlhflab` block, parsed once per version of the file: the app lists the store's policies on every
-    request, and a card only changes when its checkpoint is rewritten (which changes its mtime)."""
-    return card_front_matter(Path(path).read_text(encoding="utf-8")).get(CARD_KEY)
-
-
-def read_policy_metadata(folder: str | Path) -> dict | None:
-    """What a local checkpoint folder says it is: its card's `rlhflab` block, else policy_info.json, else (PPO
-    checkpoints written before the block existed) ppo_info.json. None when it is not a policy."""
-    folder = Path(folder)
-    card = folder / CARD_FILE
-    try:
-        stat = card.stat()
-        block = _card_block(str(card), stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        block = None
-    if isinstance(block, dict) and block.get("kind") == "policy" and block.get("method") in POLICY_METHODS:
-        return dict(block)
-    for name in (POLICY_INFO_FILE, "ppo_info.json"):
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if name == "ppo_info.json":
-            return policy_metadata("ppo", info.get("mode", "full"), info.get("base_model", ""), None)
-        if isinstance(info, dict) and info.get("method") in POLICY_METHODS:
-            return info
-    return None
 
 
 # ---------------------------------------------------------------- logs and resume
@@ -173,7 +107,7 @@ def trainer_metrics_callback(log_path: Path, to_record: Callable[[dict, object],
                 return
             if any(k.startswith("eval_") for k in logs):
                 return
-            from rlhflab.models import follow_thread_share
+            from rlhflab.models.hardware import follow_thread_share
 
             follow_thread_share()
             now = time.perf_counter()

@@ -14,8 +14,11 @@ from pathlib import Path
 from rlhflab.errors import UserError
 
 CRITERIA = ("coherence", "relevance", "helpfulness", "completeness", "harmlessness")
+
+
 CRITERIA_LABELS = {"coherence": "Coherence", "relevance": "Relevance", "helpfulness": "Helpfulness",
                    "completeness": "Completeness", "harmlessness": "Hallucination/toxicity (5 = none)"}
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -26,21 +29,39 @@ CREATE TABLE IF NOT EXISTS ratings (
     rater TEXT NOT NULL, coherence INTEGER NOT NULL, relevance INTEGER NOT NULL, helpfulness INTEGER NOT NULL,
     completeness INTEGER NOT NULL, harmlessness INTEGER NOT NULL, created TEXT NOT NULL);
 """
+
+
 # Every statement is fixed text; values only ever travel as `?` parameters. The column lists come from CRITERIA,
 # a constant of this module, never from input (tests/test_security.py checks this file for it).
 _DELETE_UNRATED_ITEMS = "DELETE FROM items WHERE item_id NOT IN (SELECT DISTINCT item_id FROM ratings)"
+
+
 _INSERT_ITEM = "INSERT INTO items (item_id, prompt_index, prompt, policy, response, created) VALUES (?, ?, ?, ?, ?, ?)"
+
+
 _SELECT_ITEMS = "SELECT * FROM items ORDER BY prompt_index, policy"
+
+
 _SELECT_ITEMS_WITH_DONE = ("SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.item_id AND r.rater = ?) "
                            "AS done FROM items i ORDER BY prompt_index")
+
+
 _ITEM_EXISTS = "SELECT 1 FROM items WHERE item_id = ?"
+
+
 _INSERT_RATING = (f"INSERT INTO ratings (item_id, rater, {', '.join(CRITERIA)}, created) "
                   f"VALUES (?, ?, {', '.join('?' * len(CRITERIA))}, ?)")
+
+
 _SELECT_RATINGS = ("SELECT r.rating_id, r.created, r.rater, i.policy, i.prompt_index, i.prompt, i.response, "
                    f"{', '.join('r.' + c for c in CRITERIA)} FROM ratings r JOIN items i USING (item_id) "
                    "ORDER BY r.rating_id")
+
+
 _AGGREGATE = (f"SELECT i.policy, COUNT(*) AS n, {', '.join(f'AVG(r.{c}) AS {c}' for c in CRITERIA)} "
               "FROM ratings r JOIN items i USING (item_id) GROUP BY i.policy ORDER BY i.policy")
+
+
 RATER_MAX_CHARS = 64
 
 
@@ -184,7 +205,7 @@ def preference_pairs(ratings: list[dict]) -> tuple[list[dict], int]:
 
 
 def aggregate_markdown(rows: list[dict]) -> str:
-    from rlhflab.checkpoints import markdown_table
+    from rlhflab.store.cards import markdown_table
 
     if not rows:
         return "No ratings yet."

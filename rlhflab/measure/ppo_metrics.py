@@ -76,7 +76,7 @@ def paired_pass_gain(metrics: list[dict], samples: int = 2000) -> dict | None:
     common = sorted(set(first) & set(last))
     if len(common) < 2:
         return None
-    from rlhflab.stats import bootstrap_ci
+    from rlhflab.measure.stats import bootstrap_ci
 
     mean, low, high = bootstrap_ci([last[k] - first[k] for k in common], samples=samples, seed=7)
     return {"mean": mean, "low": low, "high": high, "n_prompts": len(common),
@@ -87,7 +87,7 @@ def format_gain(gain: dict | None) -> str:
     """'+0.280 [+0.050, +0.510] (n = 48 prompts)' or 'n/a' when the run has no paired passes."""
     if not gain:
         return "n/a (needs two passes over the prompts)"
-    from rlhflab.stats import format_interval
+    from rlhflab.measure.stats import format_interval
 
     return f"{format_interval(gain['mean'], gain['low'], gain['high'], signed=True)} (n = {gain['n_prompts']} prompts)"
 
@@ -97,7 +97,7 @@ def run_summary_table(summaries: dict[str, dict]) -> str:
     sampled estimate (k1 or k3, named), first → last window, and whether the last window is in the band (judged on
     the exact KL where logged); score first → last (± standard error over steps), the score gain paired by prompt,
     the final β. The model cards, report.md and the app's curves tab all show it."""
-    from rlhflab.checkpoints import markdown_table
+    from rlhflab.store.cards import markdown_table
 
     lo, hi = KL_BAND
     rows = []

@@ -3,9 +3,8 @@
 Around TRL it adds: the batch arithmetic of the spec, the adaptive KL controller (Ziegler et
 al. 2019) as a callback, per-token KL and entropy (TRL logs them summed per sequence), the exact
 per-token KL over the vocabulary from the logits TRL computes (the one the controller follows by
-default), the over-optimisation probe (rlhflab.overopt), a metrics log with units, resumable work
-state, and the checkpoint folder with its card.
-"""
+default), the over-optimisation probe (rlhflab.measure.overopt), a metrics log with units, resumable work
+state, and the checkpoint folder with its card."""
 from __future__ import annotations
 
 import contextlib
@@ -20,24 +19,44 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.checkpoints import (METRICS_FILE, Timer, append_jsonl, command_line, markdown_table, read_jsonl,
-                                 recover_interrupted_save, report_push, save_atomically, write_json,
-                                 write_model_card)
 from rlhflab.config import CHECKPOINTS_DIR, PPOConfig
 from rlhflab.data.oasst1 import load_prompts, save_prompts, split_prompts
 from rlhflab.errors import UserError
-from rlhflab.generation import GenerationSettings, sample_responses, stop_token_ids
-from rlhflab.models import (autocast, autocast_dtype, best_device, clear_autocast_cache_after_steps, count_parameters,
-                            follow_thread_share, format_prompt, freeze_lower_layers, load_causal_lm, load_reward_model,
-                            lora_target_modules, model_path)
-from rlhflab.overopt import OVEROPT_FILE, OverOptProbe, adapters_disabled, holder, probe_card_sentence, read_overopt
-from rlhflab.overopt import keep_up_to as keep_probes_up_to
-from rlhflab.policy_training import POLICY_INFO_FILE, load_start_policy, policy_metadata
+from rlhflab.generation.sampling import GenerationSettings, sample_responses, stop_token_ids
+from rlhflab.measure.overopt import (
+    OVEROPT_FILE,
+    OverOptProbe,
+    adapters_disabled,
+    holder,
+    probe_card_sentence,
+    read_overopt,
+)
+from rlhflab.measure.overopt import keep_up_to as keep_probes_up_to
+from rlhflab.measure.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics  # noqa: F401
+from rlhflab.models.hardware import best_device, follow_thread_share
+from rlhflab.models.loading import (
+    count_parameters,
+    freeze_lower_layers,
+    load_causal_lm,
+    load_reward_model,
+    lora_target_modules,
+    model_path,
+)
+from rlhflab.models.precision import autocast, autocast_dtype, clear_autocast_cache_after_steps
+from rlhflab.models.prompts import format_prompt
+from rlhflab.store.cards import Timer, command_line, markdown_table, write_model_card
+from rlhflab.store.checkpoints import METRICS_FILE, recover_interrupted_save, save_atomically
+from rlhflab.store.hub import report_push
+from rlhflab.store.jsonio import append_jsonl, read_jsonl, write_json
+from rlhflab.training.policy import POLICY_INFO_FILE, load_start_policy, policy_metadata
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
+
+
 TRAIN_PROMPTS_FILE = "train_prompts.jsonl"
+
+
 PPO_INFO_FILE = "ppo_info.json"
-from rlhflab.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics  # noqa: F401
 
 
 # ---------------------------------------------------------------- KL controller
@@ -83,7 +102,8 @@ def ppo_batch_plan(batch_size: int, mini_batch_size: int, num_prompts: int, epoc
 
 # ---------------------------------------------------------------- TRL-facing pieces
 def _trl():
-    from trl.experimental.ppo import PPOConfig as TRLPPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOConfig as TRLPPOConfig
+    from trl.experimental.ppo import PPOTrainer
     from trl.experimental.ppo import ppo_trainer as trainer_module
 
     return TRLPPOConfig, PPOTrainer, trainer_module
@@ -97,7 +117,7 @@ def prompt_key(token_ids: list[int]) -> int:
 def close_unfinished(query_responses: torch.Tensor, context_length: int, pad_id: int, close_id: int) -> torch.Tensor:
     """End every response that has no `close_id` (EOS) with one, in the first pad slot after it.
 
-    The reward model learned to score finished turns at their end token (rlhflab.scoring.response_suffix);
+    The reward model learned to score finished turns at their end token (rlhflab.measure.scoring.response_suffix);
     a rollout cut off at the length limit is scored the same way, as the evaluation and the app do.
     """
     responses = query_responses[:, context_length:]
@@ -166,7 +186,7 @@ def _engine_rollouts(trainer_module, temperature: float, stop_ids: list[int], ge
     """Rollouts on the decode engine, and every log-prob TRL uses from the same computation.
 
     1. TRL's `batch_generation` calls generate() once per chunk of local_rollout_forward_batch_size; here the
-       whole rollout batch is sampled in one call of rlhflab.generation.sample_responses (the app's and the
+       whole rollout batch is sampled in one call of rlhflab.generation.sampling.sample_responses (the app's and the
        evaluation's sampler; on a bf16 CPU its packed bf16 step) with TRL's settings: temperature, no top-k or
        top-p, stopping at the end-of-turn ids generate() would stop at, padding after.
     2. Rollout log-probs from a full forward pass per chunk, like the reference and training passes, instead of
@@ -228,7 +248,7 @@ class _ExactKLCapture:
     """
 
     def __init__(self, temperature: float, stop_token_id: int | None):
-        from rlhflab.kl import KLAccumulator
+        from rlhflab.measure.kl import KLAccumulator
 
         self.temperature, self.stop_token_id = temperature, stop_token_id
         self.pending = None  # (query_responses, rollout logits, context length) of the batch being processed
@@ -246,7 +266,7 @@ class _ExactKLCapture:
 
     @contextlib.contextmanager
     def installed(self, trainer_module):
-        from rlhflab.kl import kl_sums
+        from rlhflab.measure.kl import kl_sums
 
         original_generation, original_forward = trainer_module.batch_generation, trainer_module.forward
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from rlhflab.models import format_prompt
+from rlhflab.models.prompts import format_prompt
 
 DEFAULT_MAX_LENGTH = 512
 

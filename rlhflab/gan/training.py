@@ -1,11 +1,10 @@
 """DCGAN training on ChestMNIST (or the PHANTOM stand-in): the epoch loop, the resumable training state and the
-model card. training/dcgan.py is its command line; rlhflab/gan.py holds the networks and diagnostics.
+model card. training/dcgan.py is its command line; rlhflab/gan/networks.py holds the networks and diagnostics.
 
 The checkpoint folder (Hub layout) holds the generator (model.safetensors + config.json), the resumable
 training state (discriminator, optimizers, RNG, epoch: safetensors + json), losses.jsonl, fixed-noise
 grids under samples/, grid.png (8×4), diagnostics.json and a model card. It is rewritten atomically every
-save_every epochs, so an interruption loses at most that many epochs.
-"""
+save_every epochs, so an interruption loses at most that many epochs."""
 from __future__ import annotations
 
 import json
@@ -18,24 +17,42 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from rlhflab.checkpoints import (append_jsonl, command_line, markdown_table, read_jsonl, report_push,
-                                 save_atomically, write_json, write_model_card)
 from rlhflab.config import DCGANConfig, as_dict
-from rlhflab.data.chestmnist import NPZ_NAME, PHANTOM_NOTICE, XrayDataset, load_xray_dataset
 from rlhflab.errors import UserError
-from rlhflab.gan import (DIAGNOSTICS_FILE, GENERATOR_FILE, GRID_FILE, GRID_IMAGES, Discriminator, Generator,
-                         count_parameters, dcgan_weights_init, diagnostics_table, gan_diagnostics, generate,
-                         hardware_description, make_grid_png, png_bytes, sample_latents, save_generator,
-                         train_step)
-from rlhflab.models import best_device
+from rlhflab.gan.data import NPZ_NAME, PHANTOM_NOTICE, XrayDataset, load_xray_dataset
+from rlhflab.gan.diagnostics import diagnostics_table, gan_diagnostics
+from rlhflab.gan.networks import (
+    DIAGNOSTICS_FILE,
+    GENERATOR_FILE,
+    GRID_FILE,
+    GRID_IMAGES,
+    Discriminator,
+    Generator,
+    count_parameters,
+    dcgan_weights_init,
+    generate,
+    make_grid_png,
+    png_bytes,
+    sample_latents,
+    save_generator,
+    train_step,
+)
+from rlhflab.models.hardware import best_device, hardware_description
+from rlhflab.store.cards import command_line, markdown_table, write_model_card
+from rlhflab.store.checkpoints import save_atomically
+from rlhflab.store.hub import report_push
+from rlhflab.store.jsonio import append_jsonl, read_jsonl, write_json
 
 STATE_DIR = "training_state"
+
+
 LOSSES_FILE = "losses.jsonl"
+
+
 SAMPLES_DIR = "samples"
+
+
 GRID_SCALE = 2  # saved grids repeat each pixel 2×2 so 28-pixel images are visible on a model card
-
-
-# ---------------------------------------------------------------- resumable state (safetensors + json, never pickle)
 
 
 def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -107,9 +124,6 @@ def load_training_state(out: Path, generator, discriminator, opt_g, opt_d, confi
     return epoch
 
 
-# ---------------------------------------------------------------- model card
-
-
 def _shown_path(path: str) -> str:
     """A path as a reader of the card would type it: relative to the current folder when inside it."""
     try:
@@ -164,7 +178,7 @@ def write_card(folder: Path, config: DCGANConfig, data: XrayDataset, generator, 
                         f"(test split) images; `{DIAGNOSTICS_FILE}` has every number. Re-run: "
                         f"`python eval/gan.py --checkpoint {where}`."
                         if diagnostics else "Not computed yet (they run when training finishes), or skipped."),
-        "Use": ("```python\nfrom rlhflab.gan import load_generator, sample_images, make_grid_png\n"
+        "Use": ("```python\nfrom rlhflab.gan.networks import load_generator, sample_images, make_grid_png\n"
                 f"generator = load_generator(\"{where}\")  # a checkpoint folder or a Hub repo id\n"
                 "make_grid_png(sample_images(generator, seed=0, n=32), nrow=8).save(\"grid.png\")\n```"),
         "Limitations": ("28×28 images: no diagnostic detail survives at this size. Not for clinical use, "
@@ -188,9 +202,6 @@ def write_card(folder: Path, config: DCGANConfig, data: XrayDataset, generator, 
     write_model_card(folder, metadata, title, sections)
 
 
-# ---------------------------------------------------------------- the epoch loop
-
-
 def epoch_batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """One epoch's batches: slices of a fresh permutation of the resident images, full batches only (a tiny
     last batch would make batch-norm statistics noisy)."""
@@ -212,9 +223,6 @@ def train_epoch(generator: Generator, discriminator: Discriminator, opt_g, opt_d
         if on_step is not None:
             on_step(i, totals)
     return totals / max(steps, 1)
-
-
-# ---------------------------------------------------------------- one run, phase by phase
 
 
 @dataclass

@@ -1,0 +1,252 @@
+"""The pipeline's scheduler: what each step builds (one map, which the app reads too), in which order, with which
+share of the cores, and what the app's status line reads while it runs.
+
+Each step runs as its own process (its output goes to checkpoints/logs/<step>.log) under one
+progress display; a finished checkpoint is reused, and a failed step keeps the ones before it
+and names the command to re-run. With `jobs=2` (the default on a CPU-only machine) steps that
+do not depend on each other run side by side with the CPU threads split between them. The
+pipeline writes what is still running (and how long it should take) to
+checkpoints/logs/pipeline_status.json, which the app shows. The command line is training/pipeline.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: the steps are its scripts
+
+from rlhflab.config import CHECKPOINTS_DIR, DEMO_DATA_DIR, THREADS_FILE_ENV
+from rlhflab.errors import DATASET_UNAVAILABLE_EXIT
+from rlhflab.store.checkpoints import recover_interrupted_save
+
+
+@dataclass
+class Step:
+    name: str
+    script: str
+    args: list[str]
+    output: str  # checkpoint folder name under checkpoints/
+    done_file: str  # present when the step finished
+    hub_suffix: str | None = None
+    after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
+    stand_in: list[str] = field(default_factory=list)  # flags that point the step at the embedded stand-in data
+    demo_s: float | None = None  # how long the step takes in the demo profile on a 2-core CPU (for the status line)
+
+    def command(self, profile: str, extra: list[str]) -> list[str]:
+        return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
+
+
+_OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # the RL runs' prompts
+_HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the preference pairs
+# The reward model and the judge must share one test part: the same size, whatever the profile.
+_SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
+
+# In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
+# runs wait for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads
+# it). The DCGAN needs nothing and goes last, beside the evaluation. demo_s: the demo profile's time on one thread
+# beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo run 7; the reward model and the
+# judge: 92 s and 122 s side by side, one thread each, measured alone).
+STEPS = [
+    Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
+         stand_in=_SPLIT_STAND_IN, demo_s=90),
+    Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
+         stand_in=_SPLIT_STAND_IN, demo_s=120),
+    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=120),
+    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
+         stand_in=_OASST_STAND_IN, demo_s=280),
+    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
+         stand_in=_OASST_STAND_IN, demo_s=270),
+    Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
+         demo_s=190),
+    Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180),
+    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
+         stand_in=["--allow-phantom", "--no-download"], demo_s=50),
+    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
+         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
+]
+STATUS_FILE = "pipeline_status.json"
+
+
+def write_status(path: Path, profile: str, running: list, pending: list, finished: list[str], failed: list[str],
+                 t0: float) -> None:
+    """What the app's status line reads: each running step with its start and expected duration, what waits."""
+    now = time.time()
+    status = {"profile": profile, "updated": now, "started": t0,
+              "running": [{"name": r.step.name, "output": r.step.output, "started": r.wall_start,
+                           "expected_s": r.step.demo_s if profile == "demo" else None} for r in running],
+              "pending": [{"name": s.name, "output": s.output,
+                           "expected_s": s.demo_s if profile == "demo" else None} for s in pending],
+              "finished": finished, "failed": failed, "done": not running and not pending}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
+    os.replace(tmp, path)  # the app never reads a half-written file
+
+
+def is_done(step: Step, checkpoints: Path) -> bool:
+    return (checkpoints / step.output / step.done_file).is_file()
+
+
+def default_jobs() -> int:
+    """Side-by-side steps on a CPU-only machine with at least 2 cores; one at a time on a GPU."""
+    if shutil.which("nvidia-smi") or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return 1
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4000))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
+    return parts[-1][-70:] if parts else ""
+
+
+@dataclass
+class _Running:
+    step: Step
+    proc: subprocess.Popen
+    cmd: list[str]
+    log: Path
+    start: float
+    threads: int
+    wall_start: float = field(default_factory=time.time)
+
+
+def _share_file(logs: Path, step: Step) -> Path:
+    return logs / f"{step.output}.threads"
+
+
+def _step_env(threads: int, share_file: Path) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
+           THREADS_FILE_ENV: str(share_file)}
+    # Two processes with two OpenMP threads each on two cores run far slower than one
+    # (threads spin at barriers while descheduled); give each side-by-side step its share.
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix: str | None = None,
+                 only: list[str] | None = None, jobs: int = 1, steps: list[Step] | None = None,
+                 cores: int | None = None, stand_in_data: bool = False) -> bool:
+    """Run the missing steps (at most `jobs` at a time, dependencies first); True when all succeeded.
+
+    `stand_in_data` points every step at the embedded stand-in data (data/demo/, the phantom X-rays) while
+    keeping the profile's sizes: the spec-sized run on a machine that cannot reach the Hub. The stand-ins
+    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data."""
+    from tqdm import tqdm
+
+    logs = checkpoints / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    steps = [s for s in (steps or STEPS) if not only or s.output in only]
+    for s in steps:  # a checkpoint whose save was killed between its renames is put back first
+        if note := recover_interrupted_save(checkpoints / s.output):
+            print(note)
+    todo = [s for s in steps if not is_done(s, checkpoints)]
+    for s in steps:
+        if s not in todo:
+            print(f"reusing {checkpoints / s.output}")
+    if not todo:
+        return True
+    cores = cores or os.cpu_count() or 1
+    jobs = max(1, jobs)
+    t0 = time.perf_counter()
+    live = sys.stderr.isatty()  # a redrawn bar on a terminal; a status line every 30 s in a log
+    bar = tqdm(total=len(todo), desc="pipeline", unit="step", dynamic_ncols=True, disable=not live,
+               bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| {elapsed} {postfix}")
+    last_status = time.perf_counter()
+    pending, running, finished, failed = list(todo), [], set(), []
+    todo_outputs = {s.output for s in todo}
+    status_path = logs / STATUS_FILE
+    wall_t0 = time.time()
+
+    def save_status():
+        write_status(status_path, profile, running, pending, sorted(finished), [f[0].step.output for f in failed],
+                     wall_t0)
+
+    def ready(step: Step) -> bool:
+        # a dependency that is not part of this run (reused, or left out by --only) counts as met:
+        # the step itself says clearly if the checkpoint it needs is missing
+        return all(d in finished or d not in todo_outputs for d in step.after)
+
+    def launch(step: Step, threads: int):
+        extra = ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"] if push_prefix and step.hub_suffix else []
+        extra += step.stand_in if stand_in_data else []
+        cmd = step.command(profile, extra)
+        log = logs / f"{step.output}.log"
+        fh = open(log, "w")
+        _share_file(logs, step).write_text(str(threads))
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=_step_env(threads, _share_file(logs, step)))
+        fh.close()  # the child holds its own handle
+        running.append(_Running(step, proc, cmd, log, time.perf_counter(), threads))
+        if not live:
+            print(f"started {step.name} ({threads} thread{'s' * (threads > 1)}), log: {log}", flush=True)
+
+    while pending or running:
+        if not failed:
+            startable = [s for s in pending if ready(s)]
+            # Everything that can start now starts now (up to `jobs`), sharing the cores evenly.
+            batch = startable[: max(0, jobs - len(running))]
+            if batch:
+                share = max(1, cores // (len(running) + len(batch)))
+                for step in batch:
+                    pending.remove(step)
+                    launch(step, share)
+        elif not running:
+            break
+        save_status()
+        time.sleep(0.5)
+        for r in list(running):
+            rc = r.proc.poll()
+            if rc is None:
+                continue
+            running.remove(r)
+            seconds = time.perf_counter() - r.start
+            if rc != 0:
+                failed.append((r, rc, seconds))
+                continue
+            finished.add(r.step.output)
+            if running and not (pending and not failed):  # nothing will take the freed cores: the others grow
+                for other in running:  # (the step reads its share at its next phase: rlhflab.models.hardware.follow_thread_share)
+                    other.threads = max(1, cores // len(running))
+                    _share_file(logs, other.step).write_text(str(other.threads))
+            tqdm.write(f"{r.step.name}: done in {seconds:.0f} s ({r.threads} thread{'s' * (r.threads > 1)}) "
+                      f"-> {checkpoints / r.step.output}")
+            bar.update(1)
+        desc = " + ".join(r.step.name for r in running) or "pipeline"
+        status = " | ".join(_last_line(r.log) for r in running)[-110:]
+        if live:
+            bar.set_description_str(f"[{len(finished) + 1}/{len(todo)}] {desc}" if running else desc, refresh=False)
+            bar.set_postfix_str(status, refresh=True)
+        elif running and time.perf_counter() - last_status > 30:
+            last_status = time.perf_counter()
+            print(f"[{time.perf_counter() - t0:.0f} s] {desc}: {status}", flush=True)
+
+    pending.clear()
+    save_status()
+    bar.set_postfix_str("")
+    bar.close()
+    for r, rc, seconds in failed:
+        pretty = " ".join(shlex.quote(c) for c in r.cmd)
+        print(f"\nstep '{r.step.name}' failed after {seconds:.0f} s (exit {rc}); the checkpoints before it are kept.\n"
+              f"last lines of {r.log}:\n" + "\n".join(r.log.read_text(errors="replace").splitlines()[-8:]) +
+              f"\nfix the cause, then re-run: {pretty}\n(or run the pipeline again: it reuses what exists)",
+              file=sys.stderr)
+        if rc == DATASET_UNAVAILABLE_EXIT and not stand_in_data:
+            print(f"no Hub access? `python training/pipeline.py --profile {profile} --stand-in-data` trains at the "
+                  f"'{profile}' sizes on the embedded stand-in data instead (labelled as such).", file=sys.stderr)
+    if failed:
+        return False
+    print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
+    return True
