@@ -375,19 +375,36 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
 }
 
 
-def profile_defaults(cls: type, profile: str) -> dict:
-    """The field values of `cls` under `profile` (dataclass defaults + the profile's overrides)."""
+# The judge's own recipe, over the profile's (SPEC §9: a judge shares no trained features with the reward model it
+# checks). The demo reward model freezes the embeddings and the lower 24 of 30 blocks and trains the top 6 with the
+# ranking loss at lr 1e-4 for 2 epochs; the demo judge trains every block (nothing frozen, so no block's features are
+# the reward model's frozen ones), with the Bradley-Terry loss, lr 3e-5 (a full fine-tune), 1 epoch, its own seed and
+# the judge side of the pairs. Cost, estimated from the forward/backward arithmetic (not yet timed): one full forward +
+# backward per pair (~3 forward-equivalents) x 1 epoch against the frozen recipe's cached prefix (1 forward) + 2 epochs
+# of the top 6 blocks (2 x 0.6) = 3.0 vs 2.2 units per pair, about 1.4x the old judge's 122 s (BENCHMARKS.md).
+ROLE_OVERRIDES: dict[type, dict[tuple[str, str], dict]] = {
+    RewardConfig: {
+        ("demo", "judge"): dict(freeze_layers=0, epochs=1, lr=3e-5, loss="bradley-terry"),
+        ("spec", "judge"): dict(loss="bradley-terry"),
+    },
+}
+
+
+def profile_defaults(cls: type, profile: str, role: str | None = None) -> dict:
+    """The field values of `cls` under `profile` (dataclass defaults + the profile's overrides, then the role's: a
+    judge's recipe is not the reward model's)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     values = {f.name: f.default for f in dataclasses.fields(cls)}
     values.update(PROFILE_OVERRIDES.get(cls, {}).get(profile, {}))
+    values.update(ROLE_OVERRIDES.get(cls, {}).get((profile, role), {}))
     if "profile" in values:  # a config without profiles (GANEvalConfig) has only its dataclass defaults
         values["profile"] = profile
     return values
 
 
 def build_config(cls: type, profile: str = "spec", **overrides):
-    values = profile_defaults(cls, profile)
+    values = profile_defaults(cls, profile, overrides.get("role"))
     unknown = set(overrides) - set(values)
     if unknown:
         raise TypeError(f"{cls.__name__} has no option(s) {sorted(unknown)}")
@@ -422,8 +439,9 @@ def parse_config(cls: type, argv: list[str] | None = None, description: str | No
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--profile", choices=PROFILES, default="spec")
+    pre.add_argument("--role", default=None)
     known, _ = pre.parse_known_args(argv)
-    parser = _parser_for(cls, profile_defaults(cls, known.profile), description)
+    parser = _parser_for(cls, profile_defaults(cls, known.profile, known.role), description)
     return cls(**vars(parser.parse_args(argv)))
 
 

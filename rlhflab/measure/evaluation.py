@@ -325,6 +325,10 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     results["agreement"] = {"reward_model_vs_judge": scorer_agreement(
                                 {"reward_model": rewards, **({"judge": judged} if judged else {})}, names),
                             "raters": rater_agreement(store, scorers, cfg.batch_size)}
+    results["judge_independence"] = judge_independence(
+        rewards, judged, tokens, names, b,
+        heldout_pair_agreement(resolve_checkpoint(cfg.reward_model), resolve_checkpoint(cfg.judge_model))
+        if judged else None)
     k = min(cfg.num_rating_prompts, len(prompts))
     rated = [n for n in names if not n.startswith("best-of-")]
     store.replace_items([{"prompt_index": i, "prompt": prompts[i], "policy": n, "response": responses[n][i]}
@@ -538,6 +542,8 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
                  "Evaluation tab draws it above this report).\n")
     lines.append("## Agreement: judge, training reward model and raters\n")
     lines.append(agreement_markdown(results) + "\n")
+    lines.append("## Judge independence\n")
+    lines.append(independence_markdown(results) + "\n")
     lines.append("## KL and reward during the RL runs (PPO, GRPO)\n")
     lines.append(run_summary_table(results.get("training_curves", {})))
     lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
@@ -574,3 +580,105 @@ def ratings_report(cfg: EvalConfig) -> str:
     (out / "ratings.md").write_text("# Blind human ratings\n\n" + table + "\n", encoding="utf-8")
     (out / "ratings.csv").write_text(store.csv_text(), encoding="utf-8")
     return table
+
+
+# ---------------------------------------------------------------- judge independence (SPEC §9)
+NEAR_COPY_R = 0.9  # a length-controlled score correlation whose interval lies above this: the judge is a near-copy
+JUDGE_NAME, SECOND_RM_NAME = "judge", "second reward model"
+
+
+def heldout_pair_agreement(reward_dir, judge_dir, samples: int = 2000) -> dict | None:
+    """The training RM and the judge on the shared test pairs (their reward_eval.json and split.json): how often
+    both order chosen vs rejected the same way (Wilson interval), what two scorers with these accuracies would
+    agree on if their errors were independent (a·b + (1−a)(1−b)), and the correlation of their margins (chosen −
+    rejected) with a bootstrap interval over pairs. None when either file is missing or the pairs differ."""
+    evals, splits = [], []
+    for folder in (reward_dir, judge_dir):
+        try:
+            folder = Path(folder)
+            evals.append(json.loads((folder / "reward_eval.json").read_text(encoding="utf-8")))
+            split = folder / "split.json"
+            splits.append(json.loads(split.read_text(encoding="utf-8")) if split.is_file() else None)
+        except (OSError, ValueError, TypeError):
+            return None
+    try:
+        (rc, rr), (jc, jr) = ((np.asarray(e["chosen_rewards"], float), np.asarray(e["rejected_rewards"], float))
+                              for e in evals)
+    except (KeyError, TypeError, ValueError):
+        return None
+    same_ids = all(splits) and splits[0].get("ids", {}).get("test") == splits[1].get("ids", {}).get("test")
+    if rc.shape != jc.shape or rc.size == 0 or (all(splits) and not same_ids):
+        return None
+    out = stats.order_agreement(rc, rr, jc, jr)
+    a, b = float(np.mean(rc > rr)), float(np.mean(jc > jr))
+    out["independent_errors_expectation"] = a * b + (1 - a) * (1 - b)
+    out["accuracies"] = [a, b]
+    out["margin_pearson"] = list(stats.correlation_ci(rc - rr, jc - jr, samples=samples, seed=11))
+    out["same_test_ids"] = bool(same_ids)
+    return out
+
+
+def judge_independence(rewards: dict, judged: dict, tokens: dict, names: list[str], samples: int,
+                       test_pairs: dict | None = None) -> dict | None:
+    """How much the judge is the training RM again, measured on the same policy outputs (best-of-n rows left out:
+    the RM picked them): Pearson and Spearman correlation of the two scorers' scores with a bootstrap interval over
+    prompts, the same after regressing response length out of both, and their agreement on the test pairs. It names
+    the scorer: "judge" when its length-controlled correlation is measured and its interval is not wholly above
+    NEAR_COPY_R, else "second reward model". None without a judge."""
+    if not judged:
+        return None
+    used = [n for n in names if n in judged and n in rewards and not n.startswith("best-of-")]
+    out: dict = {"policies": used, "outputs": 0, "test_pairs": test_pairs, "near_copy_r": NEAR_COPY_R}
+    if used:
+        rm = np.stack([np.asarray(rewards[n], float) for n in used], 1)  # (prompts, policies)
+        jd = np.stack([np.asarray(judged[n], float) for n in used], 1)
+        ln = np.stack([np.asarray(tokens[n], float) for n in used], 1)
+        out["outputs"] = int(rm.size)
+        for method in ("pearson", "spearman"):
+            out[method] = list(stats.correlation_ci(rm, jd, method, samples=samples, seed=12))
+            out[f"{method}_length_controlled"] = list(stats.correlation_ci(rm, jd, method, control=ln,
+                                                                           samples=samples, seed=13))
+    lc = out.get("pearson_length_controlled") or [float("nan")] * 3
+    raw = out.get("pearson") or [float("nan")] * 3
+    r = lc if lc[0] == lc[0] else raw  # lengths all equal: the raw correlation is already length-free
+    if r[0] != r[0]:
+        out.update(name=SECOND_RM_NAME, verdict="independence not measured (no correlation could be computed): a "
+                                               "scorer whose independence is not measured is a second reward model")
+    elif r[1] == r[1] and r[1] >= NEAR_COPY_R:
+        out.update(name=SECOND_RM_NAME, verdict=f"its scores follow the training RM's (r {r[0]:.2f}, interval "
+                                                f"wholly ≥ {NEAR_COPY_R}): a near-copy, fooled where the RM is fooled")
+    else:
+        out.update(name=JUDGE_NAME, verdict=f"measured: r {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}] after length, not "
+                                            f"wholly above a near-copy's {NEAR_COPY_R}")
+    return out
+
+
+def independence_markdown(results: dict) -> str:
+    """The report's "Judge independence" section (also in the app's Evaluation tab)."""
+    ind = results.get("judge_independence")
+    if _judge_state(results) != "yes":
+        return "n/a (no judge)."
+    if not isinstance(ind, dict):
+        return (f"Not measured (these results predate the independence check): the judge is a "
+                f"**{SECOND_RM_NAME}** until it is.")
+    lines = [f"**Verdict: {ind.get('name', SECOND_RM_NAME)}** — {ind.get('verdict', '')}.", ""]
+    rows = []
+    for method in ("pearson", "spearman"):
+        rows.append([method.capitalize(), _ci(ind.get(method), 2, signed=True),
+                     _ci(ind.get(f"{method}_length_controlled"), 2, signed=True)])
+    lines.append(markdown_table(["correlation of training-RM and judge scores (95 % bootstrap over prompts)",
+                                 "raw", "after regressing out response length"], rows))
+    lines.append(f"\nOn the same {ind.get('outputs', 0)} outputs ({', '.join(ind.get('policies') or [])}; "
+                 f"best-of-n left out: the training RM picked those). A near-copy of the reward model shows r near 1 "
+                 f"and cannot catch reward hacking; a scorer whose length-controlled interval lies wholly above "
+                 f"{ind.get('near_copy_r', NEAR_COPY_R)} is called a {SECOND_RM_NAME}, not a judge.\n")
+    tp = ind.get("test_pairs")
+    if isinstance(tp, dict) and tp.get("n"):
+        lines.append(f"- **Test pairs** (the shared preference test part): both order chosen vs rejected the same "
+                     f"way in {_agreement_cell(tp)} pairs (Wilson interval); two scorers with their accuracies "
+                     f"({100 * tp['accuracies'][0]:.0f} % and {100 * tp['accuracies'][1]:.0f} %) and independent "
+                     f"errors would agree in {100 * tp['independent_errors_expectation']:.1f} %. Correlation of "
+                     f"their margins (chosen − rejected): {_ci(tp.get('margin_pearson'), 2, signed=True)}.")
+    else:
+        lines.append("- **Test pairs**: not compared (a scorer without reward_eval.json, or different test pairs).")
+    return "\n".join(lines)

@@ -502,7 +502,12 @@ def _write_card(folder, cfg, ev, trainable, total, split, seconds):
     role = ("The independent **judge**: a reward model that scores policies and is never used to train one. It "
             "trained on the judge side of the data, which shares no prompt with the policy side (what the reward "
             "model, SFT and DPO train on), and has its own seed — the gold model of the reward over-optimisation "
-            "protocol, so a gain it confirms is not the policy exploiting the model it was optimised against."
+            "protocol, so a gain it confirms is not the policy exploiting the model it was optimised against. Its "
+            "recipe is its own (rlhflab.config.ROLE_OVERRIDES: in the demo every block trains, where the reward model "
+            "freezes its lower 24, with another loss and learning rate), and the evaluation report measures how much "
+            "it agrees with the reward model (\"Judge independence\"). Where a GPU is at hand, `--base-model` takes "
+            "any larger Hub model (e.g. `--base-model Qwen/Qwen2.5-1.5B-Instruct`) for a judge that shares not even "
+            "the base."
             if judge else
             "The **training reward model**: the reward the RL policies (PPO, GRPO, best-of-n) optimise. It trained on "
             "the policy side of the data (SFT and DPO draw from the same side); the independent judge trained on "
