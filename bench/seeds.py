@@ -52,13 +52,15 @@ def run(cmd: list[str], env: dict, log: Path) -> float:
 
 
 def last_training_kl(folder: Path) -> float | None:
-    """The run's own exact KL over its last logged steps (metrics.jsonl), where it logged one."""
+    """The run's own exact KL over its last pass over the training prompts (metrics.jsonl; the window the evaluation
+    and ppo_metrics.summarize_metrics call "last pass"), where it logged one."""
+    from rlhflab.measure.ppo_metrics import summarize_metrics
+
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return None
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    values = [r["kl_exact_per_token"] for r in records if isinstance(r.get("kl_exact_per_token"), (int, float))]
-    return sum(values[-3:]) / len(values[-3:]) if values else None
+    return summarize_metrics(records).get("kl_exact_per_token_last") if records else None
 
 
 def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[dict]:
@@ -87,6 +89,7 @@ def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge
                     "length_controlled_judge_gain": (e.get("length_controlled") or {}).get("judge", {}).get("gain"),
                     "kl_exact_per_token": e.get("kl_per_token_to_base"),
                     "kl_training_last_exact": last_training_kl(store / m),  # the output folder is named like the method
+                    "kl_training_window": "last pass",
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
     bon = results["policies"].get("best-of-4")
@@ -104,7 +107,7 @@ def _fmt(mean, low, high, digits=3):
 def table(records: list[dict]) -> tuple[str, list[str]]:
     lines = ["| method | seeds | judge gain, mean [95 % t-interval across seeds] | training-RM gain | "
              "length-controlled judge gain | exact KL to base per seed (nats/token) | training log's exact KL, "
-             "last 3 steps | seeds with KL in 0.02–0.1 |",
+             "last pass | seeds with KL in 0.02–0.1 |",
              "|---|---|---|---|---|---|---|---|"]
     passing = []
     for m in dict.fromkeys(r["method"] for r in records):
@@ -119,8 +122,10 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
         kl_text = ", ".join("—" if k is None else f"{k:.3f}" for k in kls)
         if m == "best-of-4":
             kl_text = "bound ≤ " + ", ".join(f"{k:.4f}" for k in kls if k is not None)
-        train_kl = ", ".join(f"{r['kl_training_last_exact']:.3f}" for r in rs
-                             if isinstance(r.get("kl_training_last_exact"), (int, float))) or "—"
+        # records written before the one named window averaged the last 3 steps: said where they are shown
+        train_kl = ", ".join(f"{r['kl_training_last_exact']:.3f}" + ("" if r.get("kl_training_window") == "last pass"
+                                                                     else " (last 3 steps)")
+                             for r in rs if isinstance(r.get("kl_training_last_exact"), (int, float))) or "—"
         lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_fmt(*jt) if jt else 'n/a'} | "
                      f"{_fmt(*t_interval(rm)) if rm else 'n/a'} | {_fmt(*t_interval(lc)) if lc else 'n/a'} | "
                      f"{kl_text} | {train_kl} | {'n/a (a bound)' if m == 'best-of-4' else f'{in_band}/{len(rs)}'} |")

@@ -31,6 +31,8 @@ PROBE_EVERY_HELP = ("over-optimisation probe every N steps and before the first 
                     "set of held-out prompts, scored by the reward model and the judge, with the exact KL to the "
                     "reference (overopt.jsonl)")
 PROBE_PROMPTS_HELP = "held-out prompts the over-optimisation probe answers (the first N, fixed)"
+PROBE_TOKENS_HELP = ("tokens the over-optimisation probe generates per answer (default: --max-response-length); "
+                     "a budget that lets most answers finish, so the judge scores answers, not fragments")
 PROBE_JUDGE_HELP = ("judge reward model the probe also scores with (never trained against): local folder or Hub id; "
                     "missing: the judge fields are null")
 
@@ -144,6 +146,7 @@ class PPOConfig:
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
     report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
     max_steps: int | None = _f(None, "stop after this many PPO steps (default: epochs x prompts / batch)")
+    probe_max_new_tokens: int | None = _f(None, PROBE_TOKENS_HELP)
 
 
 @dataclass
@@ -241,6 +244,7 @@ class GRPOConfig:
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
     report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (default: epochs x prompts / batch)")
+    probe_max_new_tokens: int | None = _f(None, PROBE_TOKENS_HELP)
 
 
 @dataclass
@@ -285,9 +289,10 @@ class EvalConfig:
     prompts: str | None = _f(None, "held-out prompts JSONL (default: the one the PPO run saved)")
     num_prompts: int = _f(100, "held-out prompts evaluated (at least 50)")
     num_rating_prompts: int = _f(10, "prompts drawn for blind human rating")
-    temperature: float = _f(0.7, "sampling temperature")
-    top_k: int = _f(50, "top-k (0 = off)")
-    top_p: float = _f(0.95, "nucleus top-p")
+    temperature: float = _f(0.7, "sampling temperature (the trainers' 0.7 by default)")
+    top_k: int = _f(0, "top-k (0 = off, the default: the trainers sample with temperature alone, so every exact KL is "
+                       "of the distribution actually sampled)")
+    top_p: float = _f(1.0, "nucleus top-p (1.0 = off, the default, as the trainers)")
     repetition_penalty: float = _f(1.0, "repetition penalty")
     max_new_tokens: int = _f(128, "tokens generated per response")
     batch_size: int = _f(16, "prompts per generation batch")
@@ -341,7 +346,8 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
                      lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
-                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0, probe_every=4, probe_prompts=16),
+                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0, probe_every=4, probe_prompts=16,
+                     probe_max_new_tokens=192),
     },
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
     SFTConfig: {
@@ -362,15 +368,18 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # below it, 3e-5 above): a choice to check over seeds (bench/seeds.py), not a measured optimum.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
                      batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
-                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=4, probe_prompts=16),
+                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=4, probe_prompts=16,
+                     probe_max_new_tokens=192),
     },
     DCGANConfig: {
         "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,
                      allow_phantom=True, download=False, generator_width=32, discriminator_width=32),
     },
     EvalConfig: {
-        # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once
-        "demo": dict(num_prompts=50, max_new_tokens=48, bootstrap_samples=1000, batch_size=64, best_of_n="4"),
+        # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once. 192 new
+        # tokens (was 48, which cut 92-96 % of answers): the base finished 12 of 32 held-out answers within 192
+        # tokens, 16 within 256 (bench/answer_lengths/), so even 192 cuts most; see BENCHMARKS.md, "Token budgets".
+        "demo": dict(num_prompts=50, max_new_tokens=192, bootstrap_samples=1000, batch_size=64, best_of_n="4"),
     },
 }
 

@@ -434,7 +434,7 @@ def policy_results_table(results: dict) -> str:
         ["policy", "mean reward (training RM) [95 % CI]", "training-RM gain vs base",
          "training-RM win rate, ties half (W/T/L)", "judge gain vs base", "judge win rate, ties half (W/T/L)",
          "length-controlled gain (scorer)", "n prompts"], gains)
-    cost_table = markdown_table(["policy", "KL to base (nats/token)", "training log's exact KL, last steps",
+    cost_table = markdown_table(["policy", "KL to base (nats/token)", "training log's exact KL, last pass",
                                  "response tokens", "length change (tokens)",
                                  "cut at max tokens", "r(reward, length)"], costs)
     return ("**Gains over the base** (training reward model and independent judge)\n\n" + gain_table +
@@ -516,9 +516,10 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              "(gain − slope × length change), its interval from resampling prompts and refitting; it is given under "
              "the judge when there is one. KL to base in nats per token: exact (Σ p log p/q over the vocabulary) "
              "on the tokens each policy generated, end-of-turn token included, both models at the sampling "
-             "temperature, total KL ÷ total tokens.\n",
+             "temperature, total KL ÷ total tokens. " + one_kl_sentence(g) + "\n",
              "## Gains of every policy\n"]
     lines.append(policy_results_table(results))
+    lines.append("\n" + cut_rate_sentence(results) + "\n")
     if any(name.startswith("best-of-") for name in pols):
         honest = ("its judge gain is the honest number." if judged else "only a judge can say what it is worth.")
         lines.append("\nBest-of-n rows draw n samples per prompt from the base and keep the training reward model's "
@@ -682,3 +683,35 @@ def independence_markdown(results: dict) -> str:
     else:
         lines.append("- **Test pairs**: not compared (a scorer without reward_eval.json, or different test pairs).")
     return "\n".join(lines)
+
+
+CUT_AIM = 0.2  # SPEC §9: budgets such that most answers finish; the issue's aim: at most 20 % of the base's cut
+
+
+def cut_rate_sentence(results: dict) -> str:
+    """Every policy's share of answers cut at the token budget, and whether the base's meets the aim."""
+    pols = {k: e for k, e in (results.get("policies") or {}).items() if isinstance(e, dict)}
+    rates = {k: e["cut_rate"] for k, e in pols.items() if isinstance(e.get("cut_rate"), (int, float))}
+    if not rates:
+        return "Cut rate: not recorded (results written before it was)."
+    budget = (results.get("generation") or {}).get("max_new_tokens", "?")
+    text = (f"**Cut at the {budget}-token budget** (answers that had not ended; a cut answer is scored as a "
+            f"fragment): " + ", ".join(f"{k} {100 * r:.0f} %" for k, r in rates.items()) + ".")
+    if "base" in rates:
+        met = rates["base"] <= CUT_AIM
+        text += (f" The base's {100 * rates['base']:.0f} % {'meets' if met else 'misses'} the aim of at most "
+                 f"{100 * CUT_AIM:.0f} %" + ("." if met else ": read the gains as gains on fragments."))
+    return text
+
+
+def one_kl_sentence(generation: dict) -> str:
+    """Whether the evaluation's KL is the trainers' quantity: the same only under temperature-alone sampling."""
+    if generation.get("greedy"):
+        return "Greedy decoding: the KL is of the temperature-scaled distributions, not of what was decoded."
+    plain = (generation.get("top_k") in (0, None) and float(generation.get("top_p", 1.0)) >= 1.0
+             and float(generation.get("repetition_penalty", 1.0)) == 1.0)
+    if plain:
+        return ("Sampling is by temperature alone, as the trainers sample, so this KL is of the distribution actually "
+                "sampled and the same quantity as the training log's exact KL.")
+    return ("Sampling here truncates the distribution (top-k / top-p / repetition penalty) while the KL is of the "
+            "untruncated ones: it is not the distribution sampled, nor the training log's quantity.")

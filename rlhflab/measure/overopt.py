@@ -113,7 +113,8 @@ class OverOptProbe:
         self.temperature, self.max_new_tokens = float(temperature), int(max_new_tokens)
         self.reward_model_name = reward_model_name
         self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
-        self.judge, self.judge_tokenizer, self.note = load_judge(judge_model, device)
+        # the training reward model is refused as its own judge (UserError), as the evaluation refuses it
+        self.judge, self.judge_tokenizer, self.note = load_judge(judge_model, device, reward_model=reward_model_name)
         self.judge_model_name = judge_model if self.judge is not None else None
         self.use_policy, self.use_reference = use_policy, use_reference
         if self.note:

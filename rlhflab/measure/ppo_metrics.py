@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 KL_BAND = (0.02, 0.1)  # target KL to the reference, nats per token
+LAST_PASS = "last pass"  # the one named window of a run's end: its last pass over the training prompts (bench/seeds.py too)
 
 
 def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
@@ -38,8 +39,9 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
 
     gain = paired_pass_gain(metrics) if windows == "passes" else None
     return {"steps_logged": len(metrics), "window_steps": k, "windows": windows, "paired_score_gain": gain,
-            "window_label": (f"first vs last pass over the same prompts ({k} steps each)" if windows == "passes"
-                             else f"first vs last {k} steps"),
+            "window_label": (f"first vs {LAST_PASS} over the same prompts ({k} steps each)" if windows == "passes"
+                             else f"first vs last {k} steps (one pass only: no {LAST_PASS} to compare)"),
+            "last_window_name": LAST_PASS if windows == "passes" else f"last {k} steps",
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
             "score_first_se": se(first, "score"), "score_last_se": se(last, "score"),
             "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),

@@ -358,7 +358,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
         ref_holder = (holder(trainer.accelerator.unwrap_model(trainer.ref_model)) if trainer.ref_model is not None
                       else adapters_disabled(unwrapped))
         overopt = OverOptProbe(heldout[:cfg.probe_prompts], tokenizer, reward_model, reward_tok, overopt_path,
-                               temperature=cfg.temperature, max_new_tokens=cfg.max_response_length,
+                               temperature=cfg.temperature, max_new_tokens=cfg.probe_max_new_tokens or cfg.max_response_length,
                                reward_model_name=cfg.reward_model, judge_model=cfg.judge_model,
                                max_prompt_tokens=cfg.max_prompt_length, device=trainer.accelerator.device,
                                use_policy=holder(unwrapped), use_reference=ref_holder)

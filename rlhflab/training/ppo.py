@@ -637,7 +637,7 @@ def _ppo_probe(cfg: PPOConfig, trainer, policy_model, tokenizer, reward_tokenize
     reference = adapters_disabled(policy) if trainer.ref_model is None else holder(
         trainer.accelerator.unwrap_model(trainer.ref_model))
     return OverOptProbe(heldout[:cfg.probe_prompts], tokenizer, trainer.reward_model, reward_tokenizer, log_path,
-                        temperature=cfg.temperature, max_new_tokens=cfg.max_response_length,
+                        temperature=cfg.temperature, max_new_tokens=cfg.probe_max_new_tokens or cfg.max_response_length,
                         reward_model_name=cfg.reward_model, judge_model=cfg.judge_model,
                         max_prompt_tokens=cfg.max_prompt_length, batch_size=16, device=trainer.accelerator.device,
                         use_policy=holder(policy), use_reference=reference)
