@@ -294,7 +294,8 @@ class EvalConfig:
                        "of the distribution actually sampled)")
     top_p: float = _f(1.0, "nucleus top-p (1.0 = off, the default, as the trainers)")
     repetition_penalty: float = _f(1.0, "repetition penalty")
-    max_new_tokens: int = _f(128, "tokens generated per response")
+    max_new_tokens: int = _f(512, "tokens generated per response (512: the embedded base finished 26 of 32 held-out "
+                                  "answers within it, 12 within 192: bench/answer_lengths/)")
     batch_size: int = _f(16, "prompts per generation batch")
     bf16: bool = _f(True, "bf16 autocast for generation, scoring and KL where the hardware supports it")
     seed: int = _f(1234, "generation seed")
@@ -346,7 +347,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
                      lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
-                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0, probe_every=4, probe_prompts=16,
+                     value_freeze_layers=24, value_head="zero", gae_lambda=1.0, probe_every=6, probe_prompts=16,
                      probe_max_new_tokens=192),
     },
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
@@ -368,7 +369,7 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # below it, 3e-5 above): a choice to check over seeds (bench/seeds.py), not a measured optimum.
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
                      batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
-                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=4, probe_prompts=16,
+                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=6, probe_prompts=16,
                      probe_max_new_tokens=192),
     },
     DCGANConfig: {
@@ -378,7 +379,8 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     EvalConfig: {
         # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once. 192 new
         # tokens (was 48, which cut 92-96 % of answers): the base finished 12 of 32 held-out answers within 192
-        # tokens, 16 within 256 (bench/answer_lengths/), so even 192 cuts most; see BENCHMARKS.md, "Token budgets".
+        # tokens, 26 within 512 (bench/answer_lengths/), so 192 still cuts most and only ~512 meets the 20 % aim,
+        # at a cost the CPU demo cannot pay; see BENCHMARKS.md, "Token budgets".
         "demo": dict(num_prompts=50, max_new_tokens=192, bootstrap_samples=1000, batch_size=64, best_of_n="4"),
     },
 }

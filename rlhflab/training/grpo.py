@@ -54,6 +54,7 @@ from rlhflab.models.prompts import format_prompt
 from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl, write_json
+from rlhflab.store.rollouts import copy_rollouts, record_step_rollouts
 from rlhflab.training.policy import (
     POLICY_METHODS,
     is_stand_in,
@@ -392,6 +393,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
         return record
 
     def after_step(record: dict):
+        record_step_rollouts(work, record, tokenizer, train_prompts, queries, cfg.max_response_length)
         if overopt is not None and (record["step"] % cfg.probe_every == 0 or record["step"] == plan["steps"]):
             overopt.run(record["step"], record["episode"])
         exact_kl = record.get("kl_exact_per_token")
@@ -433,6 +435,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
     def extra(folder: Path):
         if overopt_path.is_file():
             (folder / OVEROPT_FILE).write_bytes(overopt_path.read_bytes())
+        copy_rollouts(work, folder)
         save_prompts(folder / HELDOUT_FILE, heldout)
         save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
 

@@ -48,6 +48,7 @@ from rlhflab.store.cards import Timer, command_line, markdown_table, write_model
 from rlhflab.store.checkpoints import METRICS_FILE, recover_interrupted_save, save_atomically
 from rlhflab.store.hub import report_push
 from rlhflab.store.jsonio import append_jsonl, read_jsonl, write_json
+from rlhflab.store.rollouts import copy_rollouts, record_step_rollouts
 from rlhflab.training.policy import POLICY_INFO_FILE, load_start_policy, policy_metadata
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
@@ -532,6 +533,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     save_every = max(1, plan["steps"] // 5)
 
     def after_step(record):
+        record_step_rollouts(work, record, tokenizer, train_prompts, queries, cfg.max_response_length)
         exact_kl = record.get("kl_exact_per_token")
         exact_text = f"exact KL {exact_kl:.4f}, " if exact_kl is not None else ""
         print(f"step {record['step']}/{plan['steps']}: {exact_text}k1 KL {record['kl_per_token']:.4f} nats/token "
@@ -599,6 +601,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
         shutil.copy(log_path, folder / METRICS_FILE)
         if overopt_path.is_file():
             shutil.copy(overopt_path, folder / OVEROPT_FILE)
+        copy_rollouts(work, folder)
         save_prompts(folder / HELDOUT_FILE, heldout)
         save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
         write_json(folder / PPO_INFO_FILE, info)
