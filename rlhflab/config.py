@@ -31,6 +31,9 @@ PROBE_EVERY_HELP = ("over-optimisation probe every N steps and before the first 
                     "set of held-out prompts, scored by the reward model and the judge, with the exact KL to the "
                     "reference (overopt.jsonl)")
 PROBE_PROMPTS_HELP = "held-out prompts the over-optimisation probe answers (the first N, fixed)"
+POLICY_JUDGE_SHARE_HELP = ("the judge side's share of the preference pairs, left out of this policy's training "
+                           "(default: the judge's own, from its split.json in the store; else 0.6); the judge's "
+                           "train and dev pairs are left out whatever the share")
 PROBE_TOKENS_HELP = ("tokens the over-optimisation probe generates per answer (default: --max-response-length); "
                      "a budget that lets most answers finish, so the judge scores answers, not fragments")
 PROBE_JUDGE_HELP = ("judge reward model the probe also scores with (never trained against): local folder or Hub id; "
@@ -171,6 +174,7 @@ class SFTConfig:
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
     report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (default: epochs x examples / batch)")
+    judge_share: float | None = _f(None, POLICY_JUDGE_SHARE_HELP)
 
 
 @dataclass
@@ -197,6 +201,7 @@ class DPOConfig:
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
     report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (default: epochs x pairs / batch)")
+    judge_share: float | None = _f(None, POLICY_JUDGE_SHARE_HELP)
 
 
 @dataclass

@@ -161,6 +161,9 @@ def test_evaluation_reports_gains_under_the_judge(tmp_path, tiny_llama_dir, tiny
     assert "70.0 % [58.0, 80.0]" in report, "the judge's held-out accuracy"
     assert "## Judge independence" in report and "after regressing out response length" in report
     assert "**Test pairs**: not compared" in report, "the tiny judge's reward_eval.json has no per-pair scores"
+    assert "/tmp" not in report and str(tmp_path) not in report, "checkpoints by store name, no local paths"
+    assert results["reward_model"]["model"] == tiny_reward_dir.name and results["judge"]["model"] == tiny_judge_dir.name
+    assert (out / "figures" / "reward_kl_frontier.json").is_file()
 
 
 def test_a_missing_judge_is_a_note_not_a_crash(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,9 @@ NO_JUDGE = f"n/a (no judge: train one with `{JUDGE_COMMAND}`)"
 
 
 OVEROPT_FIGURE = "overoptimisation"
+
+
+FRONTIER_FIGURE = "reward_kl_frontier"
 
 
 def heldout_prompts(cfg: EvalConfig, policy_dirs: dict[str, Path]) -> tuple[list[str], str]:
@@ -135,7 +139,8 @@ def load_judge(cfg: EvalConfig):
     """(model, tokenizer, info) of the independent judge, or (None, None, info) saying why there is none: a missing
     or unloadable judge leaves the judge columns n/a instead of stopping the evaluation."""
     model, tok, note = overopt.load_judge(cfg.judge_model, reward_model=cfg.reward_model)
-    info = {"model": cfg.judge_model, "available": model is not None, "accuracy": None, "note": note or ""}
+    info = {"model": display_name(cfg.judge_model), "available": model is not None, "accuracy": None,
+            "note": strip_local_paths(note or "")}
     if model is not None:
         info["accuracy"] = heldout_accuracy(str(resolve_checkpoint(cfg.judge_model)))
     return model, tok, info
@@ -256,14 +261,14 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         progress(f"best-of-{n_samples} from the base: {n_samples * len(prompts)} samples in {t.elapsed_s:.0f} s")
 
     b = cfg.bootstrap_samples
-    results = {"command": command_line(), "settings": asdict(cfg), "generation": settings.as_dict(),
+    results = {"command": display_command(command_line()), "settings": asdict(cfg), "generation": settings.as_dict(),
                "policy_weights_dtype": str(policies.dtype).replace("torch.", ""),
-               "prompt_source": prompt_source, "num_prompts": len(prompts), "units": {
+               "prompt_source": display_name(prompt_source), "num_prompts": len(prompts), "units": {
                    "reward": "reward-model score (logit, higher is better)",
                    "judge": "judge reward-model score (logit, higher is better; its own scale)",
                    "kl": "nats per token", "length": "response tokens",
                    "length_slope": "score per response token"},
-               "reward_model": {"model": cfg.reward_model,
+               "reward_model": {"model": display_name(cfg.reward_model),
                                 "accuracy": heldout_accuracy(str(resolve_checkpoint(cfg.reward_model)))},
                "judge": judge, "policies": {}}
     for n in names:
@@ -271,7 +276,8 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                  "response_tokens_mean": list(stats.bootstrap_ci(tokens[n], samples=b, seed=2)),
                  "reward_length_pearson_r": stats.pearson(rewards[n], tokens[n]),
                  "cut_rate": float(1 - np.mean(finished[n])),
-                 "source": (policies.source(n) if n == "base" else str(policy_dirs[n]) if n in policy_dirs
+                 "source": (display_name(policies.source(n)) if n == "base" else display_name(str(policy_dirs[n]))
+                            if n in policy_dirs
                             else f"{n} samples of the base, reranked by the reward model")}
         if n in judged:
             entry["judge_mean"] = list(stats.bootstrap_ci(judged[n], samples=b, seed=1))
@@ -333,19 +339,20 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     rated = [n for n in names if not n.startswith("best-of-")]
     store.replace_items([{"prompt_index": i, "prompt": prompts[i], "policy": n, "response": responses[n][i]}
                          for i in range(k) for n in rated])
-    results["rating_items"] = {"prompts": k, "policies": rated, "db": str(cfg.ratings_db),
+    results["rating_items"] = {"prompts": k, "policies": rated, "db": display_name(str(cfg.ratings_db)),
                                "cut_rate": {n: float(1 - np.mean(finished[n][:k])) for n in rated}}
     results["overopt_runs"] = [n for n, d in policy_dirs.items() if read_overopt(d)]
     results["seconds"] = timer.elapsed_s
     write_json(out / RESULTS_FILE, results)
     _write_figures(out, policy_dirs, results)
-    (out / REPORT_FILE).write_text(render_report(results, store), encoding="utf-8")
+    (out / REPORT_FILE).write_text(strip_local_paths(render_report(results, store)), encoding="utf-8")
     progress(f"evaluation written to {out} ({timer.elapsed_s:.0f} s)")
     return out
 
 
 def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> None:
-    from rlhflab.measure.plots import overoptimisation_figure, reward_comparison_figure, training_curves_figure
+    from rlhflab.measure.plots import (overoptimisation_figure, reward_comparison_figure, reward_kl_frontier_figure,
+                                       training_curves_figure)
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -353,7 +360,8 @@ def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> No
             if (records := read_jsonl(d / METRICS_FILE)) and "kl_coef" in records[0]}
     for fig, name in ((training_curves_figure(runs), "kl_per_token"),
                       (training_curves_figure(runs, per_sequence=True), "kl_per_sequence"),
-                      (reward_comparison_figure(results), "reward_by_policy")):
+                      (reward_comparison_figure(results), "reward_by_policy"),
+                      (reward_kl_frontier_figure(results), FRONTIER_FIGURE)):
         (figs / f"{name}.json").write_text(fig.to_json(), encoding="utf-8")
         fig.write_html(figs / f"{name}.html", include_plotlyjs=True, full_html=True)
     checks = {{"full": "ppo-full", "lora": "ppo-lora"}.get(n, n): records for n, d in policy_dirs.items()
@@ -539,8 +547,9 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
         f"{name} {_ci(e['length_gain_vs_base'], 1, signed=True)} tokens" for name, e in pols.items()
         if "length_gain_vs_base" in e) + ". Length-controlled gains: " + ("; ".join(controlled) or "—") +
         ". A raw gain whose length-controlled gain is near zero was made of length.\n")
-    lines.append("Mean reward per policy with its interval: `figures/reward_by_policy.html` (interactive; the app's "
-                 "Evaluation tab draws it above this report).\n")
+    lines.append(f"The reward–KL frontier (each policy's judge and training-RM gain against its exact KL to the base, "
+                 f"both intervals; best-of-n at its KL bound): `figures/{FRONTIER_FIGURE}.html` — the app's Evaluation "
+                 f"tab opens with it. Mean reward per policy: `figures/reward_by_policy.html`.\n")
     lines.append("## Agreement: judge, training reward model and raters\n")
     lines.append(agreement_markdown(results) + "\n")
     lines.append("## Judge independence\n")
@@ -715,3 +724,35 @@ def one_kl_sentence(generation: dict) -> str:
                 "sampled and the same quantity as the training log's exact KL.")
     return ("Sampling here truncates the distribution (top-k / top-p / repetition penalty) while the KL is of the "
             "untruncated ones: it is not the distribution sampled, nor the training log's quantity.")
+
+
+# ---------------------------------------------------------------- names, not local paths
+_LOCAL_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+=-]+/)*[\w.@+=-]+/?")
+
+
+def display_name(value):
+    """A checkpoint or file as the report names it: a local path under the checkpoint store as its store name
+    ('reward', 'ppo-full', 'eval/ratings.sqlite'), under the repository as its repository path
+    ('data/demo/oasst1.jsonl'), anywhere else as its last part; a Hub id or a relative path as it is."""
+    from rlhflab.config import CHECKPOINTS_DIR, REPO_ROOT
+
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    for root in (CHECKPOINTS_DIR, REPO_ROOT):
+        for candidate, base in ((path, Path(root)), (path.resolve(), Path(root).resolve())):
+            try:
+                rel = candidate.relative_to(base)
+            except ValueError:
+                continue
+            return str(rel) if str(rel) != "." else base.name
+    return path.name or value
+
+
+def strip_local_paths(text: str) -> str:
+    """Every absolute local path in a text replaced by its display_name (report.md and the app's tab)."""
+    return _LOCAL_PATH.sub(lambda m: display_name(m.group(0).rstrip("/")), text) if isinstance(text, str) else text
+
+
+def display_command(command: str) -> str:
+    return strip_local_paths(command)

@@ -165,3 +165,62 @@ def reward_distribution_figure(chosen: list[float], rejected: list[float]):
     fig.update_layout(barmode="overlay", title="Reward of chosen vs rejected responses (held-out pairs)",
                       xaxis_title="reward-model score", yaxis_title="pairs", height=360)
     return fig
+
+
+def _triple(value):
+    try:
+        est, lo, hi = (float(x) for x in value)
+    except (TypeError, ValueError):
+        return None
+    return None if est != est else (est, lo if lo == lo else est, hi if hi == hi else est)
+
+
+def reward_kl_frontier_figure(results: dict):
+    """The reward–KL frontier: each policy's gain over the base (under the judge and under the training reward
+    model, each with its 95 % interval) against its exact KL to the base (nats/token, with its interval). Best-of-n
+    rows have no measured KL, only the bound log n − (n−1)/n per sequence (per token: over the picks' mean length):
+    drawn as a dashed segment from 0 to that bound, ending in an arrow-like marker, never as a point."""
+    import plotly.graph_objects as go
+
+    pols = {k: e for k, e in (results.get("policies") or {}).items() if isinstance(e, dict) and k != "base"}
+    fig = go.Figure()
+    fig.add_vrect(x0=KL_BAND[0], x1=KL_BAND[1], fillcolor="green", opacity=0.08, line_width=0,
+                  annotation_text=f"KL band {KL_BAND[0]}–{KL_BAND[1]}", annotation_position="top left")
+    fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers+text", text=["base"], textposition="bottom right",
+                             marker=dict(color="grey", size=9, symbol="x"), name="base (0 gain, 0 KL)"))
+    scorers = (("judge_gain_vs_base", "judge gain", "#d62728", "circle"),
+               ("gain_vs_base", "training-RM gain", "#1f77b4", "diamond-open"))
+    for key, label, colour, symbol in scorers:
+        pts = []
+        for name, e in pols.items():
+            gain, kl = _triple(e.get(key)), _triple(e.get("kl_per_token_to_base"))
+            if gain and kl:
+                pts.append((name, kl, gain))
+        if pts:
+            fig.add_trace(go.Scatter(
+                x=[p[1][0] for p in pts], y=[p[2][0] for p in pts], mode="markers+text", name=label,
+                text=[p[0] for p in pts], textposition="top right", marker=dict(color=colour, size=10, symbol=symbol),
+                error_x=dict(type="data", symmetric=False, array=[p[1][2] - p[1][0] for p in pts],
+                             arrayminus=[p[1][0] - p[1][1] for p in pts], thickness=1),
+                error_y=dict(type="data", symmetric=False, array=[p[2][2] - p[2][0] for p in pts],
+                             arrayminus=[p[2][0] - p[2][1] for p in pts], thickness=1)))
+        for name, e in pols.items():  # best-of-n: a bound on KL, not a measurement
+            bound, gain = e.get("kl_bound_per_token"), _triple(e.get(key))
+            if not isinstance(bound, (int, float)) or not gain:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[0, bound], y=[gain[0], gain[0]], mode="lines+markers+text", showlegend=False,
+                text=["", f"{name}: KL ≤ {bound:.4f}"], textposition="top left", name=f"{name} {label} (KL bound)",
+                line=dict(color=colour, dash="dash", width=1),
+                marker=dict(color=colour, size=[0, 11], symbol=["circle", "triangle-right"]),
+                error_y=dict(type="data", symmetric=False, array=[0, gain[2] - gain[0]],
+                             arrayminus=[0, gain[0] - gain[1]], thickness=1)))
+    fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
+    judged = any(_triple(e.get("judge_gain_vs_base")) for e in pols.values())
+    fig.update_layout(
+        title=("Reward–KL frontier: gain over the base against exact KL to the base (95 % intervals both ways)"
+               + ("" if judged else " — no judge: training-RM gains only")),
+        xaxis_title="exact KL to the base (nats / token)",
+        yaxis_title="gain over the base (score units; judge and RM each on their own scale)",
+        height=520, margin=dict(l=70, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.18))
+    return fig
