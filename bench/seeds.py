@@ -63,6 +63,27 @@ def last_training_kl(folder: Path) -> float | None:
     return summarize_metrics(records).get("kl_exact_per_token_last") if records else None
 
 
+def last_training_kl_se(folder: Path) -> float | None:
+    """The standard error (over the last pass's steps) of last_training_kl."""
+    from rlhflab.measure.ppo_metrics import summarize_metrics
+
+    path = folder / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return summarize_metrics(records).get("kl_exact_per_token_last_se") if records else None
+
+
+def kls_agree(record: dict) -> bool | None:
+    """Do the training log's exact KL (last pass, ± 1.96 SE over its steps) and the evaluation's (its bootstrap
+    interval) agree: is their difference within 1.96 times the root of the summed variances? None where either
+    has no interval (records from before issue 25)."""
+    train, se_t, ev = record.get("kl_training_last_exact"), record.get("kl_training_last_exact_se"), \
+        record.get("kl_exact_per_token")
+    if not isinstance(train, (int, float)) or not isinstance(se_t, (int, float)) or not ev:
+        return None
+    se_e = per_seed_se(ev)
+    return abs(train - ev[0]) <= Z95 * (se_t ** 2 + se_e ** 2) ** 0.5
+
+
 def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[dict]:
     store.mkdir(parents=True, exist_ok=True)
     for name, target in (("reward", reward), ("judge", judge)):
@@ -90,6 +111,7 @@ def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge
                     "kl_exact_per_token": e.get("kl_per_token_to_base"),
                     "kl_training_last_exact": last_training_kl(store / m),  # the output folder is named like the method
                     "kl_training_window": "last pass",
+                    "kl_training_last_exact_se": last_training_kl_se(store / m),
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
     bon = results["policies"].get("best-of-4")
@@ -126,6 +148,9 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
         train_kl = ", ".join(f"{r['kl_training_last_exact']:.3f}" + ("" if r.get("kl_training_window") == "last pass"
                                                                      else " (last 3 steps)")
                              for r in rs if isinstance(r.get("kl_training_last_exact"), (int, float))) or "—"
+        agree = [a for a in (kls_agree(r) for r in rs) if a is not None]
+        if agree:  # records since issue 25: the training and evaluation KLs side by side, with intervals
+            train_kl += f" (agree with the evaluation's within intervals: {sum(agree)}/{len(agree)})"
         lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_fmt(*jt) if jt else 'n/a'} | "
                      f"{_fmt(*t_interval(rm)) if rm else 'n/a'} | {_fmt(*t_interval(lc)) if lc else 'n/a'} | "
                      f"{kl_text} | {train_kl} | {'n/a (a bound)' if m == 'best-of-4' else f'{in_band}/{len(rs)}'} |")

@@ -195,8 +195,10 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         gr.Markdown("**Over-optimisation** — every few steps each RL run scores a fixed held-out prompt set with "
                     "the training reward model and the independent judge and measures the exact KL per token "
                     "(Σ p log p/q over the vocabulary). Training RM solid, judge dashed, 95 % intervals as error "
-                    "bars; each model's score is on its own scale. A training-RM curve that keeps rising while the "
-                    "judge's turns down is reward hacking.")
+                    "bars; each model's score is on its own scale. Runs logged since issue 25 plot the change against "
+                    "the step-0 probe, paired by prompt, each point labelled with its minimal detectable effect (MDE, "
+                    "80 % power): a smaller change could not have been seen. A training-RM curve that keeps rising "
+                    "while the judge's turns down is reward hacking.")
         overopt_notice = gr.Markdown(elem_id="curves-overopt-notice")
         overopt_plot = gr.Plot(label="Over-optimisation: held-out score against exact KL",
                                elem_id="curves-overopt-plot")

@@ -43,3 +43,25 @@ def test_the_pooled_table_corrects_over_the_trained_methods_only():
     text, real = seeds.pooled_table(records)
     assert real == ["good"] and "Holm-significant" in text
     assert "| best-of-4 | 5 |" in text and "not in the family" in text
+
+
+def test_training_and_evaluation_kls_are_compared_within_their_intervals():
+    agree = {"kl_training_last_exact": 0.060, "kl_training_last_exact_se": 0.005, "kl_exact_per_token": [0.055, 0.045, 0.065]}
+    apart = {"kl_training_last_exact": 0.100, "kl_training_last_exact_se": 0.005, "kl_exact_per_token": [0.055, 0.045, 0.065]}
+    assert seeds.kls_agree(agree) is True and seeds.kls_agree(apart) is False
+    assert seeds.kls_agree({"kl_training_last_exact": 0.1, "kl_exact_per_token": [0.1, 0.09, 0.11]}) is None, \
+        "records from before the training KL's interval was kept"
+    rows = [{"method": "ppo-full", "seed": s, **agree, "judge_gain": [0.1, 0.0, 0.2], "rm_gain": [0.1, 0.0, 0.2],
+             "kl_training_window": "last pass"} for s in range(2)]
+    text, _ = seeds.table(rows)
+    assert "agree with the evaluation's within intervals: 2/2" in text and "(last 3 steps)" not in text
+
+
+def test_one_named_window_in_the_seeds_table():
+    from rlhflab.measure.ppo_metrics import summarize_metrics
+
+    metrics = [{"step": i, "pass": 1 + (i > 3), "score": 0.0, "kl_per_token": 0.0, "kl_coef": 0.1,
+                "kl_exact_per_token": v} for i, v in enumerate([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07], 1)]
+    s = summarize_metrics(metrics)
+    assert s["kl_exact_per_token_last"] == pytest.approx(np.mean([0.04, 0.05, 0.06]))  # the last pass's 3 steps
+    assert s["kl_exact_per_token_last_se"] == pytest.approx(np.std([0.04, 0.05, 0.06], ddof=1) / np.sqrt(3))

@@ -560,7 +560,9 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
                  "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")
     if results.get("overopt_runs"):
         lines.append(f"Over-optimisation ({', '.join(results['overopt_runs'])}): training-RM and judge score on "
-                     f"held-out prompts against exact KL per token during training, `figures/{OVEROPT_FIGURE}.html` "
+                     f"held-out prompts (as the change against step 0, paired by prompt, with each point's minimal "
+                     f"detectable effect, where the run logged it) against exact KL per token during training, "
+                     f"`figures/{OVEROPT_FIGURE}.html` "
                      f"— also in the Training curves tab. A training-RM curve that keeps rising while the judge's "
                      f"turns down is reward hacking.\n")
     lines.append("## Example responses\n")
