@@ -97,3 +97,32 @@ def test_the_curves_tab_table_sorts_and_marks_missing_values():
     by_kl = rollout_table(rows, "kl_exact")
     assert by_kl["prompt"].tolist() == ["b", "a"] and by_kl["exact KL (nats/sequence)"].tolist() == ["0.3000", "—"]
     assert rollout_table(rows, "index")["cut"].tolist() == ["cut", "ended"]
+
+
+def test_report_to_sends_the_step_as_a_table(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from rlhflab.store.rollouts import TABLE_COLUMNS, report_rollouts
+
+    logged = []
+
+    class Table:
+        def __init__(self, columns=None, data=None, dataframe=None):
+            self.columns, self.data = (list(dataframe.columns), dataframe.values.tolist()) if dataframe is not None \
+                else (columns, data)
+
+    fake_wandb = types.SimpleNamespace(run=object(), Table=Table, log=lambda d, **kw: logged.append(("wandb", d, kw)))
+    fake_trackio = types.SimpleNamespace(Table=Table, log=lambda d, **kw: logged.append(("trackio", d, kw)))
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    monkeypatch.setitem(sys.modules, "trackio", fake_trackio)
+    rows = _rows(3, [0.5, -0.2])
+    assert report_rollouts("wandb", tmp_path, 3, rows) == "wandb table"
+    assert report_rollouts("trackio", tmp_path, 3, rows) == "trackio table"
+    for tracker, data, _ in logged:
+        table = data["rollouts"]
+        assert table.columns == TABLE_COLUMNS and [r[0] for r in table.data] == [3, 3]
+        assert [r[3] for r in table.data] == [0.5, -0.2] and table.data[0][1] == "p0"
+    assert report_rollouts("none", tmp_path, 3, rows) is None and report_rollouts("wandb", tmp_path, 3, []) is None
+    fake_wandb.run = None  # no open run: nothing sent, nothing raised
+    assert report_rollouts("wandb", tmp_path, 3, rows) is None

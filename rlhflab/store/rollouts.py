@@ -108,11 +108,52 @@ def step_records(record: dict, rows: list[tuple[list[int], float]], tokenizer, p
     return out
 
 
+TABLE_COLUMNS = ["step", "prompt", "response", "score", "kl_exact", "tokens", "cut"]
+
+
+def report_rollouts(report_to: str | None, folder: str | Path, step: int, records: list[dict]) -> str | None:
+    """Send one step's rollouts to the tracker as a table, where the tracker has tables: W&B and trackio (a Table
+    logged under 'rollouts' into the run the trainer opened), TensorBoard (the table as Markdown text, tag
+    'rollouts', in folder/runs). Nothing for 'none' or an unknown tracker, or when the tracker's package is missing
+    or has no open run; returns what was done (for the log), None if nothing."""
+    if not records or not report_to or report_to == "none":
+        return None
+    rows = [[step, *(r.get(k) for k in TABLE_COLUMNS[1:])] for r in records]
+    try:
+        if report_to == "wandb":
+            import wandb
+
+            if wandb.run is None:
+                return None
+            wandb.log({"rollouts": wandb.Table(columns=TABLE_COLUMNS, data=rows)}, commit=False)
+            return "wandb table"
+        if report_to == "trackio":
+            import pandas as pd
+            import trackio
+
+            trackio.log({"rollouts": trackio.Table(dataframe=pd.DataFrame(rows, columns=TABLE_COLUMNS))})
+            return "trackio table"
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            from rlhflab.store.cards import markdown_table
+
+            text = markdown_table(TABLE_COLUMNS, [[str(x).replace("|", "\\|").replace("\n", " ") for x in row]
+                                                  for row in rows])
+            with SummaryWriter(log_dir=str(Path(folder) / "runs")) as writer:
+                writer.add_text("rollouts", text, global_step=step)
+            return "tensorboard text"
+    except ImportError:
+        return None
+    return None
+
+
 def record_step_rollouts(folder: str | Path, record: dict, tokenizer, prompts: list[str], queries: list[list[int]],
-                         max_new_tokens: int | None = None) -> None:
+                         max_new_tokens: int | None = None, report_to: str | None = None) -> None:
     """The trainers' one call, where they write a step's metrics record: append that step's rollouts (prompt,
-    response, score, exact KL, length, cut) to folder/rollouts.jsonl. `prompts` and `queries` are the run's
-    training prompts and their token ids (the rollout_prompts keys are rlhflab.training.ppo.prompt_key of those)."""
+    response, score, exact KL, length, cut) to folder/rollouts.jsonl, and with `report_to` send them to the tracker
+    as a table (report_rollouts). `prompts` and `queries` are the run's training prompts and their token ids (the
+    rollout_prompts keys are rlhflab.training.ppo.prompt_key of those)."""
     from rlhflab.measure.kl import ROLLOUT_ROWS
     from rlhflab.training.ppo import prompt_key
 
@@ -124,3 +165,4 @@ def record_step_rollouts(folder: str | Path, record: dict, tokenizer, prompts: l
     records = step_records(record, rows, tokenizer, by_key, stop, max_new_tokens)
     if records:
         append_rollouts(folder, record["step"], records)
+        report_rollouts(report_to, folder, record["step"], records)

@@ -393,7 +393,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
         return record
 
     def after_step(record: dict):
-        record_step_rollouts(work, record, tokenizer, train_prompts, queries, cfg.max_response_length)
+        record_step_rollouts(work, record, tokenizer, train_prompts, queries, cfg.max_response_length, cfg.report_to)
         if overopt is not None and (record["step"] % cfg.probe_every == 0 or record["step"] == plan["steps"]):
             overopt.run(record["step"], record["episode"])
         exact_kl = record.get("kl_exact_per_token")

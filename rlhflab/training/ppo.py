@@ -533,7 +533,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trl_overrides: dict | None = None) -
     save_every = max(1, plan["steps"] // 5)
 
     def after_step(record):
-        record_step_rollouts(work, record, tokenizer, train_prompts, queries, cfg.max_response_length)
+        record_step_rollouts(work, record, tokenizer, train_prompts, queries, cfg.max_response_length, cfg.report_to)
         exact_kl = record.get("kl_exact_per_token")
         exact_text = f"exact KL {exact_kl:.4f}, " if exact_kl is not None else ""
         print(f"step {record['step']}/{plan['steps']}: {exact_text}k1 KL {record['kl_per_token']:.4f} nats/token "
