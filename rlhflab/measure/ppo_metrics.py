@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 KL_BAND = (0.02, 0.1)  # target KL to the reference, nats per token
-LAST_PASS = "last pass"  # the one named window of a run's end: its last pass over the training prompts (bench/seeds.py too)
+LAST_PASS = "last pass"  # the one named window of a run's end: its last pass over the prompts (bench/seeds.py too)
 
 
 def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
