@@ -333,10 +333,9 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     PPOConfig: {
         # 48 prompts x 2 passes = 12 steps of 8 rollouts; one PPO epoch per rollout; the value model trains
-        # only its top blocks. Full PPO uses plain SGD because its KL stayed in the band where AdamW's did not;
-        # the value head starts at zero (GAE lambda 1) because the reward model's head, read mid-response, swings
-        # token to token about as much as rewards differ between responses. The runs behind these choices, with
-        # their intervals across seeds: BENCHMARKS.md, "Demo PPO" (bench/ppo_recipe.py, bench/seed_interval.py).
+        # only its top blocks. Full PPO uses plain SGD to keep its KL inside the band; the value head starts at zero
+        # (GAE lambda 1) because the reward model's head, read mid-response, swings token to token about as much as
+        # rewards differ between responses. The runs behind these choices: BENCHMARKS.md, "Demo PPO".
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
                      max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
@@ -358,8 +357,8 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     },
     GRPOConfig: {
         # The first 24 of PPO's 48 prompts (same seed and held-out set) x 2 passes = 12 steps of 4 prompts x 4
-        # responses; lr 2e-5 is the one whose KL ended inside the band in single trial runs (smaller rates stayed
-        # below it, 3e-5 above): a choice to check over seeds (bench/seeds.py), not a measured optimum.
+        # responses; the learning rate is the one that keeps the KL inside the target band at this size (how it was
+        # chosen: BENCHMARKS.md, "Lab notes moved out of the code").
         "demo": dict(dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
                      batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
                      lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=4, probe_prompts=16),
