@@ -32,7 +32,8 @@ def timed_trainer(totals: dict) -> type:
 
     class TimedPPOTrainer(lab_ppo_trainer()):
         def upcast_forward(self, model, *args):  # every forward pass of the policy, the value model and the reference
-            label = "policy+value fwd (train)" if torch.is_grad_enabled() else "no-grad fwd (rollout log-probs, reference)"
+            label = ("policy+value fwd (train)" if torch.is_grad_enabled()
+                     else "no-grad fwd (rollout log-probs, reference)")
             return _timed(totals, label, super().upcast_forward, model, *args)
 
         def get_reward(self, model, *args):  # TRL trains the value model

@@ -45,6 +45,18 @@ def write_status(path: Path, profile: str, running: list, pending: list, finishe
     os.replace(tmp, path)  # the app never reads a half-written file
 
 
+def stand_in_base_model(profile: str) -> str | None:
+    """The embedded model, when a spec run on stand-in data cannot load the spec's base model either."""
+    from rlhflab.config import DEMO_BASE_MODEL, SPEC_BASE_MODEL
+    from rlhflab.store.hub import hub_model_available
+
+    if profile != "spec" or hub_model_available(SPEC_BASE_MODEL):  # the demo profile trains the embedded model
+        return None
+    print(f"note: {SPEC_BASE_MODEL} cannot load here (offline, not in the HF cache); the stand-in run trains the "
+          f"embedded {DEMO_BASE_MODEL} at the {profile} profile's sizes.", file=sys.stderr, flush=True)
+    return DEMO_BASE_MODEL
+
+
 def is_done(step: Step, checkpoints: Path) -> bool:
     return (checkpoints / step.output / step.done_file).is_file()
 
@@ -99,12 +111,14 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
 
     `stand_in_data` points every step at the embedded stand-in data (data/demo/, the phantom X-rays) while
     keeping the profile's sizes: the spec-sized run on a machine that cannot reach the Hub. The stand-ins
-    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data."""
+    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data; where the
+    spec's base model cannot load either (offline, not in the HF cache), the steps train the embedded model."""
     from tqdm import tqdm
 
     logs = checkpoints / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     steps = [s for s in (steps or STEPS) if not only or s.output in only]
+    base_model = stand_in_base_model(profile) if stand_in_data else None
     for s in steps:  # a checkpoint whose save was killed between its renames is put back first
         if note := recover_interrupted_save(checkpoints / s.output):
             print(note)
@@ -138,6 +152,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
     def launch(step: Step, threads: int):
         extra = ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"] if push_prefix and step.hub_suffix else []
         extra += step.stand_in if stand_in_data else []
+        extra += ["--base-model", base_model] if base_model and step.takes_base_model else []
         cmd = step.command(profile, extra)
         log = logs / f"{step.output}.log"
         fh = open(log, "w")

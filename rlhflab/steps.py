@@ -23,6 +23,7 @@ class Step:
     demo_s: float | None = None  # expected seconds in the demo profile on a 2-core CPU (for the status line)
     key: str | None = None  # the app's name for the checkpoint (default: the folder name)
     method: str | None = None  # the policy method when the step trains a policy
+    takes_base_model: bool = True  # its script has --base-model (every step but the DCGAN's)
 
     def command(self, profile: str, extra: list[str]) -> list[str]:
         return [sys.executable, str(REPO_ROOT / self.script), "--profile", profile, *self.args, *extra]
@@ -62,7 +63,7 @@ STEPS = [
     Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180,
          method="dpo"),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=50),
+         stand_in=["--allow-phantom", "--no-download"], demo_s=50, takes_base_model=False),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
          ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
 ]
