@@ -123,8 +123,14 @@ class SFTConfig(PolicyConfig):
 
 
 @dataclass
-class DPOConfig(PolicyConfig):
+class StartFromConfig(PolicyConfig):
+    """A policy trainer that can start from another checkpoint (DPO, PPO, GRPO/RLOO; SFT starts from the base)."""
+
     init_from: str | None = _f(None, INIT_FROM_HELP)
+
+
+@dataclass
+class DPOConfig(StartFromConfig):
     dataset: str = _f("Anthropic/hh-rlhf", "hh-rlhf Hub id or a local JSON/JSONL file in its format")
     train_size: int = _f(1000, "training pairs sampled (seeded)")
     beta: float = _f(0.1, "DPO beta: strength of the implicit KL penalty toward the reference")
@@ -134,11 +140,10 @@ class DPOConfig(PolicyConfig):
 
 
 @dataclass
-class OnlineRLConfig(PolicyConfig):
+class OnlineRLConfig(StartFromConfig):
     """What the online-RL trainers (PPO, GRPO/RLOO) add: the frozen reward model, the prompts and their held-out
     split, rollout lengths and temperature, the KL coefficient and its controller, and the over-optimisation probe."""
 
-    init_from: str | None = _f(None, INIT_FROM_HELP)
     reward_model: str = _f(str(CHECKPOINTS_DIR / "reward"), "reward model checkpoint: local folder or Hub id")
     dataset: str = _f("OpenAssistant/oasst1", "oasst1 Hub id or a local JSON/JSONL file with its columns")
     lang: str | None = _f(None, "keep only prompts in this language (e.g. en); default all")
