@@ -17,3 +17,43 @@ def test_the_loop_looks_the_hooked_helpers_up_as_globals_and_the_module_is_untou
     trainer = hookable_ppo_trainer()
     assert issubclass(trainer, module.PPOTrainer) and all(callable(getattr(trainer, name)) for name in HOOKS)
     assert {name: getattr(module, name) for name in HOOKS} == originals
+
+
+def test_a_subclass_passed_as_trainer_class_sees_every_hook_and_can_set_trls_arguments(
+        tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
+    """How a benchmark swaps a part: a subclass of lab_ppo_trainer() given to train_ppo (its documented argument)."""
+    import json
+
+    from conftest import tiny_cfg
+
+    from rlhflab.training.ppo import lab_ppo_trainer, train_ppo
+
+    calls = {name: 0 for name in HOOKS}
+    seen_args = {}
+
+    class Counting(lab_ppo_trainer()):
+        def __init__(self, *args, **kwargs):
+            kwargs["args"].missing_eos_penalty = 0.5  # a TRL argument the lab's config would not set this way
+            super().__init__(*args, **kwargs)
+            seen_args["missing_eos_penalty"] = self.args.missing_eos_penalty
+
+        def batch_generation(self, *args):
+            calls["batch_generation"] += 1
+            return super().batch_generation(*args)
+
+        def forward(self, *args):
+            calls["forward"] += 1
+            return super().forward(*args)
+
+        def get_reward(self, *args):
+            calls["get_reward"] += 1
+            return super().get_reward(*args)
+
+    out = train_ppo(tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, max_steps=1,
+                             probe_every=0), trainer_class=Counting)
+    # one step of 4 rollouts in chunks of 2: one generation, a reference forward per chunk (plus the training
+    # passes), a value and a reward call per chunk
+    assert calls["batch_generation"] == 1 and calls["forward"] >= 2 and calls["get_reward"] == 4
+    assert seen_args == {"missing_eos_penalty": 0.5}
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert len(record["rollout_scores"]) == 4 and abs(record["kl_exact_per_token"]) < 1e-6
