@@ -83,6 +83,20 @@ KL_STATE_FILE = "kl_controller.json"  # the KL coefficient for the next step, sa
 MAX_MICRO_BATCH = 16  # completions per forward/backward pass; more per step are accumulated
 
 
+# The private methods of TRL 1.12's trainers that lab_trainer overrides (TRL has no public hook for them): sha256
+# (first 16 hex digits) of their source, checked by tests/test_trl_adapters.py so a TRL upgrade is read first.
+TRL_OVERRIDDEN = {
+    "GRPOTrainer._generate_single_turn": "03c33ff5cd8342ec",
+    "GRPOTrainer._generate_and_score_completions": "db028931a84025f2",
+    "GRPOTrainer._tokenize_prompts": "d2d27f7c9bfda85f",
+    "GRPOTrainer._save_checkpoint": "ec91bde123649111",
+    "RLOOTrainer._generate_single_turn": "f8a2730c406b119d",
+    "RLOOTrainer._generate_and_score_completions": "a2ab3efec6e71d8f",
+    "RLOOTrainer._tokenize_prompts": "da688fca7ff22f2d",
+    "RLOOTrainer._save_checkpoint": "b6ee0a370c266b6f",
+}
+
+
 # ---------------------------------------------------------------- batch arithmetic
 def grpo_batch_plan(batch_size: int, num_generations: int, num_prompts: int, epochs: int, world_size: int = 1,
                     max_steps: int | None = None) -> dict:

@@ -7,7 +7,7 @@ methods of the trainer, whose defaults call TRL's functions; a subclass override
 is never modified, so any other PPOTrainer in the process behaves as TRL wrote it.
 
 This depends on the exact code of those functions: TRL_SOURCES holds a hash of each, and
-tests/test_trl_ppo_adapter.py fails when the installed TRL differs, so that a TRL upgrade is checked here first."""
+tests/test_trl_adapters.py fails when the installed TRL differs, so that a TRL upgrade is checked here first."""
 from __future__ import annotations
 
 import functools
