@@ -83,7 +83,7 @@ KL_STATE_FILE = "kl_controller.json"  # the KL coefficient for the next step, sa
 MAX_MICRO_BATCH = 16  # completions per forward/backward pass; more per step are accumulated
 
 
-# The private methods of TRL 1.12's trainers that lab_trainer overrides (TRL has no public hook for them): sha256
+# The private methods of TRL 1.12's trainers that lab_grpo_trainer overrides (TRL has no public hook for them): sha256
 # (first 16 hex digits) of their source, checked by tests/test_trl_adapters.py so a TRL upgrade is read first.
 TRL_OVERRIDDEN = {
     "GRPOTrainer._generate_single_turn": "03c33ff5cd8342ec",
@@ -144,7 +144,7 @@ def trl_grpo_args(cfg: GRPOConfig, plan: dict, work: Path):
 
 # ---------------------------------------------------------------- the trainer
 @functools.cache
-def lab_trainer(algorithm: str) -> type:
+def lab_grpo_trainer(algorithm: str) -> type:
     """TRL's GRPOTrainer or RLOOTrainer with the lab's prompt tokens, rollouts on the decode engine, the exact KL of
     each step's completions (when `exact_kl` is set) and its KL coefficient saved in every checkpoint."""
     from trl import GRPOTrainer, RLOOTrainer
@@ -352,7 +352,7 @@ def prompt_dataset(run: OnlineStart):
 def train_grpo(cfg: GRPOConfig, on_step=None, trainer_class: type | None = None) -> Path:
     """Run GRPO (or RLOO) against the frozen reward model, full or LoRA; write the checkpoint; return its path.
 
-    `on_step(record)` runs after each step's record is written; `trainer_class` replaces lab_trainer(algorithm)."""
+    `on_step(record)` runs after each step's record is written; `trainer_class` replaces lab_grpo_trainer(algorithm)."""
     method = cfg.algorithm
     timer = Timer()
     torch.manual_seed(cfg.seed)
@@ -365,7 +365,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trainer_class: type | None = None)
     reference = copy.deepcopy(run.policy) if cfg.mode == "full" else None  # LoRA: the base with adapters disabled
 
     reward = RewardModelScore(run.reward_model, run.tokenizer)
-    trainer = (trainer_class or lab_trainer(method))(
+    trainer = (trainer_class or lab_grpo_trainer(method))(
         model=run.policy, reward_funcs=[reward], args=trl_grpo_args(cfg, plan, work),
         train_dataset=prompt_dataset(run), processing_class=run.tokenizer,
         peft_config=lora_config(cfg, run.policy) if cfg.mode == "lora" else None)
