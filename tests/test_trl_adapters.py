@@ -1,6 +1,6 @@
 """The adapter over TRL's PPO loop (rlhflab.training.trl_ppo) and GRPO/RLOO's overrides of TRL's private methods
-(rlhflab.training.grpo.lab_grpo_trainer) rely on TRL's exact code: this fails when the installed TRL differs from the one
-they were written against, and checks that TRL's module is left as it was."""
+(rlhflab.training.grpo.lab_grpo_trainer) rely on TRL's exact code: this fails when the installed TRL differs from the
+one they were written against, and checks that TRL's module is left as it was."""
 from rlhflab.training.trl_ppo import HOOKS, TRL_SOURCES, hookable_ppo_trainer, source_hashes, trl_ppo_module
 
 
@@ -23,7 +23,8 @@ def test_trl_private_methods_grpo_overrides_are_the_ones_it_was_written_for():
         cls, method = name.split(".")
         found[name] = hashlib.sha256(inspect.getsource(getattr(getattr(trl, cls), method)).encode()).hexdigest()[:16]
     changed = sorted(name for name in TRL_OVERRIDDEN if found[name] != TRL_OVERRIDDEN[name])
-    assert not changed, f"TRL's {changed} changed: re-read rlhflab/training/grpo.py's lab_grpo_trainer, then TRL_OVERRIDDEN"
+    assert not changed, (f"TRL's {changed} changed: re-read rlhflab/training/grpo.py's lab_grpo_trainer, then "
+                         f"TRL_OVERRIDDEN")
 
 
 def test_the_loop_looks_the_hooked_helpers_up_as_globals_and_the_module_is_untouched():
