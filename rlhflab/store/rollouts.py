@@ -153,9 +153,9 @@ def record_step_rollouts(folder: str | Path, record: dict, tokenizer, prompts: l
     """The trainers' one call, where they write a step's metrics record: append that step's rollouts (prompt,
     response, score, exact KL, length, cut) to folder/rollouts.jsonl, and with `report_to` send them to the tracker
     as a table (report_rollouts). `prompts` and `queries` are the run's training prompts and their token ids (the
-    rollout_prompts keys are rlhflab.training.ppo.prompt_key of those)."""
+    rollout_prompts keys are rlhflab.training.online.prompt_key of those)."""
     from rlhflab.measure.kl import ROLLOUT_ROWS
-    from rlhflab.training.ppo import prompt_key
+    from rlhflab.training.online import prompt_key
 
     rows = ROLLOUT_ROWS.pop()
     stop = {tokenizer.eos_token_id}
