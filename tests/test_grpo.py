@@ -21,7 +21,7 @@ def grpo_cfg(tmp_path, mode, base, reward, prompts, **kw):
     values = dict(mode=mode, base_model=str(base), reward_model=str(reward), dataset=prompts, lang=None,
                   num_prompts=16, num_heldout=4, batch_size=2, num_generations=2, epochs=1, max_prompt_length=64,
                   max_response_length=8, lr=1e-3, lora_lr=None, max_steps=2, bf16=False, kl_horizon=100,
-                  output_dir=str(tmp_path / f"grpo-{mode}"), judge_model="")
+                  output_dir=str(tmp_path / f"grpo-{mode}"), judge_model="", probe_max_new_tokens=None)
     values.update(kw)
     return build_config(GRPOConfig, "demo", **values)
 
