@@ -137,11 +137,13 @@ def arena_leaderboard(rows: list[dict], rounds: int = BOOTSTRAP_ROUNDS, seed: in
     lo_c, hi_c = np.percentile(boot_c, 2.5, axis=0), np.percentile(boot_c, 97.5, axis=0)
     frac, counts = pairwise_matrices(models, a, b, s)
     votes = np.bincount(np.concatenate([a, b]), minlength=n)
+    cut = np.bincount(np.concatenate([a, b]), np.array([float(bool(r.get("cut_a"))) for r in rows]
+                                                        + [float(bool(r.get("cut_b"))) for r in rows]), minlength=n)
     board = {
         "battles": int(len(a)), "rounds": rounds, "models": models,
         "outcomes": {k: int(sum(1 for r in rows if r["vote"] == k)) for k in OUTCOME},
         "score": scores.tolist(), "ci": np.stack([lo, hi], 1).tolist(), "rank": ranks_from_intervals(lo, hi),
-        "votes": votes.astype(int).tolist(), "win_fraction": frac, "battle_counts": counts,
+        "votes": votes.astype(int).tolist(), "cut_rate": (cut / np.maximum(votes, 1)).tolist(), "win_fraction": frac, "battle_counts": counts,
         "length_controlled": {
             "score": controlled.tolist(), "ci": np.stack([lo_c, hi_c], 1).tolist(),
             "rank": ranks_from_intervals(lo_c, hi_c),
@@ -232,11 +234,12 @@ def leaderboard_markdown(board: dict, results: dict | None = None, labels: dict[
         cols = eval_columns(results, m)
         rows.append([board["rank"][i], labels.get(m, m), f"{board['score'][i]:.0f}",
                      f"{board['ci'][i][0]:.0f}–{board['ci'][i][1]:.0f}", board["votes"][i],
+                     f"{100 * board['cut_rate'][i]:.0f} %",
                      lc["rank"][i], f"{lc['score'][i]:.0f} ({lc['ci'][i][0]:.0f}–{lc['ci'][i][1]:.0f})",
                      f"{lc['length_share'][i]:+.0f}",
                      _ci_cell(cols["rm_gain"], 3), _ci_cell(cols["judge_gain"], 3),
                      _ci_cell(cols["kl_per_token"], 4, signed=False)])
-    header = ["rank", "policy", "score (Elo)", "95 % interval", "battles", "rank, length-controlled",
+    header = ["rank", "policy", "score (Elo)", "95 % interval", "battles", "answers cut", "rank, length-controlled",
               "length-controlled score (95 %)", "of the score, length", "training-RM gain", "judge gain",
               "exact KL to base (nats/token)"]
     out = [markdown_table(header, rows)]
@@ -264,3 +267,16 @@ def leaderboard_markdown(board: dict, results: dict | None = None, labels: dict[
                  for line, t in zip(lines, taus.values())]
         out.append("**Do the model judges rank the policies as people do?**\n\n" + "\n".join(lines))
     return "\n\n".join(out)
+
+
+def build_leaderboard(rows: list[dict], results: dict | None = None, labels: dict[str, str] | None = None,
+                      rounds: int = BOOTSTRAP_ROUNDS) -> tuple[dict, str]:
+    """(board, markdown) from VotesStore.voted_battles() rows and the latest evaluation results: the one function
+    behind the app's Leaderboard tab and `python eval/evaluate.py --arena`. Battles where an answer named a model
+    are left out and counted."""
+    from rlhflab.store.votes import leaderboard_battles
+
+    kept, dropped = leaderboard_battles(rows)
+    board = arena_leaderboard(kept, rounds=rounds, judge_scores=judge_scores_from_results(results))
+    board["dropped_named_a_model"] = dropped
+    return board, leaderboard_markdown(board, results, labels, dropped)
