@@ -12,6 +12,7 @@ votes it moves no score by a visible amount.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -280,3 +281,52 @@ def build_leaderboard(rows: list[dict], results: dict | None = None, labels: dic
     board = arena_leaderboard(kept, rounds=rounds, judge_scores=judge_scores_from_results(results))
     board["dropped_named_a_model"] = dropped
     return board, leaderboard_markdown(board, results, labels, dropped)
+
+
+ARENA_BEGIN, ARENA_END = "<!-- arena leaderboard -->", "<!-- /arena leaderboard -->"
+
+
+def _voted_rows(votes_db: str | Path) -> list[dict]:
+    from rlhflab.store.votes import VotesStore
+
+    return VotesStore(votes_db).voted_battles() if Path(votes_db).is_file() else []
+
+
+def write_arena_report(votes_db: str | Path, output_dir: str | Path, rounds: int = BOOTSTRAP_ROUNDS) -> str:
+    """Write the leaderboard into <output_dir>/report.md (its own section, replaced on every run) and results.json
+    (its "arena" key); return the section. What `python eval/evaluate.py --arena` runs."""
+    import json
+
+    from rlhflab.store.jsonio import write_json
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path, report_path = out / "results.json", out / "report.md"
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+    board, text = build_leaderboard(_voted_rows(votes_db), results or None, rounds=rounds)
+    section = f"{ARENA_BEGIN}\n## Arena: how people rank the policies\n\n{text}\n{ARENA_END}"
+    report = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+    if ARENA_BEGIN in report and ARENA_END in report:
+        head, rest = report.split(ARENA_BEGIN, 1)
+        report = head + section + rest.split(ARENA_END, 1)[1]
+    else:
+        report = (report.rstrip() + "\n\n" if report.strip() else "") + section + "\n"
+    report_path.write_text(report, encoding="utf-8")
+    results["arena"] = {**board, "votes_db": str(votes_db)}
+    write_json(results_path, results)
+    return section
+
+
+def export_votes(votes_db: str | Path, path: str | Path) -> tuple[int, dict]:
+    """Write the decided battles as a TRL conversational preference dataset (JSONL); (records written, left out)."""
+    import json
+
+    from rlhflab.errors import UserError
+    from rlhflab.store.votes import preference_records
+
+    records, left_out = preference_records(_voted_rows(votes_db))
+    if not records:
+        raise UserError(f"there is no decided vote in {votes_db} to export; vote A or B in the app's Arena tab first.")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return len(records), left_out
