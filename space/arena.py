@@ -10,7 +10,6 @@ session. The store enforces who may vote on what; this module only asks it.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
@@ -22,8 +21,9 @@ import gradio as gr
 from rlhflab.errors import UserError
 from rlhflab.generation.sampling import GenerationSettings
 from rlhflab.measure.scoring import score_responses
-from rlhflab.store.votes import VOTE_LABELS, daily_cap, model_names_in, voter_identity
+from rlhflab.store.votes import VOTE_LABELS, daily_cap, model_names_in
 from space.chat import GENERATION_CONCURRENCY, STREAM_INTERVAL_S, interleave, side_stream
+from space.identity import login_button, oauth_required, request_identity
 from space.registry import Registry
 
 # A token budget where the base model finishes most answers (SPEC §9: judge complete answers); whether each answer
@@ -34,11 +34,6 @@ MAX_PROMPT_CHARS = 4000
 METHOD_NAMES = ("SFT", "PPO", "DPO", "GRPO", "RLOO", "KTO", "LoRA")
 GENERIC_WORDS = {"base", "full", "lora", "model", "base model", "policy"}
 SYNC_FOLDER = "votes-hub"
-
-
-def oauth_required(registry: Registry) -> bool:
-    """On a Space (SPACE_ID set) only a signed-in Hugging Face user may vote."""
-    return bool((registry.env.get("SPACE_ID") or "").strip())
 
 
 def model_names(registry: Registry) -> list[str]:
@@ -107,10 +102,7 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
                     f"{ARENA_SETTINGS.top_p}, up to {ARENA_SETTINGS.max_new_tokens} new tokens). " + sync_text
                     + (" **Sign in with Hugging Face to vote.**" if need_sign_in else
                        " Outside a Space your vote is recorded under this browser session."))
-        # Gradio's login button needs a real Space (outside one it asks for a local HF login), so it is only added
-        # there; a handler without a signed-in profile refuses the vote either way.
-        if need_sign_in and os.environ.get("SPACE_ID"):
-            gr.LoginButton()
+        login_button(registry)
         battle_state = gr.State(None)
         side_states = [gr.State(None), gr.State(None)]
         drawn = gr.State(None)
@@ -227,7 +219,7 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
             try:
                 if not isinstance(shown, dict) or not shown.get("battle_id"):
                     raise UserError("Start a battle first: type a prompt and press Battle.")
-                voter, kind = voter_identity(profile, getattr(request, "session_hash", None), need_sign_in)
+                voter, kind = request_identity(registry, profile, request)
                 saved = store().record_vote(shown["battle_id"], getattr(request, "session_hash", None), choice,
                                             voter, kind, cap=daily_cap(registry.env))
             except UserError as exc:

@@ -130,6 +130,13 @@ def test_on_a_space_a_vote_without_sign_in_is_refused(arena_store, tiny_llama_di
         with pytest.raises(Exception, match="Sign in with Hugging Face"):
             c.predict(api_name="/vote_a")
         assert registry.votes_store().voted_battles() == []
+        # the 1-5 rating form asks the same identity: no task and no rating without a sign-in
+        task = c.predict(api_name="/next_item")
+        assert "Sign in with Hugging Face" in task[-1]
+        before = len(registry.ratings_store().ratings())
+        with pytest.raises(Exception, match="Sign in with Hugging Face"):
+            c.predict(*([4] * 5 + [None] * 10), api_name="/rate")
+        assert len(registry.ratings_store().ratings()) == before
 
 
 def test_a_forged_battle_in_a_raw_request_changes_nothing(arena_app):

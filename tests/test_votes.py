@@ -1,12 +1,14 @@
 """The arena's vote store: every identity rule, append-only storage, the export's format."""
 from __future__ import annotations
 
+import ast
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import rlhflab.store.votes as votes_module
 from rlhflab.errors import UserError
 from rlhflab.store.votes import (
     VotesStore,
@@ -179,3 +181,46 @@ def test_preference_records_are_trl_conversational_and_leave_out_undecided(store
     assert [r["chosen"][0]["content"] for r in records] == ["An apple.", "A pear, I think."]
     assert records[0]["prompt"] == [{"role": "user", "content": "Name a fruit."}]
     assert records[1]["rejected"] == [{"role": "assistant", "content": "An apple."}]
+
+
+def test_every_statement_is_a_fixed_module_constant_with_parameters():
+    tree = ast.parse(open(votes_module.__file__, encoding="utf-8").read())
+    constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name)}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr in ("execute", "executemany", "executescript")]
+    assert len(calls) >= 10
+    for call in calls:
+        sql = call.args[0]
+        if isinstance(sql, ast.IfExp):  # BEGIN IMMEDIATE or BEGIN
+            names = [sql.body, sql.orelse]
+        else:
+            names = [sql]
+        for name in names:
+            assert isinstance(name, ast.Name), f"line {call.lineno}: SQL must be a module constant"
+            text = getattr(votes_module, name.id)
+            assert isinstance(text, str), f"{name.id} is not text"
+            if name.id in constants:  # a plain or implicitly joined literal, never an f-string or a .format
+                assert not any(isinstance(n, (ast.JoinedStr, ast.Call, ast.BinOp))
+                               for n in ast.walk(constants[name.id])), f"{name.id} is built, not fixed"
+            if "?" in text:
+                assert len(call.args) == 2 and text.count("?") == len(call.args[1].elts), \
+                    f"line {call.lineno}: {name.id} needs one parameter per placeholder"
+
+
+def test_the_rating_store_takes_one_rating_per_rater_and_item_when_asked(tmp_path):
+    from rlhflab.store.ratings import CRITERIA, RatingsStore
+
+    ratings = RatingsStore(tmp_path / "r.sqlite")
+    ratings.replace_items([{"prompt_index": 0, "prompt": "p", "policy": pol, "response": pol} for pol in ("x", "y")])
+    ids = [i["item_id"] for i in ratings.items()]
+    scores = dict.fromkeys(CRITERIA, 3)
+    ratings.add_ratings([(ids[0], scores)], "session:s1", once_per_rater=True)
+    with pytest.raises(UserError, match="already rated"):
+        ratings.add_ratings([(ids[1], scores), (ids[0], scores)], "session:s1", once_per_rater=True)
+    assert len(ratings.ratings()) == 1, "the whole submission is refused"
+    task = ratings.blind_task("session:s1", skip_rated=True)
+    assert [r["item_id"] for r in task["responses"]] == [ids[1]], "only what this rater has not rated"
+    ratings.add_ratings([(ids[1], scores)], "session:s1", once_per_rater=True)
+    assert ratings.blind_task("session:s1", skip_rated=True) is None
+    ratings.add_ratings([(ids[0], scores)], "session:s2", once_per_rater=True)  # another rater may

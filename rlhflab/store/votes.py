@@ -56,7 +56,8 @@ CREATE TRIGGER IF NOT EXISTS battles_keep_what_was_shown BEFORE UPDATE ON battle
     BEGIN SELECT RAISE(ABORT, 'what a battle showed is never changed'); END;
 """
 
-# Every statement is fixed text; values only travel as `?` parameters.
+# Every statement is fixed text; values only travel as `?` parameters (tests/test_votes.py checks this file for it).
+_BEGIN_READ, _BEGIN_WRITE, _COMMIT, _ROLLBACK = "BEGIN", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"
 _INSERT_BATTLE = ("INSERT INTO battles (battle_id, created, session, policy_a, policy_b, revision_a, revision_b, "
                   "prompt, prompt_source, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _SELECT_BATTLE = "SELECT * FROM battles WHERE battle_id = ?"
@@ -144,13 +145,13 @@ class VotesStore:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            db.execute(_BEGIN_WRITE if write else _BEGIN_READ)
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                db.execute(_ROLLBACK)
                 raise
-            db.execute("COMMIT")
+            db.execute(_COMMIT)
         finally:
             db.close()
 
