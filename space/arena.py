@@ -10,8 +10,10 @@ session. The store enforces who may vote on what; this module only asks it.
 """
 from __future__ import annotations
 
+import queue
 import random
 import re
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -22,7 +24,7 @@ from rlhflab.errors import UserError
 from rlhflab.generation.sampling import GenerationSettings
 from rlhflab.measure.scoring import score_responses
 from rlhflab.store.votes import VOTE_LABELS, daily_cap, model_names_in
-from space.chat import GENERATION_CONCURRENCY, STREAM_INTERVAL_S, interleave, side_stream
+from space.chat import GENERATION_CONCURRENCY, STREAM_INTERVAL_S, side_stream
 from space.identity import login_button, oauth_required, request_identity
 from space.registry import Registry
 
@@ -56,6 +58,43 @@ def pick_sides(registry: Registry, rng: random.Random | None = None) -> tuple[st
                         f"{len(keys)}: train one with `python training/sft.py --profile demo` (or run `make demo`).")
     a, b = (rng or random.SystemRandom()).sample(keys, 2)
     return a, b
+
+
+def stream_in_threads(registry: Registry, sides: list[str], messages: list[dict], settings: GenerationSettings):
+    """(side, text so far, None) while the answers grow and (side, None, result) when one ends, both sides at once.
+
+    Each group of policies on the same weights streams in its own thread and holds only its own model's lock, one
+    side after the other. Advancing both generators from one thread (space.chat.interleave) holds the first
+    model's lock while waiting for the second's: two battles over the same two models in opposite order then wait
+    on each other for ever (seen here under 12 concurrent battles, tests/test_arena_attack.py).
+    """
+    groups: dict[str, list[str]] = {}
+    for name in sides:
+        try:
+            groups.setdefault(registry.policy_group(name), []).append(name)
+        except UserError:
+            groups.setdefault(name, []).append(name)
+    updates: queue.Queue = queue.Queue()
+
+    def run(names: list[str]):
+        for name in names:
+            stream = side_stream(registry, name, messages, settings)
+            try:
+                while True:
+                    updates.put((name, next(stream), None))
+            except StopIteration as stop:
+                updates.put((name, None, stop.value))
+            except Exception as exc:  # side_stream reports its own failures; this is a last resort
+                updates.put((name, None, {"answer": "", "tokens": 0, "reward": None, "error": repr(exc)}))
+
+    threads = [threading.Thread(target=run, args=(names,), daemon=True) for names in groups.values()]
+    for t in threads:
+        t.start()
+    done = 0
+    while done < len(sides):
+        update = updates.get()
+        done += update[2] is not None
+        yield update
 
 
 def chat_view(prompt: str, answer: str) -> list[dict]:
@@ -161,16 +200,9 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
         yield (*[gr.Chatbot(value=chat_view(text, a), label=f"Model {s}") for a, s in zip(answers, "AB")], shown,
                None, None, *buttons(False), "", "")
         messages = [{"role": "user", "content": text}]
-        streams = {name: side_stream(registry, name, messages, settings) for name in sides}
-        groups: dict[str, list[str]] = {}
-        for name in sides:
-            try:
-                groups.setdefault(registry.policy_group(name), []).append(name)
-            except UserError:
-                groups.setdefault(name, []).append(name)
         results: dict[str, dict] = {}
         last = 0.0
-        for name, partial, result in interleave(streams, list(groups.values())):
+        for name, partial, result in stream_in_threads(registry, sides, messages, settings):
             i = sides.index(name)
             if result is None:
                 answers[i] = partial
