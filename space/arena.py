@@ -101,19 +101,9 @@ def chat_view(prompt: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
-class VotesSync:
-    """One JSON line per vote to a Hub dataset repo (space.rating.RatingsSync, with this store's file name)."""
-
-    def __init__(self, sync):
-        self.sync = sync
-        self.sync.path = self.sync.folder / self.sync.path.name.replace("ratings-", "votes-")
-
-    def append(self, record: dict) -> None:
-        self.sync.append(record)
-
-
 def make_votes_sync(registry: Registry, scheduler_cls=None):
-    """(sync or None, one line saying where votes go): RLHFLAB_VOTES_REPO and HF_TOKEN turn the Hub sync on."""
+    """(sync or None, one line saying where votes go): RLHFLAB_VOTES_REPO and HF_TOKEN turn the Hub sync on; one
+    JSON line per vote, appended the way the ratings are (space.rating.RatingsSync and its CommitScheduler)."""
     from space.rating import RatingsSync
 
     repo = (registry.env.get("RLHFLAB_VOTES_REPO") or "").strip()
@@ -122,8 +112,8 @@ def make_votes_sync(registry: Registry, scheduler_cls=None):
         return None, ("Votes are kept in the local SQLite store; set RLHFLAB_VOTES_REPO and HF_TOKEN to also sync "
                       "them to a Hub dataset repo.")
     try:
-        sync = VotesSync(RatingsSync(registry.votes_path().parent / SYNC_FOLDER, repo, token,
-                                     scheduler_cls=scheduler_cls))
+        sync = RatingsSync(registry.votes_path().parent / SYNC_FOLDER, repo, token, scheduler_cls=scheduler_cls,
+                           prefix="votes")
     except Exception as exc:  # no network, bad token: voting still works locally
         return None, f"⚠️ Hub sync to `{repo}` is off ({type(exc).__name__}); votes stay local."
     return sync, f"Every vote is also synced to the Hub dataset `{repo}`."

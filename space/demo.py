@@ -36,7 +36,8 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nChat with every policy the lab trained (base, SFT, PPO full and LoRA, DPO, GRPO), "
                     "alone or side by side, score text with the reward model, follow the training curves, read the "
-                    "evaluation, rate answers blind, vote between two anonymous policies in the arena, and sample synthetic chest X-rays. Checkpoints load on first use.")
+                    "evaluation, rate answers blind, vote between two anonymous policies in the arena, and sample "
+                    "synthetic chest X-rays. Checkpoints load on first use.")
         status = gr.Markdown(pipeline_status_markdown(registry), elem_id="pipeline-status")
         status_timer = gr.Timer(10)
         with gr.Tabs():

@@ -58,7 +58,7 @@ class RatingsSync:
     """
 
     def __init__(self, folder: str | Path, repo_id: str, token: str, every_minutes: float = SYNC_EVERY_MINUTES,
-                 scheduler_cls=None):
+                 scheduler_cls=None, prefix: str = "ratings"):
         if scheduler_cls is None:
             from huggingface_hub import CommitScheduler as scheduler_cls
         self.folder = Path(folder)
@@ -66,7 +66,7 @@ class RatingsSync:
         self.repo_id = repo_id
         self.scheduler = scheduler_cls(repo_id=repo_id, repo_type="dataset", folder_path=self.folder,
                                        every=every_minutes, token=token)
-        self.path = self.folder / f"ratings-{uuid.uuid4().hex[:12]}.jsonl"
+        self.path = self.folder / f"{prefix}-{uuid.uuid4().hex[:12]}.jsonl"
 
     def append(self, record: dict) -> None:
         with self.scheduler.lock:

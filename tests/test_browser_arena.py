@@ -64,5 +64,5 @@ def test_battle_vote_reveal_and_leaderboard_update(page):
     page.wait_for_function("() => document.querySelector('#leaderboard-table').innerText.includes('score (Elo)')",
                            timeout=120_000)
     page.wait_for_selector("#leaderboard-wins .js-plotly-plot")
-    assert "1 voted battles" in page.inner_text("#leaderboard-table")
+    assert "1 voted battle " in page.inner_text("#leaderboard-table")
     page.screenshot(path=str(ARTIFACTS / "leaderboard.png"), full_page=True)

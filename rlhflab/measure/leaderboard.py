@@ -245,7 +245,7 @@ def leaderboard_markdown(board: dict, results: dict | None = None, labels: dict[
               "exact KL to base (nats/token)"]
     out = [markdown_table(header, rows)]
     o = board["outcomes"]
-    out.append(f"{board['battles']} voted battles ({o['A'] + o['B']} decided, {o['tie']} ties, {o['both_bad']} both "
+    out.append(f"{board['battles']} voted battle{'s' if board['battles'] != 1 else ''} ({o['A'] + o['B']} decided, {o['tie']} ties, {o['both_bad']} both "
                f"bad; ties and both-bad count half a win each)"
                + (f"; {dropped} more dropped because an answer named a model" if dropped else "")
                + f". Bradley–Terry by logistic regression, Elo scale centred at 1000; intervals from "
