@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -74,15 +76,61 @@ STEPS = [
 STATUS_FILE = "pipeline_status.json"
 
 
+SLOWER_THAN_PROFILE = 1.5  # a host this many times slower than the profile's times gets a sentence saying so
+_PROGRESS = re.compile(r"(\d+)/(\d+) \[")  # a tqdm bar's "k/N [" (the steps' progress bars)
+
+
+def progress_fraction(log_tail: str) -> float | None:
+    """How far a step is by the last progress bar in its log (k/N of its current bar), or None without one."""
+    found = _PROGRESS.findall(log_tail)
+    if not found:
+        return None
+    k, n = (int(x) for x in found[-1])
+    return k / n if 0 < k < n else None  # a finished bar belongs to a phase that is over: it says nothing of the rest
+
+
+def host_speed_factor(observed: list[tuple[float, float]]) -> float:
+    """How many times the profile's expected seconds this host takes: the median of actual / expected over the
+    steps seen so far (finished ones, and running ones projected from their progress); 1.0 before any. The
+    profile's times were measured on one host, and another CPU (an AVX2 laptop runs fp32) can be several times
+    slower, so the remaining time follows what this host has shown rather than a constant."""
+    ratios = sorted(actual / expected for actual, expected in observed if expected and actual > 0)
+    return statistics.median(ratios) if ratios else 1.0
+
+
+def _projected_total(r, now: float) -> float | None:
+    """A running step's total seconds projected from its progress bar, once it is far enough for that to mean much."""
+    fraction = progress_fraction(_log_tail(r.log)) if r.log else None
+    elapsed = now - r.wall_start
+    return elapsed / fraction if fraction and fraction >= 0.2 and elapsed > 0 else None
+
+
 def write_status(path: Path, profile: str, running: list, pending: list, finished: list[str], failed: list[str],
-                 t0: float) -> None:
-    """What the app's status line reads: each running step with its start and expected duration, what waits."""
+                 t0: float, observed: list[tuple[float, float]] | None = None) -> None:
+    """What the app's status line reads: each running step with its start, expected duration and remaining time,
+    what waits, and how fast this host is against the profile's times (`observed`: (actual, expected) seconds of
+    the finished steps)."""
     now = time.time()
-    status = {"profile": profile, "updated": now, "started": t0,
+
+    def expected(step) -> float | None:
+        return step.demo_s if profile == "demo" else None
+
+    projected = {id(r): _projected_total(r, now) for r in running}
+    seen = list(observed or []) + [(projected[id(r)], expected(r.step)) for r in running if projected[id(r)]]
+    factor = host_speed_factor(seen)
+
+    def scaled(step) -> float | None:
+        return expected(step) * factor if expected(step) else None
+
+    def remaining(r) -> float | None:
+        total = projected[id(r)] or scaled(r.step)
+        return max(0.0, total - (now - r.wall_start)) if total else None
+
+    status = {"profile": profile, "updated": now, "started": t0, "speed_factor": round(factor, 2),
+              "slower_than_profile": factor >= SLOWER_THAN_PROFILE,
               "running": [{"name": r.step.name, "output": r.step.output, "started": r.wall_start,
-                           "expected_s": r.step.demo_s if profile == "demo" else None} for r in running],
-              "pending": [{"name": s.name, "output": s.output,
-                           "expected_s": s.demo_s if profile == "demo" else None} for s in pending],
+                           "expected_s": scaled(r.step), "remaining_s": remaining(r)} for r in running],
+              "pending": [{"name": s.name, "output": s.output, "expected_s": scaled(s)} for s in pending],
               "finished": finished, "failed": failed, "done": not running and not pending}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
@@ -100,15 +148,18 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def _last_line(path: Path) -> str:
+def _log_tail(path: Path, size: int = 4000) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4000))
-            tail = fh.read().decode("utf-8", "replace")
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
+
+
+def _last_line(path: Path) -> str:
+    parts = [p.strip() for p in _log_tail(path).replace("\r", "\n").split("\n") if p.strip()]
     return parts[-1][-70:] if parts else ""
 
 
@@ -166,13 +217,14 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
                bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| {elapsed} {postfix}")
     last_status = time.perf_counter()
     pending, running, finished, failed = list(todo), [], set(), []
+    observed: list[tuple[float, float]] = []  # (actual, expected) seconds of each finished step: the host's speed
     todo_outputs = {s.output for s in todo}
     status_path = logs / STATUS_FILE
     wall_t0 = time.time()
 
     def save_status():
         write_status(status_path, profile, running, pending, sorted(finished), [f[0].step.output for f in failed],
-                     wall_t0)
+                     wall_t0, observed)
 
     def ready(step: Step) -> bool:
         # a dependency that is not part of this run (reused, or left out by --only) counts as met:
@@ -217,6 +269,8 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
                 failed.append((r, rc, seconds))
                 continue
             finished.add(r.step.output)
+            if profile == "demo" and r.step.demo_s:
+                observed.append((seconds, r.step.demo_s))
             if running and not (pending and not failed):  # nothing will take the freed cores: the others grow
                 for other in running:  # (the step reads its share at its next phase: rlhflab.models.hardware.follow_thread_share)
                     other.threads = max(1, cores // len(running))

@@ -269,6 +269,12 @@ class Registry:
 
     def missing_message(self, res: Resolution) -> str:
         kind = res.kind
+        from space.status import status_path, training_eta
+
+        folder = self.local_folder(kind.key)
+        eta = training_eta(status_path(self), folder.name) if folder is not None else None
+        if eta:
+            return f"The {kind.noun} is not built yet: {eta}. This tab fills in when it lands."
         where = f"there is no checkpoint at `{self.local_folder(kind.key)}`"
         if kind.env_var:
             where += f" and {kind.env_var} is not set"
