@@ -233,10 +233,11 @@ def leaderboard_markdown(board: dict, results: dict | None = None, labels: dict[
     for i in order:
         m = models[i]
         cols = eval_columns(results, m)
-        rows.append([board["rank"][i], labels.get(m, m), f"{board['score'][i]:.0f}",
+        mark = "*" if board["votes"][i] < FEW_BATTLES else ""  # provisional: see the note under the table
+        rows.append([f"{board['rank'][i]}{mark}", labels.get(m, m), f"{board['score'][i]:.0f}",
                      f"{board['ci'][i][0]:.0f}–{board['ci'][i][1]:.0f}", board["votes"][i],
                      f"{100 * board['cut_rate'][i]:.0f} %",
-                     lc["rank"][i], f"{lc['score'][i]:.0f} ({lc['ci'][i][0]:.0f}–{lc['ci'][i][1]:.0f})",
+                     f"{lc['rank'][i]}{mark}", f"{lc['score'][i]:.0f} ({lc['ci'][i][0]:.0f}–{lc['ci'][i][1]:.0f})",
                      f"{lc['length_share'][i]:+.0f}",
                      _ci_cell(cols["rm_gain"], 3), _ci_cell(cols["judge_gain"], 3),
                      _ci_cell(cols["kl_per_token"], 4, signed=False)])
@@ -256,9 +257,9 @@ def leaderboard_markdown(board: dict, results: dict | None = None, labels: dict[
                  f"evaluation (`python eval/evaluate.py`), with their 95 % intervals.")
     few = [labels.get(m, m) for m, v in zip(models, board["votes"]) if v < FEW_BATTLES]
     if few:
-        out.append(f"⚠️ {', '.join(few)}: fewer than {FEW_BATTLES} battles each. A bootstrap of so few votes "
-                   f"understates the uncertainty (three votes all one way resample to the same three votes): read "
-                   f"those intervals as too narrow.")
+        out.append(f"⚠️ {', '.join(few)}: fewer than {FEW_BATTLES} battles each (ranks marked *). A bootstrap of "
+                   f"so few votes understates the uncertainty (three votes all one way resample to the same three "
+                   f"votes): read those intervals as too narrow and those ranks as provisional.")
     taus = board.get("kendall_tau") or {}
     if taus:
         lines = [f"- people vs {judge}: Kendall τ = {t['tau']:+.2f}" if t["tau"] is not None else
