@@ -1,5 +1,5 @@
-"""The pipeline's scheduler: what each step builds (one map, which the app reads too), in which order, with which
-share of the cores, and what the app's status line reads while it runs.
+"""The pipeline's scheduler: runs the steps of rlhflab.steps (the one map of step, folder and command, which the
+app reads too) in order, with a share of the cores each, and writes what the app's status line reads.
 
 Each step runs as its own process (its output goes to checkpoints/logs/<step>.log) under one
 progress display; a finished checkpoint is reused, and a failed step keeps the ones before it
@@ -22,57 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: the steps are its scripts
-
-from rlhflab.config import CHECKPOINTS_DIR, DEMO_DATA_DIR, THREADS_FILE_ENV
+from rlhflab.config import CHECKPOINTS_DIR, THREADS_FILE_ENV
+from rlhflab.config import REPO_ROOT as ROOT  # the repository: the steps are its scripts
 from rlhflab.errors import DATASET_UNAVAILABLE_EXIT
+from rlhflab.steps import STEPS, Step
 from rlhflab.store.checkpoints import recover_interrupted_save
 
 
-@dataclass
-class Step:
-    name: str
-    script: str
-    args: list[str]
-    output: str  # checkpoint folder name under checkpoints/
-    done_file: str  # present when the step finished
-    hub_suffix: str | None = None
-    after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
-    stand_in: list[str] = field(default_factory=list)  # flags that point the step at the embedded stand-in data
-    demo_s: float | None = None  # how long the step takes in the demo profile on a 2-core CPU (for the status line)
-
-    def command(self, profile: str, extra: list[str]) -> list[str]:
-        return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
-
-
-_OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # the RL runs' prompts
-_HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the preference pairs
-# The reward model and the judge must share one test part: the same size, whatever the profile.
-_SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
-
-# In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
-# runs wait for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads
-# it). The DCGAN needs nothing and goes last, beside the evaluation. demo_s: the demo profile's time on one thread
-# beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo run 7; the reward model and the
-# judge: 92 s and 122 s side by side, one thread each, measured alone).
-STEPS = [
-    Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=_SPLIT_STAND_IN, demo_s=90),
-    Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
-         stand_in=_SPLIT_STAND_IN, demo_s=120),
-    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=120),
-    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=280),
-    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=270),
-    Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
-         demo_s=190),
-    Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180),
-    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=50),
-    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
-]
 STATUS_FILE = "pipeline_status.json"
 
 
@@ -137,6 +93,18 @@ def write_status(path: Path, profile: str, running: list, pending: list, finishe
     os.replace(tmp, path)  # the app never reads a half-written file
 
 
+def stand_in_base_model(profile: str) -> str | None:
+    """The embedded model, when a spec run on stand-in data cannot load the spec's base model either."""
+    from rlhflab.config import DEMO_BASE_MODEL, SPEC_BASE_MODEL
+    from rlhflab.store.hub import hub_model_available
+
+    if profile != "spec" or hub_model_available(SPEC_BASE_MODEL):  # the demo profile trains the embedded model
+        return None
+    print(f"note: {SPEC_BASE_MODEL} cannot load here (offline, not in the HF cache); the stand-in run trains the "
+          f"embedded {DEMO_BASE_MODEL} at the {profile} profile's sizes.", file=sys.stderr, flush=True)
+    return DEMO_BASE_MODEL
+
+
 def is_done(step: Step, checkpoints: Path) -> bool:
     return (checkpoints / step.output / step.done_file).is_file()
 
@@ -194,12 +162,14 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
 
     `stand_in_data` points every step at the embedded stand-in data (data/demo/, the phantom X-rays) while
     keeping the profile's sizes: the spec-sized run on a machine that cannot reach the Hub. The stand-ins
-    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data."""
+    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data; where the
+    spec's base model cannot load either (offline, not in the HF cache), the steps train the embedded model."""
     from tqdm import tqdm
 
     logs = checkpoints / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     steps = [s for s in (steps or STEPS) if not only or s.output in only]
+    base_model = stand_in_base_model(profile) if stand_in_data else None
     for s in steps:  # a checkpoint whose save was killed between its renames is put back first
         if note := recover_interrupted_save(checkpoints / s.output):
             print(note)
@@ -234,6 +204,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
     def launch(step: Step, threads: int):
         extra = ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"] if push_prefix and step.hub_suffix else []
         extra += step.stand_in if stand_in_data else []
+        extra += ["--base-model", base_model] if base_model and step.takes_base_model else []
         cmd = step.command(profile, extra)
         log = logs / f"{step.output}.log"
         fh = open(log, "w")

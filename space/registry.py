@@ -15,12 +15,11 @@ from pathlib import Path
 
 from rlhflab.config import DEFAULT_BASE_MODEL, REPO_ROOT
 from rlhflab.errors import UserError
+from rlhflab.steps import policy_steps, step_making
 from rlhflab.store.cards import CARD_FILE, read_model_card
-from rlhflab.store.checkpoints import METRICS_FILE, resolve_checkpoint
+from rlhflab.store.checkpoints import METRICS_FILE, REPORT_FILE, RESULTS_FILE, resolve_checkpoint
 from rlhflab.store.jsonio import read_jsonl
 
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
 RATINGS_FILE = "ratings.sqlite"
 VOTES_FILE = "arena/votes.sqlite"  # under the checkpoint store; created by the first battle, never by `make demo`
 JUDGE_FOLDER, JUDGE_ENV = "judge", "RLHFLAB_JUDGE_REPO"
@@ -37,29 +36,24 @@ class CheckpointKind:
     command: str | None  # what produces it
 
 
+def _kind(key: str, title: str, noun: str, folder: str, env_var: str | None) -> CheckpointKind:
+    """A kind made by one of the pipeline's steps (rlhflab.steps): its folder and command come from there."""
+    step = step_making(folder)
+    return CheckpointKind(key, title, noun, step.output, env_var, step.demo_command)
+
+
 KINDS: dict[str, CheckpointKind] = {k.key: k for k in (
     CheckpointKind("base", "Base policy", "base policy", None, "RLHFLAB_BASE_MODEL", None),
-    CheckpointKind("reward", "Reward model", "reward model", "reward", "RLHFLAB_REWARD_REPO",
-                   "python training/reward.py --profile demo"),
-    CheckpointKind("full", "Full-parameter PPO policy", "full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO",
-                   "python training/ppo.py --mode full --profile demo"),
-    CheckpointKind("lora", "LoRA PPO policy", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO",
-                   "python training/ppo.py --mode lora --profile demo"),
-    CheckpointKind("dcgan", "DCGAN chest X-ray generator", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO",
-                   "python training/dcgan.py --profile demo"),
-    CheckpointKind("eval", "Evaluation results", "evaluation output (results, report, rating items)", "eval", None,
-                   "python eval/evaluate.py --profile demo"),
+    _kind("reward", "Reward model", "reward model", "reward", "RLHFLAB_REWARD_REPO"),
+    _kind("full", "Full-parameter PPO policy", "full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO"),
+    _kind("lora", "LoRA PPO policy", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO"),
+    _kind("dcgan", "DCGAN chest X-ray generator", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO"),
+    _kind("eval", "Evaluation results", "evaluation output (results, report, rating items)", "eval", None),
 )}
 POLICY_KEYS = ("base", "full", "lora")  # the policies every store had before SFT, DPO and GRPO (kept as keys)
 # Policies the demo pipeline builds, in the order the app lists them: key -> (folder, command that makes it).
 # Any other policy checkpoint in the store or in RLHFLAB_POLICY_REPOS is found by its card and listed too.
-EXPECTED_POLICIES = {
-    "sft": ("sft", "python training/sft.py --profile demo"),
-    "full": ("ppo-full", "python training/ppo.py --mode full --profile demo"),
-    "lora": ("ppo-lora", "python training/ppo.py --mode lora --profile demo"),
-    "dpo": ("dpo", "python training/dpo.py --profile demo"),
-    "grpo": ("grpo", "python training/grpo.py --profile demo"),
-}
+EXPECTED_POLICIES = {s.app_key: (s.output, s.demo_command) for s in policy_steps()}
 POLICY_REPOS_ENV = "RLHFLAB_POLICY_REPOS"  # comma-separated Hub repo ids of policy checkpoints of any method
 # Where a LoRA run names its base, most portable first (file, field).
 # A run started with --init-from (an SFT checkpoint) names that start in init_from: its adapter sits on it.
