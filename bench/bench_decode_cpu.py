@@ -35,7 +35,8 @@ def _weight_bytes(model, variant: str) -> int:
     return everything_int8 - head.numel() - 4 * head.shape[0] + head.numel() * head.element_size()
 
 
-def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-instruct") -> dict:
+def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-instruct", speed_part: bool = True,
+        cost_part: bool = True) -> dict:
     import torch
 
     from rlhflab.config import DEMO_DATA_DIR
@@ -55,7 +56,7 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
     greedy = GenerationSettings(greedy=True, max_new_tokens=64, repetition_penalty=1.0)
     story = "Write a long story about a lighthouse keeper and her dog."
     speed = {}
-    for batch_size in (1, 8):
+    for batch_size in (1, 8) if speed_part else ():
         batch, _ = encode_prompts(tok, [story] * batch_size, 512)
 
         def generate():
@@ -79,12 +80,13 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
             rows[variant + "_over_generate"] = rows[variant] / rows["generate"]
         use_int8_decode(model, False)
         speed[f"batch_{batch_size}_tok_s"] = rows
+        print(f"batch {batch_size}: " + json.dumps(rows), flush=True)
 
     texts = load_prompts(str(DEMO_DATA_DIR / "oasst1.jsonl"), "en")[-prompts:]
     sampling = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=tokens)
-    reference = generate_batch(model, tok, texts, sampling, batch_size=8)
+    reference = generate_batch(model, tok, texts, sampling, batch_size=8) if cost_part else []
     quality = {}
-    for variant, kw in VARIANTS.items():
+    for variant, kw in VARIANTS.items() if cost_part else ():
         if kw is None or not int8_available():
             continue
         per_response, agree, positions = [], 0, 0
@@ -107,6 +109,7 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
         kl = ratio_bootstrap_ci([a for a, _ in per_response], [n for _, n in per_response])
         quality[variant] = {"kl_exact_per_token": kl[0], "kl_ci": [kl[1], kl[2]], "top1_agreement": agree / positions,
                             "tokens": positions, "meets_bar": kl[0] <= 0.002 and agree / positions >= 0.98}
+        print(f"{variant}: " + json.dumps(quality[variant]), flush=True)
     result = {"benchmark": "decode without native bf16", "model_dtype": str(dtype).removeprefix("torch."),
               "vector_features": vector_features(), "bandwidth_gb_s": bw, "speed": speed,
               "quality": {"prompts": len(texts), "max_new_tokens": tokens, "temperature": 1.0, **quality},
@@ -119,5 +122,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per sampled response (cost part)")
+    parser.add_argument("--part", choices=("both", "speed", "cost"), default="both",
+                        help="speed needs a quiet machine; the cost (KL, top-1) does not depend on the load")
     a = parser.parse_args()
-    run(a.prompts, a.tokens)
+    run(a.prompts, a.tokens, speed_part=a.part != "cost", cost_part=a.part != "speed")
