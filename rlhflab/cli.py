@@ -105,9 +105,23 @@ def evaluate(argv=None):
 and by an independent judge (--judge-model; n/a without one): `python eval/evaluate.py --help`.
 
 Writes results.json, report.md, figures/ and the blind-rating items into one folder the app reads;
-`--ratings` aggregates the stored human ratings into a policy x criterion table.
+`--ratings` aggregates the stored human ratings into a policy x criterion table; `--arena` writes the arena's
+leaderboard (people's votes) into report.md and results.json; `--export-votes FILE` writes the decided battles as
+a TRL preference dataset for `training/dpo.py --dataset FILE` and `training/reward.py --dataset FILE`.
     """
     cfg = parse_config(EvalConfig, argv, description=evaluate.__doc__)
+    if cfg.export_votes:
+        from rlhflab.measure.leaderboard import export_votes
+
+        n, left_out = export_votes(cfg.votes_db, cfg.export_votes)
+        print(f"wrote {n} decided battles to {cfg.export_votes} (TRL preference format); left out "
+              f"{left_out['tie']} ties, {left_out['both_bad']} both-bad, {left_out['named_a_model']} that named a model")
+        return cfg.export_votes
+    if cfg.arena:
+        from rlhflab.measure.leaderboard import write_arena_report
+
+        print(write_arena_report(cfg.votes_db, cfg.output_dir))
+        return cfg.output_dir
     if cfg.ratings:
         from rlhflab.measure.evaluation import ratings_report
 

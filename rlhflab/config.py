@@ -264,6 +264,10 @@ class EvalConfig:
     output_dir: str = _f(str(CHECKPOINTS_DIR / "eval"), "results folder the app reads")
     ratings: bool = _f(False, "only aggregate the stored human ratings into a table")
     ratings_db: str = _f(str(CHECKPOINTS_DIR / "eval" / "ratings.sqlite"), "SQLite ratings store")
+    arena: bool = _f(False, "only write the arena leaderboard (people's votes) into report.md and results.json")
+    export_votes: str | None = _f(None, "only write the arena's decided battles to this file as a TRL preference "
+                                        "dataset (JSONL: prompt, chosen, rejected; ties and both-bad left out)")
+    votes_db: str = _f(str(CHECKPOINTS_DIR / "arena" / "votes.sqlite"), "SQLite store of the arena's battles and votes")
 
 
 @dataclass
