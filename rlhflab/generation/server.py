@@ -232,10 +232,20 @@ class DecodeServer:
             self._cv.notify_all()
         return request
 
+    def supports(self, adapter: str | None) -> bool:
+        """Whether the loop can apply this adapter (None, the bare model, always)."""
+        if adapter is None:
+            return True
+        try:
+            self._adapter_table(adapter)
+            return True
+        except Unsupported:
+            return False
+
     def expected_wait_s(self) -> float:
         """Seconds until the queue ahead has been served: tokens still owed over the measured token rate."""
-        owed = sum(r.request.settings.max_new_tokens - r.generated for r in self._rows)
-        owed += sum(r.n * r.settings.max_new_tokens for r in self._waiting + self._prefilling)
+        owed = sum(r.request.settings.max_new_tokens - r.generated for r in list(self._rows))
+        owed += sum(r.n * r.settings.max_new_tokens for r in list(self._waiting) + list(self._prefilling))
         rate = self._rate or 20.0
         return owed / rate
 
