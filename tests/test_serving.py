@@ -276,3 +276,21 @@ class _Active:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=50, top_p=0.95), dict(top_k=5, top_p=0.5), dict(top_k=200, top_p=0.05),
+                                dict(top_k=0, top_p=0.9), dict(top_k=20, top_p=1.0), dict(greedy=True)])
+def test_the_loops_top_p_keeps_what_the_processors_keep(kw):
+    from rlhflab.generation.sampling import logits_processors
+    from rlhflab.generation.server import process_scores
+
+    settings = GenerationSettings(temperature=0.8, repetition_penalty=1.2, no_repeat_ngram_size=2, **kw)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        history = torch.randint(0, 1000, (1, 30), generator=gen)
+        scores = torch.randn(1, 1000, generator=gen) * 3
+        scores[0, :40] = scores[0, 40]  # ties at the top-k boundary
+        expected = logits_processors(settings)(history, scores.clone())
+        got = process_scores(settings, history, scores.clone())
+        assert torch.equal(torch.isfinite(got), torch.isfinite(expected))
+        assert torch.allclose(got[torch.isfinite(got)], expected[torch.isfinite(expected)])

@@ -17,6 +17,7 @@ decode step attends over the longest length with a per-row key mask.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
 import threading
@@ -106,6 +107,7 @@ class Request:
         self.forced = forced
         self.logits: list[torch.Tensor] | None = [] if record_logits else None
         self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
         self.last_read = self.submitted
         self.cancelled = False
         self.prefilled = 0
@@ -158,8 +160,9 @@ class ServerStats:
     prefill_tokens: int = 0
     rejected: int = 0
     cancelled: int = 0
-    batch_sizes: list = field(default_factory=list)
+    batch_sizes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))  # recent steps
     step_s: float = 0.0
+    sample_s: float = 0.0  # of step_s: the per-row logits processors and sampling
 
 
 class DecodeServer:
@@ -437,12 +440,17 @@ class DecodeServer:
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor):
         """Each row's next token from its own logits processors and generator; emitted at once."""
+        t0 = time.perf_counter()
+        self._sample_rows(rows, logits)
+        self.stats.sample_s += time.perf_counter() - t0
+
+    def _sample_rows(self, rows: list[_Row], logits: torch.Tensor):
         for j, row in enumerate(rows):
             r, s = row.request, row.request.settings
             scores = logits[j:j + 1].float()
             if r.logits is not None and row.index == 0:
                 r.logits.append(scores[0].clone())
-            scores = _processors(s)(row.history, scores)
+            scores = process_scores(s, row.history, scores)
             if r.forced is not None and row.generated < len(r.forced):
                 token = r.forced[row.generated]
             elif s.greedy:
@@ -453,6 +461,8 @@ class DecodeServer:
             row.pending = token
             row.history = torch.cat([row.history, row.history.new_tensor([[token]])], 1)
             r.tokens_out += 1
+            if r.first_token_at is None:
+                r.first_token_at = time.monotonic()
             r._out.put((row.index, token))
             why = None
             if token in r.stop_ids:
@@ -623,3 +633,29 @@ def _processors(settings: GenerationSettings):
         if len(_PROCS) > 256:
             _PROCS.clear()
     return procs
+
+
+def process_scores(settings: GenerationSettings, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """What `logits_processors(settings)` makes of one row's scores (1, vocab), with top-p worked out over the top-k
+    candidates only: transformers' TopPLogitsWarper sorts the whole vocabulary (49,152 entries for SmolLM2, ~2 ms a
+    row on a 2-core CPU, the largest cost of a step's sampling at batch 8), although after top-k every other entry is
+    -inf and has probability 0. The kept tokens and their scores are the processors' (tests/test_serving.py)."""
+    procs = _processors(settings)
+    if settings.greedy or not settings.top_k or settings.top_p >= 1.0:
+        return procs(history, scores)
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    for proc in procs:
+        if isinstance(proc, TopPLogitsWarper):
+            break
+        scores = proc(history, scores)
+    # scores are now top-k filtered: the top-k entries (ties with the k-th included) and -inf elsewhere
+    assert isinstance(procs[-1], TopPLogitsWarper) and any(isinstance(p, TopKLogitsWarper) for p in procs)
+    keep = torch.isfinite(scores[0]).nonzero()[:, 0]
+    cand = scores[0, keep]
+    sorted_logits, order = torch.sort(cand, descending=False)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cumulative <= (1 - settings.top_p)
+    remove[-1:] = False  # min_tokens_to_keep = 1
+    dropped = keep[order[remove]]
+    return scores.index_fill(1, dropped, -float("inf"))
