@@ -294,3 +294,28 @@ def test_the_loops_top_p_keeps_what_the_processors_keep(kw):
         got = process_scores(settings, history, scores.clone())
         assert torch.equal(torch.isfinite(got), torch.isfinite(expected))
         assert torch.allclose(got[torch.isfinite(got)], expected[torch.isfinite(expected)])
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=50, top_p=0.95), dict(top_k=5, top_p=0.5), dict(top_k=0, top_p=0.9),
+                                dict(top_k=20, top_p=1.0), dict(top_k=50, top_p=0.95, no_repeat_ngram_size=2)])
+def test_the_loops_draw_is_sample_tokens_draw(kw):
+    """next_token draws what sample_tokens draws from the processors' scores, with the same generator state."""
+    from rlhflab.generation.sampling import logits_processors, sample_tokens
+    from rlhflab.generation.server import next_token
+
+    settings = GenerationSettings(temperature=0.7, repetition_penalty=1.1, **kw)
+    data = torch.Generator().manual_seed(1)
+    a, b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for i in range(200):
+        history = torch.randint(0, 2000, (1, 20), generator=data)
+        scores = torch.randn(1, 2000, generator=data) * (1 + i % 4)
+        ties = i % 10 == 0
+        if ties:  # 60 tokens tied at the top (bf16 logits tie often): all kept by top-k
+            scores[0, :60] = scores[0].max()
+        processed = logits_processors(settings)(history, scores.clone())
+        expected = int(sample_tokens(processed, a)[0])
+        got = next_token(settings, history, scores.clone(), b)
+        if ties and settings.top_k and settings.top_p < 1:  # which of equal scores top-p cuts is sort order
+            assert got < 60 or got == expected
+        else:
+            assert got == expected

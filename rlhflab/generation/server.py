@@ -445,18 +445,16 @@ class DecodeServer:
         self.stats.sample_s += time.perf_counter() - t0
 
     def _sample_rows(self, rows: list[_Row], logits: torch.Tensor):
+        logits = logits.float()
         for j, row in enumerate(rows):
             r, s = row.request, row.request.settings
-            scores = logits[j:j + 1].float()
+            scores = logits[j:j + 1]
             if r.logits is not None and row.index == 0:
                 r.logits.append(scores[0].clone())
-            scores = process_scores(s, row.history, scores)
             if r.forced is not None and row.generated < len(r.forced):
                 token = r.forced[row.generated]
-            elif s.greedy:
-                token = int(scores.argmax(-1))
             else:
-                token = int(sample_tokens(scores, row.generator)[0])
+                token = next_token(s, row.history, scores, row.generator)
             row.generated += 1
             row.pending = token
             row.history = torch.cat([row.history, row.history.new_tensor([[token]])], 1)
@@ -562,7 +560,7 @@ class DecodeServer:
     def _forward_step(self, tokens, position_ids, groups, mask, causal, write, read) -> torch.Tensor:
         """The engine's Llama step (rlhflab.generation.engine._DecodeState._llama_step) over the given cache, with
         per-row LoRA deltas. Logits (batch, vocab) at the last position."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         F = torch.nn.functional
         engine, core = self.engine, self.core
@@ -598,13 +596,10 @@ class DecodeServer:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             write(i, k, v)
             keys, values = read(i)
-            if mask is None:
-                o = F.scaled_dot_product_attention(q, keys, values, is_causal=causal and new > 1, scale=attn.scaling,
-                                                   enable_gqa=heads != kv_heads)
-            else:
-                groups_kv = heads // kv_heads
-                o = F.scaled_dot_product_attention(q, repeat_kv(keys, groups_kv), repeat_kv(values, groups_kv),
-                                                   attn_mask=mask, scale=attn.scaling)
+            # GQA inside the kernel, with or without the key mask: the same numbers as repeated heads (bit for bit,
+            # checked on this host in fp32 and bf16) without copying the keys and values 3 times per layer and step
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None and causal
+                                               and new > 1, scale=attn.scaling, enable_gqa=heads != kv_heads)
             o = o.transpose(1, 2).reshape(batch, new, heads * d)
             o = lora(packed[1](o)[0] if packed else base["o"](o), o, (i, "o"))
             h = h + o
@@ -633,6 +628,46 @@ def _processors(settings: GenerationSettings):
         if len(_PROCS) > 256:
             _PROCS.clear()
     return procs
+
+
+def next_token(settings: GenerationSettings, history: torch.Tensor, scores: torch.Tensor,
+               generator: torch.Generator) -> int:
+    """One row's next token: what `sample_tokens(logits_processors(settings)(history, scores), generator)` draws (the
+    argmax when greedy), with top-k and top-p worked out on the k candidates rather than the whole vocabulary. The
+    generator draws the same uniform numbers (one per vocabulary entry) as sample_tokens, and the exponential race
+    runs over the kept candidates only, where every other entry has probability 0; so the token is sample_tokens'
+    (up to the last bit of a softmax summed over k entries instead of the vocabulary: tests/test_serving.py). One
+    difference: equal scores straddling the top-p cut are ordered by a sort of the candidates, not of the whole
+    vocabulary (torch.sort is unstable either way), so which of them is cut can differ from transformers'.
+    Deterministic for the row's own scores, so a row's answer never depends on the rest of the batch."""
+    from transformers import TopKLogitsWarper
+
+    procs = _processors(settings)
+    if settings.greedy:
+        return int(procs(history, scores).argmax(-1))
+    rest = list(procs)
+    while rest and not isinstance(rest[0], TopKLogitsWarper):
+        scores = rest.pop(0)(history, scores)  # repetition penalty, no-repeat n-grams, temperature
+    vocab = scores.shape[-1]
+    fast = bool(rest) and settings.top_p < 1.0 and len(rest) == 2 and settings.top_k < vocab
+    if fast:
+        vals, idx = scores[0].topk(settings.top_k)
+        fast = bool(torch.isfinite(vals[-1]))  # else banned tokens among the k: the long way
+    if fast:
+        # the warper keeps every token tied with the k-th (common with bf16 logits): all of them are candidates
+        tied = int((scores[0] >= vals[-1]).sum())
+        if tied > settings.top_k:
+            vals, idx = scores[0].topk(tied)
+    if not fast:
+        for proc in rest:
+            scores = proc(history, scores)
+        return int(sample_tokens(scores, generator)[0])
+    ascending, order = vals.flip(0), idx.flip(0)
+    remove = ascending.softmax(-1).cumsum(-1) <= (1 - settings.top_p)
+    remove[-1:] = False  # min_tokens_to_keep = 1
+    kept, kept_idx = ascending[~remove], order[~remove]
+    race = torch.rand((1, vocab), generator=generator)[0, kept_idx].log_().neg_()
+    return int(kept_idx[(kept.softmax(-1) / race).argmax()])
 
 
 def process_scores(settings: GenerationSettings, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
