@@ -10,6 +10,15 @@ submitted but neither answered nor failed by the end of the run plus a grace per
     python bench/bench_load.py [--clients 20] [--duration-s 120] [--checkpoints DIR] [--policies base,full,lora]
 
 Exits with status 1 when any request failed or was lost, or memory grew more than --max-memory-growth.
+
+Batched decode loop against one-at-a-time (issue 28): `--sessions 1,5,10,20` starts two apps side by side, one with
+the batched loop and one with RLHFLAB_SERVING=0 (each request decodes alone under its model's lock, as before the
+loop), and runs every mix (chat: one policy a turn, rotating; arena: two policies side by side through /compare)
+at every session count on each app in turn, so load from other jobs falls on both alike. Per row: time to the
+first streamed token and to the whole answer (p50/p95), total tokens/s, failed and lost turns, resident memory.
+
+    python bench/bench_load.py --make-store /tmp/load-store --sessions 1,5,10,20 --mixes chat,arena \
+        --duration-s 30 --grace-s 45 --max-new-tokens 128      # writes bench/load_matrix.json
 """
 from __future__ import annotations
 
@@ -341,6 +350,10 @@ def _session_turns(session: int, url: str, t0: float, stop_at: float, give_up_at
                                          for o in job.outputs()[-2:]):
                     first = time.monotonic() - started
                 if time.monotonic() > give_up_at:
+                    try:  # the server stops working on it, so it does not load the next measurement
+                        job.cancel()
+                    except Exception:
+                        pass
                     return  # unanswered: lost
                 time.sleep(0.02)
             output = job.result(timeout=5)
@@ -392,6 +405,21 @@ def _summary(turns: list[Turn], wall_s: float) -> dict:
                            .most_common(3))}
 
 
+def _quiesce(pid: int, max_s: float = 90, busy_cpu_s: float = 0.15) -> None:
+    """Wait until the app process uses less than `busy_cpu_s` of CPU per second (at most `max_s`)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    deadline = time.monotonic() + max_s
+    last = sum(proc.cpu_times()[:2])
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = sum(proc.cpu_times()[:2])
+        if now - last < busy_cpu_s:
+            return
+        last = now
+
+
 def run_matrix(sessions: list[int], mixes: list[str], paths: list[str], duration_s: float, grace_s: float,
                checkpoints: str | None, base_model: str | None, policies: list[str], max_new_tokens: int,
                start_timeout_s: float = 900) -> dict:
@@ -418,6 +446,8 @@ def run_matrix(sessions: list[int], mixes: list[str], paths: list[str], duration
             for n in sessions:
                 for path in paths:
                     proc, url, *_ = apps[path]
+                    for other, *_ in apps.values():  # neither app still busy with the last measurement's leftovers
+                        _quiesce(other.pid)
                     turns, wall = _load_turns(url, n, duration_s, grace_s, mix, policies, max_new_tokens)
                     row = {"mix": mix, "sessions": n, "path": path, "wall_s": round(wall, 1),
                            **_summary(turns, wall), "rss_mb": _rss_mb(proc.pid),
