@@ -17,7 +17,7 @@ define install
 	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install $(UV_FLAGS) $(1); then :; else $(BIN)/pip install $(1); fi
 endef
 
-.PHONY: setup demo test app bench clean-venv
+.PHONY: setup demo test test-avx2 app bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,12 @@ app: $(STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The decode and precision paths once more as on a CPU without AVX-512 or native bf16 (most laptops): torch and
+# oneDNN capped at AVX2, which the lab's own precision choice follows (rlhflab/models/hardware.py).
+AVX2_TESTS := tests/test_generation.py tests/test_models.py tests/test_app_policies.py
+test-avx2: $(DEV_STAMP)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(AVX2_TESTS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run_all.py

@@ -30,7 +30,7 @@ def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
     from rlhflab.data.oasst1 import load_prompts
     from rlhflab.generation.engine import decode_engine, engine_logits, int8_available, use_int8_decode
     from rlhflab.generation.sampling import GenerationSettings, decode_tokens, encode_prompts, generate_batch
-    from rlhflab.measure.kl import _response_batch, kl_sums
+    from rlhflab.measure.kl import response_batch, kl_sums
     from rlhflab.measure.scoring import score_responses
     from rlhflab.measure.stats import paired_bootstrap_diff
     from rlhflab.models.loading import load_causal_lm, load_reward_model
@@ -74,7 +74,7 @@ def run(prompts: int = 48, tokens: int = 96, reward_model: str | None = None,
     t0 = time.perf_counter()
     bf16_out = generate_batch(model, tok, texts, app, batch_size=16)
     response_ids = [g.token_ids or [] for g in bf16_out]
-    ids, mask, resp_mask, context = _response_batch(tok, texts, response_ids, 512)
+    ids, mask, resp_mask, context = response_batch(tok, texts, response_ids, 512)
     p_logits = engine_logits(model, ids, mask, context) / app.temperature
     use_int8_decode(model)
     q_logits = engine_logits(model, ids, mask, context) / app.temperature

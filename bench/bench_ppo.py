@@ -53,6 +53,7 @@ def _enable_checkpointing(model):
 def ours(steps: int, checkpointing: bool = False, **cfg_overrides) -> dict:
     """rlhflab's train_ppo (demo profile + overrides) for `steps` steps: step times, with the resumable work-state saves
     taken out (plain TRL saves nothing mid-run) and reported apart, and the run's per-step results."""
+    import rlhflab.training.online as online
     import rlhflab.training.ppo as ppo
 
     pending, saves_after = [0.0], {}
@@ -83,7 +84,7 @@ def ours(steps: int, checkpointing: bool = False, **cfg_overrides) -> dict:
             def value_with_checkpointing(build):
                 return lambda *args, **kwargs: _enable_checkpointing(build(*args, **kwargs))
 
-            stack.enter_context(_replaced(ppo, "load_start_policy", policy_with_checkpointing))
+            stack.enter_context(_replaced(online, "load_start_policy", policy_with_checkpointing))
             stack.enter_context(_replaced(ppo, "build_value_model", value_with_checkpointing))
         run = demo_ppo_run(on_step=on_step, max_steps=steps, **cfg_overrides)
     metrics = run["metrics"]
@@ -102,7 +103,7 @@ def generate_rollouts(chunk: int):
     decode engine; the rest of the step (log-probs from one full forward, the KL capture) is unchanged."""
     import torch
 
-    import rlhflab.training.ppo as ppo
+    import rlhflab.training.online as online
 
     def sample(model, input_ids, attention_mask, settings, stop_ids, pad_id, generator=None):
         rows = []
@@ -114,7 +115,7 @@ def generate_rollouts(chunk: int):
         width = max(r.shape[1] for r in rows)
         return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in rows])
 
-    with _replaced(ppo, "sample_responses", lambda original: sample):
+    with _replaced(online, "sample_responses", lambda original: sample):
         yield
 
 
@@ -127,7 +128,7 @@ def _start_rollouts(prompts: int, sample_in_bf16: bool | None, **cfg_overrides):
     from rlhflab.data.oasst1 import load_prompts, split_prompts
     from rlhflab.generation.engine import decode_engine
     from rlhflab.generation.sampling import GenerationSettings, generate_batch
-    from rlhflab.measure.kl import _response_batch
+    from rlhflab.measure.kl import response_batch
     from rlhflab.models.loading import load_causal_lm
     from rlhflab.models.precision import autocast
 
@@ -142,7 +143,7 @@ def _start_rollouts(prompts: int, sample_in_bf16: bool | None, **cfg_overrides):
         kind = decode_engine(model).kind
         response_ids = [g.token_ids or [] for g in generate_batch(model, tok, texts, settings, len(texts),
                                                                   cfg.max_prompt_length)]
-    return (cfg, model, kind, *_response_batch(tok, texts, response_ids, cfg.max_prompt_length))
+    return (cfg, model, kind, *response_batch(tok, texts, response_ids, cfg.max_prompt_length))
 
 
 def _logit_gap(p, q, ids, resp_mask, context) -> dict:
@@ -197,7 +198,9 @@ def plain_trl(steps: int, **cfg_overrides) -> dict:
     from rlhflab.models.hardware import best_device
     from rlhflab.models.loading import load_causal_lm, load_reward_model, lora_target_modules, model_path
     from rlhflab.models.precision import autocast_dtype, clear_autocast_cache_after_steps
-    from rlhflab.training.ppo import _trl, build_value_model, ppo_batch_plan, prepare_prompts
+    from rlhflab.training.online import prepare_prompts
+    from rlhflab.training.ppo import build_value_model, ppo_batch_plan
+    from rlhflab.training.trl_ppo import trl_ppo_module
 
     cfg = build_config(PPOConfig, "demo", max_steps=steps, **cfg_overrides)
     torch.manual_seed(cfg.seed)
@@ -209,7 +212,7 @@ def plain_trl(steps: int, **cfg_overrides) -> dict:
     plan = ppo_batch_plan(cfg.batch_size, cfg.mini_batch_size, len(queries), cfg.epochs, max_steps=cfg.max_steps)
     amp_dtype = autocast_dtype(cfg.bf16, best_device())
     lora = cfg.mode == "lora"
-    TRLPPOConfig, PPOTrainer, _ = _trl()
+    TRLPPOConfig, PPOTrainer = trl_ppo_module().PPOConfig, trl_ppo_module().PPOTrainer
     records = []
 
     class StepTimes(TrainerCallback):

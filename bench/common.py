@@ -28,8 +28,9 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.t0
 
 
-def demo_ppo_metrics(trl_overrides: dict | None = None, **cfg_overrides) -> tuple[list[dict], object]:
-    """Run PPO with the demo profile (plus overrides) into a temporary folder; (metrics records, config)."""
+def demo_ppo_metrics(trainer_class: type | None = None, **cfg_overrides) -> tuple[list[dict], object]:
+    """Run PPO with the demo profile (plus overrides) into a temporary folder; (metrics records, config).
+    `trainer_class`: train_ppo's (a subclass of rlhflab.training.ppo.lab_ppo_trainer())."""
     import tempfile
 
     from rlhflab.config import CHECKPOINTS_DIR, PPOConfig, build_config
@@ -40,11 +41,11 @@ def demo_ppo_metrics(trl_overrides: dict | None = None, **cfg_overrides) -> tupl
     cfg_overrides.setdefault("reward_model", str(CHECKPOINTS_DIR / "reward"))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(PPOConfig, "demo", output_dir=str(Path(tmp) / "ppo"), **cfg_overrides)
-        train_ppo(cfg, trl_overrides=trl_overrides)
+        train_ppo(cfg, trainer_class=trainer_class)
         return read_jsonl(Path(tmp) / "ppo" / METRICS_FILE), cfg
 
 
-def demo_ppo_run(trl_overrides: dict | None = None, on_step=None, **cfg_overrides) -> dict:
+def demo_ppo_run(trainer_class: type | None = None, on_step=None, **cfg_overrides) -> dict:
     """Run PPO with the demo profile (plus overrides) into a temporary folder; what it wrote, read back:
     {"metrics": per-step records, "overopt": probe records, "info": ppo_info.json, "cfg": the config}."""
     import json
@@ -59,9 +60,24 @@ def demo_ppo_run(trl_overrides: dict | None = None, on_step=None, **cfg_override
     cfg_overrides.setdefault("reward_model", str(CHECKPOINTS_DIR / "reward"))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(PPOConfig, "demo", output_dir=str(Path(tmp) / "ppo"), **cfg_overrides)
-        out = train_ppo(cfg, on_step=on_step, trl_overrides=trl_overrides)
+        out = train_ppo(cfg, on_step=on_step, trainer_class=trainer_class)
         return {"metrics": read_jsonl(out / METRICS_FILE), "overopt": read_overopt(out),
                 "info": json.loads((out / PPO_INFO_FILE).read_text()), "cfg": cfg}
+
+
+def with_trl_args(overrides: dict) -> type | None:
+    """train_ppo's trainer with TRL's PPOConfig fields in `overrides` set before TRL reads them (None: no change)."""
+    if not overrides:
+        return None
+    from rlhflab.training.ppo import lab_ppo_trainer
+
+    class TRLArgsOverridden(lab_ppo_trainer()):
+        def __init__(self, *args, **kwargs):
+            for key, value in overrides.items():
+                setattr(kwargs["args"], key, value)
+            super().__init__(*args, **kwargs)
+
+    return TRLArgsOverridden
 
 
 def spread(values: list[float]) -> dict:
@@ -81,13 +97,13 @@ def tiny_models(folder: Path) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from rlhflab.models.loading import EMBEDDED_MODELS, _embedded_gguf
+    from rlhflab.models.loading import EMBEDDED_MODELS, embedded_gguf
 
     folder = Path(folder)
     policy_dir, reward_dir = folder / "tiny-policy", folder / "tiny-reward"
     if (reward_dir / "config.json").is_file():
         return {"base_model": str(policy_dir), "reward_model": str(reward_dir)}
-    gguf = _embedded_gguf("smollm2-135m-instruct")
+    gguf = embedded_gguf("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_MODELS["smollm2-135m-instruct"][1])
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -1,8 +1,8 @@
 """Where a PPO step spends its time: wall seconds per phase of TRL's PPO loop, summed over a run.
 
-`python bench/ppo_phases.py [--mode full|lora] [--steps 2] [--ppo-epochs N] [--no-bf16]` — patches TRL's
-module-level helpers (generation, no-grad forwards, reward/value scoring, backward, optimizer step)
-with timers; everything else is "other". Needs checkpoints/reward.
+`python bench/ppo_phases.py [--mode full|lora] [--steps 2] [--ppo-epochs N] [--no-bf16]` — times the hooks of
+train_ppo's trainer (forward passes, reward/value scoring) through a subclass, and the rollout sampler, work-state
+saves, backward and optimizer step; everything else is "other". Needs checkpoints/reward.
 """
 from __future__ import annotations
 
@@ -15,51 +15,54 @@ from collections import defaultdict
 from common import command, demo_ppo_metrics, machine
 
 
+def _timed(totals: dict, label: str, fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        totals[label] += time.perf_counter() - t0
+
+
+def timed_trainer(totals: dict) -> type:
+    """train_ppo's trainer (rlhflab.training.ppo.lab_ppo_trainer) with the hooks of TRL's PPO loop timed: each call
+    adds its wall time to `totals[phase]` (passed to train_ppo as its documented `trainer_class`)."""
+    import torch
+
+    from rlhflab.training.ppo import lab_ppo_trainer
+
+    class TimedPPOTrainer(lab_ppo_trainer()):
+        def upcast_forward(self, model, *args):  # every forward pass of the policy, the value model and the reference
+            label = ("policy+value fwd (train)" if torch.is_grad_enabled()
+                     else "no-grad fwd (rollout log-probs, reference)")
+            return _timed(totals, label, super().upcast_forward, model, *args)
+
+        def get_reward(self, model, *args):  # TRL trains the value model
+            label = "value fwd (no grad)" if model.training else "reward fwd (no grad)"
+            return _timed(totals, label, super().get_reward, model, *args)
+
+    return TimedPPOTrainer
+
+
 @contextlib.contextmanager
 def phase_timers(totals: dict):
-    """Patch TRL 1.12's PPO helpers so each call adds its wall time to `totals[phase]`."""
+    """Time the rollout sampler, the work-state saves, backward and the optimizer step (public functions)."""
     import torch
     from accelerate import Accelerator
 
+    import rlhflab.training.online as online
     import rlhflab.training.ppo as ppo
-    from rlhflab.training.ppo import _trl
 
-    module = _trl()[2]
-    originals = {name: getattr(module, name) for name in ("batch_generation", "forward", "get_reward")}
-    ours = {name: getattr(ppo, name) for name in ("sample_responses", "save_atomically")}
-
-    def wrap(name, fn, label):
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                totals[label(*args) if callable(label) else label] += time.perf_counter() - t0
-        return timed
-
-    def forward_label(model, *_):
-        return "policy+value fwd (train)" if torch.is_grad_enabled() else "reference fwd (no grad)"
-
-    def reward_label(model, *_):
-        return "value fwd (no grad)" if model.training else "reward fwd (no grad)"  # TRL trains the value model
-
-    module.batch_generation = wrap("batch_generation", originals["batch_generation"], "generation")
-    # train_ppo samples on the decode engine (its own batch_generation replaces TRL's) and saves its work state
-    ppo.sample_responses = wrap("sample_responses", ours["sample_responses"], "rollout sampling (decode engine)")
-    ppo.save_atomically = wrap("save_atomically", ours["save_atomically"], "work-state saves")
-    module.forward = wrap("forward", originals["forward"], forward_label)
-    module.get_reward = wrap("get_reward", originals["get_reward"], reward_label)
-    backward, step = Accelerator.backward, torch.optim.AdamW.step
-    Accelerator.backward = wrap("backward", backward, "backward")
-    torch.optim.AdamW.step = wrap("step", step, "optimizer step")
+    replaced = [(online, "sample_responses", "rollout sampling (decode engine)"),
+                (ppo, "save_atomically", "work-state saves"), (Accelerator, "backward", "backward"),
+                (torch.optim.AdamW, "step", "optimizer step")]
+    originals = [getattr(owner, name) for owner, name, _ in replaced]
+    for (owner, name, label), fn in zip(replaced, originals):
+        setattr(owner, name, lambda *a, _fn=fn, _label=label, **kw: _timed(totals, _label, _fn, *a, **kw))
     try:
         yield totals
     finally:
-        for name, fn in originals.items():
-            setattr(module, name, fn)
-        for name, fn in ours.items():
-            setattr(ppo, name, fn)
-        Accelerator.backward, torch.optim.AdamW.step = backward, step
+        for (owner, name, _), fn in zip(replaced, originals):
+            setattr(owner, name, fn)
 
 
 def run(steps: int = 2, mode: str = "full", ppo_epochs: int | None = None, bf16: bool = True, **overrides) -> dict:
@@ -68,7 +71,7 @@ def run(steps: int = 2, mode: str = "full", ppo_epochs: int | None = None, bf16:
     if ppo_epochs:
         kw["ppo_epochs"] = ppo_epochs
     with phase_timers(totals):
-        records, cfg = demo_ppo_metrics(**kw)
+        records, cfg = demo_ppo_metrics(trainer_class=timed_trainer(totals), **kw)
     step_s = sum(r["seconds_per_step"] for r in records)
     phases = {k: round(v / len(records), 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     phases["other"] = round(step_s / len(records) - sum(phases.values()), 2)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-from common import command
+from common import command, with_trl_args
 
 RESULTS = HERE / "ppo_recipe.jsonl"
 
@@ -81,7 +81,7 @@ def main():
         cfg = parse_config(PPOConfig, ["--profile", "demo", "--mode", args.mode, "--reward-model", reward,
                                        "--output-dir", str(out), "--seed", str(args.seed), *args.ppo_args])
         started = time.perf_counter()
-        train_ppo(cfg, trl_overrides=overrides)
+        train_ppo(cfg, trainer_class=with_trl_args(overrides))
         train_s = round(time.perf_counter() - started)
 
     train, held = read_prompts(out / "train_prompts.jsonl"), read_prompts(out / "heldout_prompts.jsonl")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 from rlhflab.config import (
+    DEMO_BASE_MODEL,
+    SPEC_BASE_MODEL,
     DCGANConfig,
     DPOConfig,
     EvalConfig,
@@ -16,13 +18,26 @@ from rlhflab.config import (
     SFTConfig,
     parse_config,
 )
-from rlhflab.errors import cli_main
+from rlhflab.errors import UserError, cli_main
+
+
+def require_base_model(cfg) -> None:
+    """Stop at once (before any data or model loads) when the spec profile's default base model cannot load here:
+    not in the local HF cache and no Hub to fetch it from."""
+    if cfg.base_model == SPEC_BASE_MODEL and cfg.profile == "spec":
+        from rlhflab.store.hub import hub_model_available
+
+        if not hub_model_available(SPEC_BASE_MODEL):
+            raise UserError(f"the spec profile's base model {SPEC_BASE_MODEL} is not in the local Hugging Face cache "
+                            f"and the Hub cannot be reached: pass --base-model {DEMO_BASE_MODEL} (the embedded model) "
+                            f"or use --profile demo.")
 
 
 @cli_main
 def train_reward(argv=None):
     """Train a reward model on preference pairs (hh-rlhf or a file in its format): `python training/reward.py --help`."""
     cfg = parse_config(RewardConfig, argv, description=train_reward.__doc__)
+    require_base_model(cfg)
     from rlhflab.training.reward import train_reward_model as run
 
     return run(cfg)
@@ -32,6 +47,7 @@ def train_reward(argv=None):
 def train_sft(argv=None):
     """SFT of a policy on the chosen responses of preference pairs: `python training/sft.py --mode full|lora --help`."""
     cfg = parse_config(SFTConfig, argv, description=train_sft.__doc__)
+    require_base_model(cfg)
     from rlhflab.training.sft import train_sft as run
 
     return run(cfg)
@@ -41,6 +57,7 @@ def train_sft(argv=None):
 def train_ppo(argv=None):
     """PPO fine-tuning of a policy against a frozen reward model: `python training/ppo.py --mode full|lora --help`."""
     cfg = parse_config(PPOConfig, argv, description=train_ppo.__doc__)
+    require_base_model(cfg)
     from rlhflab.training.ppo import train_ppo as run
 
     return run(cfg)
@@ -50,6 +67,7 @@ def train_ppo(argv=None):
 def train_dpo(argv=None):
     """DPO of a policy on preference pairs: `python training/dpo.py --mode full|lora --help`."""
     cfg = parse_config(DPOConfig, argv, description=train_dpo.__doc__)
+    require_base_model(cfg)
     from rlhflab.training.dpo import train_dpo as run
 
     return run(cfg)
@@ -59,6 +77,7 @@ def train_dpo(argv=None):
 def train_grpo(argv=None):
     """GRPO (or RLOO) fine-tuning of a policy against a frozen reward model: `python training/grpo.py --mode full|lora --help`."""
     cfg = parse_config(GRPOConfig, argv, description=train_grpo.__doc__)
+    require_base_model(cfg)
     from rlhflab.training.grpo import train_grpo as run
 
     return run(cfg)
@@ -86,14 +105,29 @@ def evaluate(argv=None):
 and by an independent judge (--judge-model; n/a without one): `python eval/evaluate.py --help`.
 
 Writes results.json, report.md, figures/ and the blind-rating items into one folder the app reads;
-`--ratings` aggregates the stored human ratings into a policy x criterion table.
+`--ratings` aggregates the stored human ratings into a policy x criterion table; `--arena` writes the arena's
+leaderboard (people's votes) into report.md and results.json; `--export-votes FILE` writes the decided battles as
+a TRL preference dataset for `training/dpo.py --dataset FILE` and `training/reward.py --dataset FILE`.
     """
     cfg = parse_config(EvalConfig, argv, description=evaluate.__doc__)
+    if cfg.export_votes:
+        from rlhflab.measure.leaderboard import export_votes
+
+        n, left_out = export_votes(cfg.votes_db, cfg.export_votes)
+        print(f"wrote {n} decided battles to {cfg.export_votes} (TRL preference format); left out "
+              f"{left_out['tie']} ties, {left_out['both_bad']} both-bad, {left_out['named_a_model']} that named a model")
+        return cfg.export_votes
+    if cfg.arena:
+        from rlhflab.measure.leaderboard import write_arena_report
+
+        print(write_arena_report(cfg.votes_db, cfg.output_dir))
+        return cfg.output_dir
     if cfg.ratings:
         from rlhflab.measure.evaluation import ratings_report
 
         print(ratings_report(cfg))
         return None
+    require_base_model(cfg)
     from rlhflab.measure.evaluation import run_evaluation
 
     out = run_evaluation(cfg)

@@ -1,5 +1,5 @@
-"""The pipeline's scheduler: what each step builds (one map, which the app reads too), in which order, with which
-share of the cores, and what the app's status line reads while it runs.
+"""The pipeline's scheduler: runs the steps of rlhflab.steps (the one map of step, folder and command, which the
+app reads too) in order, with a share of the cores each, and writes what the app's status line reads.
 
 Each step runs as its own process (its output goes to checkpoints/logs/<step>.log) under one
 progress display; a finished checkpoint is reused, and a failed step keeps the ones before it
@@ -12,81 +12,97 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: the steps are its scripts
-
-from rlhflab.config import CHECKPOINTS_DIR, DEMO_DATA_DIR, THREADS_FILE_ENV
+from rlhflab.config import CHECKPOINTS_DIR, THREADS_FILE_ENV
+from rlhflab.config import REPO_ROOT as ROOT  # the repository: the steps are its scripts
 from rlhflab.errors import DATASET_UNAVAILABLE_EXIT
+from rlhflab.steps import STEPS, Step
 from rlhflab.store.checkpoints import recover_interrupted_save
 
 
-@dataclass
-class Step:
-    name: str
-    script: str
-    args: list[str]
-    output: str  # checkpoint folder name under checkpoints/
-    done_file: str  # present when the step finished
-    hub_suffix: str | None = None
-    after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
-    stand_in: list[str] = field(default_factory=list)  # flags that point the step at the embedded stand-in data
-    demo_s: float | None = None  # how long the step takes in the demo profile on a 2-core CPU (for the status line)
-
-    def command(self, profile: str, extra: list[str]) -> list[str]:
-        return [sys.executable, str(ROOT / self.script), "--profile", profile, *self.args, *extra]
-
-
-_OASST_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "oasst1.jsonl"), "--lang", "en"]  # the RL runs' prompts
-_HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the preference pairs
-# The reward model and the judge must share one test part: the same size, whatever the profile.
-_SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
-
-# In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
-# runs wait for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads
-# it). The DCGAN needs nothing and goes last, beside the evaluation. demo_s: the demo profile's time on one thread
-# beside one other step on the 2-core AMD EPYC host (BENCHMARKS.md, make demo run 7; the reward model and the
-# judge: 92 s and 122 s side by side, one thread each, measured alone).
-STEPS = [
-    Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=_SPLIT_STAND_IN, demo_s=90),
-    Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
-         stand_in=_SPLIT_STAND_IN, demo_s=120),
-    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=120),
-    Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=280),
-    Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=270),
-    Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
-         demo_s=190),
-    Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180),
-    Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=50),
-    Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
-]
 STATUS_FILE = "pipeline_status.json"
 
 
+SLOWER_THAN_PROFILE = 1.5  # a host this many times slower than the profile's times gets a sentence saying so
+_PROGRESS = re.compile(r"(\d+)/(\d+) \[")  # a tqdm bar's "k/N [" (the steps' progress bars)
+
+
+def progress_fraction(log_tail: str) -> float | None:
+    """How far a step is by the last progress bar in its log (k/N of its current bar), or None without one."""
+    found = _PROGRESS.findall(log_tail)
+    if not found:
+        return None
+    k, n = (int(x) for x in found[-1])
+    return k / n if 0 < k < n else None  # a finished bar belongs to a phase that is over: it says nothing of the rest
+
+
+def host_speed_factor(observed: list[tuple[float, float]]) -> float:
+    """How many times the profile's expected seconds this host takes: the median of actual / expected over the
+    steps seen so far (finished ones, and running ones projected from their progress); 1.0 before any. The
+    profile's times were measured on one host, and another CPU (an AVX2 laptop runs fp32) can be several times
+    slower, so the remaining time follows what this host has shown rather than a constant."""
+    ratios = sorted(actual / expected for actual, expected in observed if expected and actual > 0)
+    return statistics.median(ratios) if ratios else 1.0
+
+
+def _projected_total(r, now: float) -> float | None:
+    """A running step's total seconds projected from its progress bar, once it is far enough for that to mean much."""
+    fraction = progress_fraction(_log_tail(r.log)) if r.log else None
+    elapsed = now - r.wall_start
+    return elapsed / fraction if fraction and fraction >= 0.2 and elapsed > 0 else None
+
+
 def write_status(path: Path, profile: str, running: list, pending: list, finished: list[str], failed: list[str],
-                 t0: float) -> None:
-    """What the app's status line reads: each running step with its start and expected duration, what waits."""
+                 t0: float, observed: list[tuple[float, float]] | None = None) -> None:
+    """What the app's status line reads: each running step with its start, expected duration and remaining time,
+    what waits, and how fast this host is against the profile's times (`observed`: (actual, expected) seconds of
+    the finished steps)."""
     now = time.time()
-    status = {"profile": profile, "updated": now, "started": t0,
+
+    def expected(step) -> float | None:
+        return step.demo_s if profile == "demo" else None
+
+    projected = {id(r): _projected_total(r, now) for r in running}
+    seen = list(observed or []) + [(projected[id(r)], expected(r.step)) for r in running if projected[id(r)]]
+    factor = host_speed_factor(seen)
+
+    def scaled(step) -> float | None:
+        return expected(step) * factor if expected(step) else None
+
+    def remaining(r) -> float | None:
+        total = projected[id(r)] or scaled(r.step)
+        return max(0.0, total - (now - r.wall_start)) if total else None
+
+    status = {"profile": profile, "updated": now, "started": t0, "speed_factor": round(factor, 2),
+              "slower_than_profile": factor >= SLOWER_THAN_PROFILE,
               "running": [{"name": r.step.name, "output": r.step.output, "started": r.wall_start,
-                           "expected_s": r.step.demo_s if profile == "demo" else None} for r in running],
-              "pending": [{"name": s.name, "output": s.output,
-                           "expected_s": s.demo_s if profile == "demo" else None} for s in pending],
+                           "expected_s": scaled(r.step), "remaining_s": remaining(r)} for r in running],
+              "pending": [{"name": s.name, "output": s.output, "expected_s": scaled(s)} for s in pending],
               "finished": finished, "failed": failed, "done": not running and not pending}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
     os.replace(tmp, path)  # the app never reads a half-written file
+
+
+def stand_in_base_model(profile: str) -> str | None:
+    """The embedded model, when a spec run on stand-in data cannot load the spec's base model either."""
+    from rlhflab.config import DEMO_BASE_MODEL, SPEC_BASE_MODEL
+    from rlhflab.store.hub import hub_model_available
+
+    if profile != "spec" or hub_model_available(SPEC_BASE_MODEL):  # the demo profile trains the embedded model
+        return None
+    print(f"note: {SPEC_BASE_MODEL} cannot load here (offline, not in the HF cache); the stand-in run trains the "
+          f"embedded {DEMO_BASE_MODEL} at the {profile} profile's sizes.", file=sys.stderr, flush=True)
+    return DEMO_BASE_MODEL
 
 
 def is_done(step: Step, checkpoints: Path) -> bool:
@@ -100,15 +116,18 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def _last_line(path: Path) -> str:
+def _log_tail(path: Path, size: int = 4000) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4000))
-            tail = fh.read().decode("utf-8", "replace")
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
+
+
+def _last_line(path: Path) -> str:
+    parts = [p.strip() for p in _log_tail(path).replace("\r", "\n").split("\n") if p.strip()]
     return parts[-1][-70:] if parts else ""
 
 
@@ -143,12 +162,14 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
 
     `stand_in_data` points every step at the embedded stand-in data (data/demo/, the phantom X-rays) while
     keeping the profile's sizes: the spec-sized run on a machine that cannot reach the Hub. The stand-ins
-    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data."""
+    hold 338 preference pairs and 354 English prompts, so sizes above that are capped by the data; where the
+    spec's base model cannot load either (offline, not in the HF cache), the steps train the embedded model."""
     from tqdm import tqdm
 
     logs = checkpoints / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     steps = [s for s in (steps or STEPS) if not only or s.output in only]
+    base_model = stand_in_base_model(profile) if stand_in_data else None
     for s in steps:  # a checkpoint whose save was killed between its renames is put back first
         if note := recover_interrupted_save(checkpoints / s.output):
             print(note)
@@ -166,13 +187,14 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
                bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| {elapsed} {postfix}")
     last_status = time.perf_counter()
     pending, running, finished, failed = list(todo), [], set(), []
+    observed: list[tuple[float, float]] = []  # (actual, expected) seconds of each finished step: the host's speed
     todo_outputs = {s.output for s in todo}
     status_path = logs / STATUS_FILE
     wall_t0 = time.time()
 
     def save_status():
         write_status(status_path, profile, running, pending, sorted(finished), [f[0].step.output for f in failed],
-                     wall_t0)
+                     wall_t0, observed)
 
     def ready(step: Step) -> bool:
         # a dependency that is not part of this run (reused, or left out by --only) counts as met:
@@ -182,6 +204,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
     def launch(step: Step, threads: int):
         extra = ["--push-to-hub", f"{push_prefix}-{step.hub_suffix}"] if push_prefix and step.hub_suffix else []
         extra += step.stand_in if stand_in_data else []
+        extra += ["--base-model", base_model] if base_model and step.takes_base_model else []
         cmd = step.command(profile, extra)
         log = logs / f"{step.output}.log"
         fh = open(log, "w")
@@ -217,6 +240,8 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
                 failed.append((r, rc, seconds))
                 continue
             finished.add(r.step.output)
+            if profile == "demo" and r.step.demo_s:
+                observed.append((seconds, r.step.demo_s))
             if running and not (pending and not failed):  # nothing will take the freed cores: the others grow
                 for other in running:  # (the step reads its share at its next phase: rlhflab.models.hardware.follow_thread_share)
                     other.threads = max(1, cores // len(running))

@@ -44,6 +44,12 @@ GENERATION_CONCURRENCY = 24
 LOCKED_GENERATION_CONCURRENCY = 2
 
 
+def generation_concurrency(registry: Registry) -> int:
+    """Generation events admitted at once (chat, side by side, arena): many with the batched decode loop, whose
+    bounded queue refuses the excess with the expected wait; two with RLHFLAB_SERVING=0."""
+    return GENERATION_CONCURRENCY if registry.want_serving else LOCKED_GENERATION_CONCURRENCY
+
+
 def new_histories() -> dict[str, list[dict]]:
     return {}
 
@@ -314,7 +320,9 @@ def _stream_sides(registry: Registry, histories: dict, sides: list[str], setting
         yield results
     streams = {name: side_stream(registry, name, model_messages(histories[name][:-1]), settings) for name in live}
     last_yield = 0.0
-    for name, text, result in interleave(streams, groups, threaded=registry.want_serving):
+    # threads: every side's request reaches its model at once, and a group that waits for its model's lock never
+    # holds another's (space.arena.stream_in_threads found that wait)
+    for name, text, result in interleave(streams, groups, threaded=True):
         if result is None:
             replies[name]["content"] = text
         else:
@@ -532,8 +540,7 @@ def build_chat_tab(registry: Registry) -> tuple[gr.Markdown, gr.Dropdown, gr.Che
         clear.__doc__ = f"Forget the conversation shown in side {index + 1} (its chatbot's trash button)."
         return clear
 
-    generation = dict(concurrency_id="generate", concurrency_limit=GENERATION_CONCURRENCY if registry.want_serving
-                      else LOCKED_GENERATION_CONCURRENCY)
+    generation = dict(concurrency_id="generate", concurrency_limit=generation_concurrency(registry))
     view_outputs = [single_panel, compare_panel, policy, arena, single_cb, *side_cbs]
     gr.on([mode.change, policy.change, arena.change], select_policy, [mode, policy, arena, histories], view_outputs,
           api_name="select_policy", queue=False)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import gradio as gr
 
 from space.about import build_about_tab
+from space.arena import build_arena_tab
 from space.chat import build_chat_tab, chat_notice, refresh_pickers
 from space.curves import build_curves_tab
 from space.evaluation import build_evaluation_tab
+from space.leaderboard import build_leaderboard_tab
 from space.rating import build_rating_tab
 from space.registry import Registry
 from space.reward import build_reward_tab
@@ -17,7 +19,7 @@ TITLE = "RLHF + GAN checkpoint lab"
 DEFAULT_CONCURRENCY = 4  # light events (files, SQLite, plots); model events set their own limits
 CSS = """
 #pipeline-status { color: #1d4ed8; }
-#chat-notice, #reward-notice, #curves-notice, #eval-notice, #rating-notice, #xrays-notice { color: #b45309; }
+#chat-notice, #reward-notice, #curves-notice, #eval-notice, #rating-notice, #xrays-notice, #arena-status { color: #b45309; }
 footer { display: none !important; }
 /* Gradio's hover rule outranks its checked rule, so a chosen radio under the pointer looked unchosen. */
 input[type=radio]:checked:hover { background-color: var(--checkbox-background-color-selected) !important;
@@ -34,7 +36,8 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nChat with every policy the lab trained (base, SFT, PPO full and LoRA, DPO, GRPO), "
                     "alone or side by side, score text with the reward model, follow the training curves, read the "
-                    "evaluation, rate answers blind, and sample synthetic chest X-rays. Checkpoints load on first use.")
+                    "evaluation, rate answers blind, vote between two anonymous policies in the arena, and sample "
+                    "synthetic chest X-rays. Checkpoints load on first use.")
         status = gr.Markdown(pipeline_status_markdown(registry), elem_id="pipeline-status")
         status_timer = gr.Timer(10)
         with gr.Tabs():
@@ -43,6 +46,8 @@ def build_demo(registry: Registry | None = None, rating_scheduler_cls=None) -> g
             build_curves_tab(registry, demo)
             build_evaluation_tab(registry, demo)
             build_rating_tab(registry, demo, scheduler_cls=rating_scheduler_cls)
+            build_arena_tab(registry, scheduler_cls=rating_scheduler_cls)
+            build_leaderboard_tab(registry, demo)
             build_xrays_tab(registry, demo)
             build_about_tab(registry, demo)
 

@@ -1,5 +1,6 @@
 """Human-evaluation tab: blind 1–5 ratings of the stored responses (policy hidden, order shuffled), saved in the
-SQLite RatingsStore, a live aggregate table and a CSV export.
+SQLite RatingsStore, a live aggregate table and a CSV export. The rater is who space.identity says (a signed-in
+Hugging Face user on a Space, else the browser session), and rates each response once.
 
 On a Space the disk is not persistent: with RLHFLAB_RATINGS_REPO and HF_TOKEN set, every rating is also appended
 to a JSONL file that huggingface_hub's CommitScheduler pushes to that Hub dataset repo every few minutes.
@@ -17,6 +18,7 @@ import gradio as gr
 
 from rlhflab.errors import UserError
 from rlhflab.store.ratings import CRITERIA, CRITERIA_LABELS, aggregate_markdown
+from space.identity import login_button, oauth_required, request_identity
 from space.registry import Registry
 
 MAX_RESPONSES = 3
@@ -27,15 +29,18 @@ AGGREGATE_REFRESH_S = 15
 
 
 def rating_parameter_names() -> list[str]:
-    """/rate's inputs as its API names them: rater, response_a_coherence … response_c_harmlessness, task."""
-    return ["rater", *[f"response_{chr(97 + i)}_{c}" for i in range(MAX_RESPONSES) for c in CRITERIA], "task"]
+    """/rate's inputs as its API names them: response_a_coherence … response_c_harmlessness, task."""
+    return [*[f"response_{chr(97 + i)}_{c}" for i in range(MAX_RESPONSES) for c in CRITERIA], "task"]
 
 
-def named_parameters(fn, names: list[str]):
+def named_parameters(fn, names: list[str], injected: dict | None = None):
     """`fn(*values)` with a signature that names each value, so gradio_client's view_api shows these names
-    instead of param_1 … param_N (Gradio names API parameters after the handler's signature)."""
+    instead of param_1 … param_N (Gradio names API parameters after the handler's signature). `injected`: name ->
+    type of the parameters Gradio fills in itself after them (gr.Request, gr.OAuthProfile | None)."""
+    injected = injected or {}
     fn.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                                          for n in names])
+                                          for n in [*names, *injected]])
+    fn.__annotations__ = dict(injected)
     return fn
 
 
@@ -53,7 +58,7 @@ class RatingsSync:
     """
 
     def __init__(self, folder: str | Path, repo_id: str, token: str, every_minutes: float = SYNC_EVERY_MINUTES,
-                 scheduler_cls=None):
+                 scheduler_cls=None, prefix: str = "ratings"):
         if scheduler_cls is None:
             from huggingface_hub import CommitScheduler as scheduler_cls
         self.folder = Path(folder)
@@ -61,7 +66,7 @@ class RatingsSync:
         self.repo_id = repo_id
         self.scheduler = scheduler_cls(repo_id=repo_id, repo_type="dataset", folder_path=self.folder,
                                        every=every_minutes, token=token)
-        self.path = self.folder / f"ratings-{uuid.uuid4().hex[:12]}.jsonl"
+        self.path = self.folder / f"{prefix}-{uuid.uuid4().hex[:12]}.jsonl"
 
     def append(self, record: dict) -> None:
         with self.scheduler.lock:
@@ -94,9 +99,12 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
     with gr.Tab("Human evaluation", id="rating"):
         notice = gr.Markdown(elem_id="rating-notice")
         gr.Markdown("Rate each response 1–5 on every criterion (5 = best; for hallucination/toxicity 5 = none). "
-                    "Which policy wrote a response is hidden and the order is shuffled. " + sync_text)
+                    "Which policy wrote a response is hidden and the order is shuffled; each response is rated "
+                    "once by each rater. " + sync_text
+                    + (" **Sign in with Hugging Face to rate.**" if oauth_required(registry) else
+                       " Outside a Space your ratings are recorded under this browser session."))
+        login_button(registry)
         with gr.Row():
-            rater = gr.Textbox(label="Your name or initials (optional)", max_lines=1, scale=3)
             next_btn = gr.Button("Next prompt", size="sm", scale=1)
         task = gr.State(None)
         prompt = gr.Markdown(elem_id="rating-prompt")
@@ -140,19 +148,31 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
                  "item_ids": [r["item_id"] for r in responses]} if new_task else None
         return prompt_md, *text_out, *[None] * len(radios), *group_out, state, message
 
-    def next_item(rater):
-        """A blind rating task: one stored prompt and its responses, shuffled, policies hidden."""
+    def task_for(rater: str):
         res = registry.resolve("eval")
         if not res.available:
             return show_task(None, f"⚠️ {registry.missing_message(res)} It stores the items to rate.")
         try:
-            new_task = registry.ratings_store().blind_task(rater or "anonymous", max_responses=MAX_RESPONSES)
+            ratings_store = registry.ratings_store()
+            new_task = ratings_store.blind_task(rater, max_responses=MAX_RESPONSES, skip_rated=True)
+            if new_task is None and ratings_store.items():
+                return show_task(None, "You have rated every stored response — thank you. New ones appear when "
+                                       "the evaluation is run again.")
         except UserError as exc:
             return show_task(None, f"⚠️ {exc}")
         if new_task is None:
             return show_task(None, "⚠️ There is nothing to rate yet: the ratings store has no items. Create them with "
                                    "`python eval/evaluate.py --profile demo`.")
         return show_task(new_task, "")
+
+    def next_item(profile: gr.OAuthProfile | None, request: gr.Request):
+        """A blind rating task: one stored prompt and the responses you have not rated yet, shuffled, policies
+        hidden."""
+        try:
+            rater, _ = request_identity(registry, profile, request)
+        except UserError as exc:
+            return show_task(None, f"⚠️ {exc}")
+        return task_for(rater)
 
     def ratings_table():
         """The model × criterion table of mean ratings."""
@@ -163,10 +183,13 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         except UserError as exc:
             return f"⚠️ {exc}"
 
-    def rate(rater, *values):
+    def rate(*values):
         """Store the ratings of the shown responses (each response: five scores 1–5), then show the next prompt."""
-        *scores, current = values
-        rater = "" if rater is None else str(rater)  # unprocessed input: an API caller may send any JSON value
+        *scores, current, profile, request = values
+        try:
+            rater, _ = request_identity(registry, profile, request)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
         if not current or not current.get("item_ids"):
             raise gr.Error("Load a prompt to rate first (Next prompt).")
         bad = [f"Response {chr(65 + i // len(CRITERIA))} · {CRITERIA_LABELS[CRITERIA[i % len(CRITERIA)]]}: "
@@ -191,16 +214,16 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         if not chosen:
             raise gr.Error("Rate at least one response on all five criteria before submitting.")
         try:  # one transaction: a bad item stores none of this submission
-            saved = ratings_store.add_ratings(chosen, rater or "anonymous")
+            saved = ratings_store.add_ratings(chosen, rater, once_per_rater=True)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         for rating_id, (item_id, row) in zip(saved, chosen):
             if sync is not None:
-                sync.append({"rating_id": rating_id, "item_id": item_id, "rater": rater or "anonymous",
+                sync.append({"rating_id": rating_id, "item_id": item_id, "rater": rater,
                              "prompt_index": current["prompt_index"], **row,
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         message = f"Saved {len(saved)} rating(s) for prompt #{current['prompt_index']}. Here is the next prompt."
-        return ratings_table(), *next_item(rater)[:-1], message
+        return ratings_table(), *task_for(rater)[:-1], message
 
     def ratings_csv():
         """All ratings as a CSV file (one row per rating: policy and scores, without the response texts)."""
@@ -209,10 +232,11 @@ def build_rating_tab(registry: Registry, demo: gr.Blocks, scheduler_cls=None) ->
         return str(path)
 
     task_outputs = [prompt, *texts, *radios, *groups, task, notice]
-    gr.on([demo.load, next_btn.click], next_item, [rater], task_outputs, api_name="next_item")
+    gr.on([demo.load, next_btn.click], next_item, None, task_outputs, api_name="next_item")
     # preprocess=False: rate() checks every score itself, and its message names the response and criterion
     # (the radio's own check would only say "Value: 6 is not in the list of choices").
-    submit.click(named_parameters(rate, rating_parameter_names()), [rater, *radios, task],
+    submit.click(named_parameters(rate, rating_parameter_names(),
+                                  {"profile": gr.OAuthProfile | None, "request": gr.Request}), [*radios, task],
                  [aggregate, *task_outputs[:-1], status], api_name="rate", preprocess=False)
     gr.on([demo.load, refresh.click, timer.tick], ratings_table, None, [aggregate], api_name="ratings_table",
           show_progress="hidden")

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from rlhflab.config import DEFAULT_BASE_MODEL, REPO_ROOT
 from rlhflab.errors import UserError
+from rlhflab.steps import policy_steps, step_making
 from rlhflab.store.cards import CARD_FILE, read_model_card
-from rlhflab.store.checkpoints import METRICS_FILE, resolve_checkpoint
+from rlhflab.store.checkpoints import METRICS_FILE, REPORT_FILE, RESULTS_FILE, resolve_checkpoint
 from rlhflab.store.jsonio import read_jsonl
 
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
 RATINGS_FILE = "ratings.sqlite"
+VOTES_FILE = "arena/votes.sqlite"  # under the checkpoint store; created by the first battle, never by `make demo`
+JUDGE_FOLDER, JUDGE_ENV = "judge", "RLHFLAB_JUDGE_REPO"
+HELDOUT_FILE = "heldout_prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -34,29 +36,24 @@ class CheckpointKind:
     command: str | None  # what produces it
 
 
+def _kind(key: str, title: str, noun: str, folder: str, env_var: str | None) -> CheckpointKind:
+    """A kind made by one of the pipeline's steps (rlhflab.steps): its folder and command come from there."""
+    step = step_making(folder)
+    return CheckpointKind(key, title, noun, step.output, env_var, step.demo_command)
+
+
 KINDS: dict[str, CheckpointKind] = {k.key: k for k in (
     CheckpointKind("base", "Base policy", "base policy", None, "RLHFLAB_BASE_MODEL", None),
-    CheckpointKind("reward", "Reward model", "reward model", "reward", "RLHFLAB_REWARD_REPO",
-                   "python training/reward.py --profile demo"),
-    CheckpointKind("full", "Full-parameter PPO policy", "full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO",
-                   "python training/ppo.py --mode full --profile demo"),
-    CheckpointKind("lora", "LoRA PPO policy", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO",
-                   "python training/ppo.py --mode lora --profile demo"),
-    CheckpointKind("dcgan", "DCGAN chest X-ray generator", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO",
-                   "python training/dcgan.py --profile demo"),
-    CheckpointKind("eval", "Evaluation results", "evaluation output (results, report, rating items)", "eval", None,
-                   "python eval/evaluate.py --profile demo"),
+    _kind("reward", "Reward model", "reward model", "reward", "RLHFLAB_REWARD_REPO"),
+    _kind("full", "Full-parameter PPO policy", "full-parameter PPO policy", "ppo-full", "RLHFLAB_FULL_REPO"),
+    _kind("lora", "LoRA PPO policy", "LoRA PPO policy", "ppo-lora", "RLHFLAB_LORA_REPO"),
+    _kind("dcgan", "DCGAN chest X-ray generator", "DCGAN chest X-ray generator", "dcgan", "RLHFLAB_DCGAN_REPO"),
+    _kind("eval", "Evaluation results", "evaluation output (results, report, rating items)", "eval", None),
 )}
 POLICY_KEYS = ("base", "full", "lora")  # the policies every store had before SFT, DPO and GRPO (kept as keys)
 # Policies the demo pipeline builds, in the order the app lists them: key -> (folder, command that makes it).
 # Any other policy checkpoint in the store or in RLHFLAB_POLICY_REPOS is found by its card and listed too.
-EXPECTED_POLICIES = {
-    "sft": ("sft", "python training/sft.py --profile demo"),
-    "full": ("ppo-full", "python training/ppo.py --mode full --profile demo"),
-    "lora": ("ppo-lora", "python training/ppo.py --mode lora --profile demo"),
-    "dpo": ("dpo", "python training/dpo.py --profile demo"),
-    "grpo": ("grpo", "python training/grpo.py --profile demo"),
-}
+EXPECTED_POLICIES = {s.app_key: (s.output, s.demo_command) for s in policy_steps()}
 POLICY_REPOS_ENV = "RLHFLAB_POLICY_REPOS"  # comma-separated Hub repo ids of policy checkpoints of any method
 # Where a LoRA run names its base, most portable first (file, field).
 # A run started with --init-from (an SFT checkpoint) names that start in init_from: its adapter sits on it.
@@ -113,13 +110,15 @@ class Registry:
                                     or REPO_ROOT / "checkpoints").resolve()
         self.loaded_from: dict[str, str] = {}  # key -> where the loaded object came from
         self.load_errors: dict[str, str] = {}  # key -> last loading failure
-        self._locks = {key: threading.Lock() for key in (*KINDS, "policies", "ratings")}
+        self._locks = {key: threading.Lock() for key in (*KINDS, "policies", "ratings", "votes", "judge")}
         self._hub_meta: dict[str, dict | None] = {}  # repo id -> its card's rlhflab block (one look-up per repo)
         self._policies = None
         self._lora_tried = False
         self._lora_files: dict[tuple[str, str], Path | None] = {}
         self._singletons: dict[str, object] = {}  # reward model and generator, loaded once
         self._ratings = None
+        self._votes = None
+        self._revisions: dict[tuple, str] = {}
         # policies hold bf16 weights where bf16 is fast (rlhflab.models.precision.policy_dtype); RLHFLAB_BF16=0 keeps fp32
         self.want_bf16 = env_flag(self.env, "RLHFLAB_BF16", default=True)
         # RLHFLAB_INT8_DECODE=1: chat decodes with int8 weights (faster; its KL cost is in BENCHMARKS.md)
@@ -276,6 +275,12 @@ class Registry:
 
     def missing_message(self, res: Resolution) -> str:
         kind = res.kind
+        from space.status import status_path, training_eta
+
+        folder = self.local_folder(kind.key)
+        eta = training_eta(status_path(self), folder.name) if folder is not None else None
+        if eta:
+            return f"The {kind.noun} is not built yet: {eta}. This tab fills in when it lands."
         where = f"there is no checkpoint at `{self.local_folder(kind.key)}`"
         if kind.env_var:
             where += f" and {kind.env_var} is not set"
@@ -515,3 +520,87 @@ class Registry:
             except UserError as exc:
                 status[key] = str(exc)
         return status
+
+    # ---------------------------------------------------------------- arena
+
+    def votes_path(self) -> Path:
+        return Path(self.env.get("RLHFLAB_VOTES_DB") or self.checkpoints_dir / VOTES_FILE)
+
+    def votes_store(self):
+        """The arena's battle and vote store (created on first use)."""
+        from rlhflab.store.votes import VotesStore
+
+        with self._locks["votes"]:
+            path = self.votes_path()
+            if self._votes is None or self._votes.path != path:
+                try:
+                    self._votes = VotesStore(path)
+                except Exception as exc:
+                    raise UserError(f"the arena's vote store {path} is unusable ({type(exc).__name__}: {exc}); "
+                                    f"move it aside and restart the app.") from None
+            return self._votes
+
+    def has_votes_store(self) -> bool:
+        return self.votes_path().is_file()
+
+    def judge_source(self) -> str | None:
+        """The independent judge (a reward model never trained against): checkpoints/judge, else RLHFLAB_JUDGE_REPO."""
+        local = self.checkpoints_dir / JUDGE_FOLDER
+        if local.is_dir():
+            return str(local)
+        return (self.env.get(JUDGE_ENV) or "").strip() or None
+
+    def judge_model(self):
+        """(model, tokenizer) of the judge, loaded once; UserError when there is none."""
+        from rlhflab.models.loading import load_reward_model
+
+        with self._locks["judge"]:
+            if "judge" not in self._singletons:
+                source = self.judge_source()
+                if source is None:
+                    raise UserError(f"there is no judge: train one with `python training/reward.py --role judge "
+                                    f"--profile demo` (it goes to {self.checkpoints_dir / JUDGE_FOLDER}).")
+                try:
+                    self._singletons["judge"] = load_reward_model(source)
+                except Exception as exc:
+                    raise UserError(f"the judge at {source} could not be loaded ({type(exc).__name__}: {exc}).") \
+                        from None
+            return self._singletons["judge"]
+
+    def revision(self, key: str) -> str:
+        """A short fingerprint of the weights policy `key` runs now: the Hub id, or for a local folder a hash of its
+        weight files' names, sizes and modification times (a retrained checkpoint gets a new revision)."""
+        import hashlib
+
+        res = self.resolve(key)
+        if res.origin != "local" or not res.source:
+            return f"{res.origin}:{res.source}"
+        folder = Path(res.source)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json"))
+        stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        if (key, stamp) not in self._revisions:
+            digest = hashlib.sha256(repr(stamp).encode()).hexdigest()[:12]
+            self._revisions[(key, stamp)] = f"local:{folder.name}@{digest}"
+        return self._revisions[(key, stamp)]
+
+    def heldout_prompts(self) -> list[str]:
+        """The held-out prompts the policy runs saved (never trained on), else the evaluation's example prompts."""
+        from rlhflab.data.oasst1 import read_prompts
+
+        prompts: list[str] = []
+        for key in self.policy_keys():
+            if key == "base":
+                continue
+            try:
+                path = self.checkpoint_file(key, HELDOUT_FILE)
+                if path is not None:
+                    prompts += read_prompts(path)
+            except UserError:
+                continue
+        if not prompts:
+            try:
+                results, _, _ = self.eval_results()
+                prompts = [e["prompt"] for e in results.get("examples") or [] if isinstance(e.get("prompt"), str)]
+            except UserError:
+                pass
+        return list(dict.fromkeys(prompts))

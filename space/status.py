@@ -6,13 +6,12 @@ import json
 import time
 from pathlib import Path
 
-from space.registry import Registry
 
 STALE_S = 90  # a status file not rewritten for this long belongs to a pipeline that is no longer running
 DONE_SHOWN_S = 600  # how long "all built" stays on screen after the pipeline ended
 
 
-def status_path(registry: Registry) -> Path:
+def status_path(registry) -> Path:
     return Path(registry.env.get("RLHFLAB_PIPELINE_STATUS") or registry.checkpoints_dir / "logs" / "pipeline_status.json")
 
 
@@ -21,7 +20,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def pipeline_status_markdown(registry: Registry, now: float | None = None) -> str:
+def pipeline_status_markdown(registry, now: float | None = None) -> str:
     """One line for the top of the page; empty when no pipeline runs (or it ended a while ago)."""
     path = status_path(registry)
     try:
@@ -44,10 +43,12 @@ def pipeline_status_markdown(registry: Registry, now: float | None = None) -> st
     parts, left = [], 0.0
     for r in status.get("running", []):
         elapsed = now - float(r.get("started", now))
-        expected = r.get("expected_s")
-        if expected:
-            parts.append(f"**{r['name']}** ({_minutes(elapsed)} of ~{_minutes(expected)})")
-            left = max(left, expected - elapsed)
+        expected, remaining = r.get("expected_s"), r.get("remaining_s")
+        if remaining is None and expected:
+            remaining = expected - elapsed
+        if remaining is not None:
+            parts.append(f"**{r['name']}** ({_minutes(elapsed)} of ~{_minutes(elapsed + max(0.0, remaining))})")
+            left = max(left, remaining)
         else:
             parts.append(f"**{r['name']}** ({_minutes(elapsed)} so far)")
     pending = status.get("pending", [])
@@ -58,4 +59,30 @@ def pipeline_status_markdown(registry: Registry, now: float | None = None) -> st
         text += "; waiting: " + ", ".join(p["name"] for p in pending)
     if left > 0:
         text += f" — about {max(1, round(left / 60))} min left"
+    if status.get("slower_than_profile"):
+        text += (f" (this machine runs the steps {status.get('speed_factor', 0):.1f}× as long as the demo profile "
+                 f"expects, e.g. a CPU without native bf16; the estimate follows what it has measured)")
     return text + ". Each tab fills in as its checkpoint lands (the curves tab follows running trainings)."
+
+
+def training_eta(status_file: Path, output: str, now: float | None = None) -> str | None:
+    """'training now, about N min left' (or 'queued for training') for a checkpoint folder the background pipeline
+    is building, from its status file; None when no live pipeline builds it."""
+    try:
+        status = json.loads(Path(status_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    now = time.time() if now is None else now
+    if status.get("done") or now - float(status.get("updated", 0)) > STALE_S:
+        return None
+    for r in status.get("running", []):
+        if r.get("output") == output:
+            remaining = r.get("remaining_s")
+            if remaining is None and r.get("expected_s"):
+                remaining = r["expected_s"] - (now - float(r.get("started", now)))
+            return ("training now" + (f", about {max(1, round(remaining / 60))} min left" if remaining is not None
+                                       else ""))
+    for p in status.get("pending", []):
+        if p.get("output") == output:
+            return "queued for training in the background"
+    return None

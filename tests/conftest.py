@@ -20,9 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer
 
-    from rlhflab.models.loading import EMBEDDED_MODELS, _embedded_gguf
+    from rlhflab.models.loading import EMBEDDED_MODELS, embedded_gguf
 
-    gguf = _embedded_gguf("smollm2-135m-instruct")
+    gguf = embedded_gguf("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=EMBEDDED_MODELS["smollm2-135m-instruct"][1])
     out = tmp_path_factory.mktemp("smol-tokenizer")
     tok.save_pretrained(out)

@@ -346,14 +346,14 @@ def test_sample_xrays_returns_an_image_and_png(client, tmp_path):
 def test_rate_is_stored_visible_in_aggregate_and_synced(app):
     registry, url = app
     c = make_client(url)
-    task = c.predict("tester", api_name="/next_item")
+    task = c.predict(api_name="/next_item")
     prompt_md = task[0]
     assert any(p in prompt_md for p in RATING_PROMPTS)
     shown = task[1:4]
     assert all("answer to" in t for t in shown), "three responses shown"
     assert not any(pol in t.split("\n\n", 1)[0] for t in shown for pol in ("base", "full", "lora")), "policy hidden"
     scores = [4, 5, 3, 4, 5] + [2, 2, 2, 2, 2] + [None] * 5  # the third response left unrated
-    out = c.predict("tester", *scores, api_name="/rate")
+    out = c.predict(*scores, api_name="/rate")
     aggregate, status = out[0], out[-1]
     assert "Saved 2 rating(s)" in status
     rows = registry.ratings_store().aggregate()
@@ -368,15 +368,16 @@ def test_rate_is_stored_visible_in_aggregate_and_synced(app):
     assert all(len(r) > 10 for r in responses) and not any(r in csv_text for r in responses)
     synced = list((Path(registry.resolve("eval").source) / "ratings-hub").glob("ratings-*.jsonl"))
     records = [json.loads(line) for f in synced for line in f.read_text().splitlines()]
-    assert len(records) == 2 and {r["rater"] for r in records} == {"tester"}
+    assert len(records) == 2 and len({r["rater"] for r in records}) == 1
+    assert records[0]["rater"].startswith("session:"), "the rater is the browser session, not a typed name"
     scheduler = FakeScheduler.instances[-1]
     assert scheduler.repo_type == "dataset" and scheduler.repo_id == "someone/ratings"
 
 
 def test_rate_rejects_half_rated_response(client):
-    client.predict("x", api_name="/next_item")
+    client.predict(api_name="/next_item")
     with pytest.raises(Exception, match="missing"):
-        client.predict("x", *([3, 3, None, 3, 3] + [None] * 10), api_name="/rate")
+        client.predict(*([3, 3, None, 3, 3] + [None] * 10), api_name="/rate")
 
 
 def test_evaluation_and_about(client):
@@ -491,7 +492,7 @@ def test_missing_dcgan_eval_and_curves_explain(degraded_app):
     assert "ppo-lora" in summary and "python training/ppo.py --mode full --profile demo" in notice
     *_, eval_notice = c.predict(api_name="/evaluation")
     assert "python eval/evaluate.py --profile demo" in eval_notice
-    task = c.predict("me", api_name="/next_item")
+    task = c.predict(api_name="/next_item")
     assert "python eval/evaluate.py --profile demo" in task[-1]
     assert "python training/dcgan.py --profile demo" in c.predict(api_name="/about")
     assert not (Path(registry.checkpoints_dir) / "eval").exists(), "browsing must not create an empty eval folder"

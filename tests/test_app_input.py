@@ -203,7 +203,7 @@ def rating_session(app):
     """A client that has been shown a blind task, and the store's rating count before the test."""
     registry, url = app
     c = make_client(url)
-    task = c.predict("input-tester", api_name="/next_item")
+    task = c.predict(api_name="/next_item")
     assert "Prompt #" in task[0]
     return registry, c, ratings_count(registry)
 
@@ -213,14 +213,14 @@ def test_rating_outside_one_to_five_is_refused_and_not_stored(rating_session, ba
     registry, c, before = rating_session
     scores = [4, 4, 4, 4, bad] + [3] * 5 + [None] * 5  # response B is valid: nothing may be stored at all
     with pytest.raises(Exception, match=r"Response A · Hallucination/toxicity.*whole number from 1 to 5"):
-        c.predict("input-tester", *scores, api_name="/rate")
+        c.predict(*scores, api_name="/rate")
     assert ratings_count(registry) == before
 
 
 def test_rating_with_nothing_rated_is_refused(rating_session):
     registry, c, before = rating_session
     with pytest.raises(Exception, match="Rate at least one response"):
-        c.predict("input-tester", *[None] * 15, api_name="/rate")
+        c.predict(*[None] * 15, api_name="/rate")
     assert ratings_count(registry) == before
 
 
@@ -228,7 +228,7 @@ def test_rating_without_a_shown_task_is_refused(app):
     registry, url = app
     before = ratings_count(registry)
     with pytest.raises(Exception, match="Load a prompt to rate first"):
-        make_client(url).predict("no-task", *[5] * 15, api_name="/rate")
+        make_client(url).predict(*[5] * 15, api_name="/rate")
     assert ratings_count(registry) == before
 
 
@@ -236,11 +236,11 @@ def test_rate_api_takes_no_item_ids(shared):
     """The shown items live in server-side session state: an API caller cannot name (or forge) an item id."""
     info = shared.view_api(print_info=False, return_format="dict")["named_endpoints"]["/rate"]
     labels = [p["label"] for p in info["parameters"]]
-    assert len(labels) == 1 + 15 and labels[0].startswith("Your name")
+    assert len(labels) == 15, "no free-text rater name: the rater is the signed-in user or the session"
     assert not any("item" in label.lower() for label in labels)
     names = [p["parameter_name"] for p in info["parameters"]]
-    assert names[:2] == ["rater", "response_a_coherence"] and names[-1] == "response_c_harmlessness"
-    assert len(set(names)) == 16 and not any(n.startswith("param_") for n in names)
+    assert names[0] == "response_a_coherence" and names[-1] == "response_c_harmlessness"
+    assert len(set(names)) == 15 and not any(n.startswith("param_") for n in names)
 
 
 def test_forged_item_id_in_a_raw_request_is_ignored(app):
@@ -248,7 +248,7 @@ def test_forged_item_id_in_a_raw_request_is_ignored(app):
     registry, url = app
     before = ratings_count(registry)
     forged = {"prompt_index": 0, "item_ids": ["forged-item", "'; DROP TABLE ratings;--"]}
-    for data in (["forger", *[5] * 15, forged], ["forger", *[5] * 15]):
+    for data in ([*[5] * 15, forged], [*[5] * 15]):
         with httpx.Client(base_url=url, timeout=60) as http:
             r = http.post("gradio_api/call/rate", json={"data": data})
             assert r.status_code == 200, r.text
@@ -273,7 +273,7 @@ def test_forged_or_unknown_item_id_is_refused_by_the_store(app):
 
 def test_valid_rating_is_still_stored_after_the_bad_ones(rating_session):
     registry, c, before = rating_session
-    out = c.predict("input-tester", *([5, 4, 3, 2, 1] + [None] * 10), api_name="/rate")
+    out = c.predict(*([5, 4, 3, 2, 1] + [None] * 10), api_name="/rate")
     assert "Saved 1 rating(s)" in out[-1] and ratings_count(registry) == before + 1
 
 

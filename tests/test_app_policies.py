@@ -193,3 +193,24 @@ def test_status_line_follows_the_background_pipeline(tmp_path, tiny_llama_dir):
     path.write_text(json.dumps({**status, "done": True, "running": [], "pending": [], "failed": ["dpo"]}))
     assert "dpo" in pipeline_status_markdown(registry, now=1001.0) and "failures" in pipeline_status_markdown(
         registry, now=1001.0)
+
+
+def test_a_checkpoint_the_pipeline_is_training_says_so_instead_of_missing(tmp_path, tiny_llama_dir):
+    """While the background pipeline builds a checkpoint, its tab says 'training now, about N min left' (or queued),
+    not 'missing, create it with ...'; once no pipeline runs, the usual instructions come back."""
+    import time
+
+    from space.registry import Registry
+
+    registry = Registry(env={"RLHFLAB_CHECKPOINTS": str(tmp_path), "RLHFLAB_BASE_MODEL": str(tiny_llama_dir)})
+    path = tmp_path / "logs" / "pipeline_status.json"
+    path.parent.mkdir()
+    now = time.time()
+    path.write_text(json.dumps({"updated": now, "done": False, "failed": [], "finished": [],
+                                "running": [{"name": "reward model", "output": "reward", "started": now - 60,
+                                             "expected_s": 300, "remaining_s": 240}],
+                                "pending": [{"name": "DCGAN", "output": "dcgan", "expected_s": 50}]}))
+    assert "training now, about 4 min left" in registry.notice("reward") and "Create it" not in registry.notice("reward")
+    assert "queued for training" in registry.notice("dcgan")
+    path.write_text(json.dumps({"updated": now - 3600, "done": False, "running": [], "pending": []}))
+    assert "python training/reward.py" in registry.notice("reward")

@@ -285,3 +285,26 @@ def test_the_avx2_emulation_hides_avx512_and_amx(monkeypatch):
         assert not any(f.startswith(("avx512", "amx")) for f in cpu_flags())
         assert "AVX-512" not in vector_features() and "AMX" not in vector_features()
     assert vector_features(frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})) == "AVX-512 + AVX512-BF16 + AMX"
+
+
+def test_int8_projections_can_keep_the_lm_head(tiny_llama_dir):
+    """use_int8_decode(head=False): int8 projections, the LM head in the model's own dtype; closer to the model than
+    int8 everywhere on the same logits."""
+    from rlhflab.generation.engine import int8_available, use_int8_decode
+
+    if not int8_available():
+        pytest.skip("this torch build has no weight-only int8 kernel")
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    batch, _ = encode_prompts(tok, PROMPTS, 256)
+    errors = {}
+    with torch.inference_mode():
+        reference = model(**batch).logits[:, -1].float()
+        for head in (True, False):
+            use_int8_decode(model, True, head=head)
+            engine = decode_engine(model)
+            assert engine.kind == ("llama-int8" if head else "llama-int8-proj")
+            got = start_decode(model, batch["attention_mask"], 32).forward(batch["input_ids"]).float()
+            errors[head] = (got - reference).abs().max().item()
+    use_int8_decode(model, False)
+    assert decode_engine(model).kind == "llama"
+    assert 0 < errors[False] < errors[True] < 0.05 * reference.abs().max()

@@ -80,7 +80,7 @@ def test_step_one_kl_is_zero_and_the_record_matches_ppo(run, request):
 
 
 def test_kl_coefficient_follows_the_adaptive_controller(grpo_full):
-    from rlhflab.training.ppo import AdaptiveKLController
+    from rlhflab.training.online import AdaptiveKLController
 
     first, second = _metrics(grpo_full)
     expected = AdaptiveKLController(first["kl_coef"], 0.05, 100).update(first["kl_exact_per_token"], 4)
@@ -92,13 +92,13 @@ def test_kl_coefficient_follows_the_adaptive_controller(grpo_full):
 
 def test_trls_own_estimator_adds_no_forward_and_drives_the_controller(tmp_path, tiny_llama_dir, tiny_reward_dir,
                                                                        prompts_file, monkeypatch):
-    from rlhflab.training import grpo
-    from rlhflab.training.ppo import AdaptiveKLController
+    from rlhflab.training import grpo, online
+    from rlhflab.training.online import AdaptiveKLController
 
     measured, sampled = [], []
-    monkeypatch.setattr(grpo, "KLAccumulator", lambda: measured.append(1) or pytest.fail("no extra forward wanted"))
-    sample = grpo.sample_responses
-    monkeypatch.setattr(grpo, "sample_responses", lambda *a, **kw: sampled.append(a[1].shape[0]) or sample(*a, **kw))
+    monkeypatch.setattr(grpo, "ExactKLSums", lambda: measured.append(1) or pytest.fail("no extra forward wanted"))
+    sample = online.sample_responses
+    monkeypatch.setattr(online, "sample_responses", lambda *a, **kw: sampled.append(a[1].shape[0]) or sample(*a, **kw))
     out = grpo.train_grpo(grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, kl_estimator="k3",
                                    probe_every=0, lr=1e-2))
     first, second = _metrics(out)
@@ -173,11 +173,11 @@ def test_init_from_a_policy_folder_starts_policy_and_reference_there(tmp_path, t
 
 
 def test_rloo_runs_and_names_its_kl_estimator(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file, monkeypatch):
-    from rlhflab.training import grpo
+    from rlhflab.training import grpo, online
 
     sampled = []
-    sample = grpo.sample_responses
-    monkeypatch.setattr(grpo, "sample_responses", lambda *a, **kw: sampled.append(a[1].shape[0]) or sample(*a, **kw))
+    sample = online.sample_responses
+    monkeypatch.setattr(online, "sample_responses", lambda *a, **kw: sampled.append(a[1].shape[0]) or sample(*a, **kw))
     out = grpo.train_grpo(grpo_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, algorithm="rloo",
                               max_steps=1, output_dir=str(tmp_path / "rloo")))
     record = _metrics(out)[0]

@@ -56,9 +56,9 @@ def test_evaluation_kl_on_generated_tokens(tiny_llama_dir):
     moved, _ = exact_kl_of_responses(holder(other), holder(model), tok, prompts, ids, temperature=0.7)
     assert all(x > 0 for x in moved)
     # the same KL, position by position, from one full forward pass of each model
-    from rlhflab.measure.kl import _response_batch, response_logits
+    from rlhflab.measure.kl import response_batch, response_logits
 
-    full, mask, resp_mask, ctx = _response_batch(tok, prompts, ids, 1024)
+    full, mask, resp_mask, ctx = response_batch(tok, prompts, ids, 1024)
     kl, n = exact_kl_sum(response_logits(other, full, mask, ctx), response_logits(model, full, mask, ctx), resp_mask,
                          temperature=0.7)
     assert float(kl) == pytest.approx(sum(moved), rel=1e-5) and int(n) == sum(counts)

@@ -157,3 +157,13 @@ def test_bf16_policies_chat_including_a_lora_adapter_on_the_bf16_base(tmp_path, 
     assert all(a.num_tokens > 0 for a in answers.values())
     assert torch.isfinite(last_logits["lora"]).all()
     assert (last_logits["lora"] - last_logits["base"]).abs().max() > 1e-2  # the adapter is applied
+
+
+def test_the_hardware_line_names_the_vector_features_and_an_emulated_host(monkeypatch):
+    """Cards and benchmark rows name the CPU's vector features, and say when they are capped or replaced."""
+    from rlhflab.models.hardware import hardware_description
+
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx avx2 fma")
+    assert "[AVX2 (emulated)]" in hardware_description()
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512bw avx512vl avx512dq avx512_bf16")
+    assert "[AVX-512 + AVX512-BF16 (emulated)]" in hardware_description()

@@ -200,3 +200,31 @@ def test_the_judge_is_built_beside_the_reward_model_and_before_the_evaluation():
         reward = parse_config(RewardConfig, pipeline.STEPS[names.index("reward")].command(profile, [])[2:])
         assert cfg.role == "judge" and Path(cfg.output_dir).name == "judge" and cfg.seed != reward.seed
         assert (cfg.dataset, cfg.test_size, cfg.judge_share) == (reward.dataset, reward.test_size, reward.judge_share)
+
+
+def test_remaining_time_follows_the_hosts_measured_speed(tmp_path):
+    """A host that ran the finished steps 3x as long as the profile says (an AVX2 laptop in fp32) gets 3x the
+    profile's time for what waits, a running step's remaining time comes from its own progress bar, and the status
+    says the host is slower than the profile."""
+    import json
+    import time
+
+    assert pipeline.host_speed_factor([]) == 1.0
+    assert pipeline.host_speed_factor([(300, 100), (330, 100), (90, 30)]) == 3.0
+    assert pipeline.progress_fraction("loading\r 40%|####  | 4/10 [00:08<00:12, 2.0s/it]") == 0.4
+    assert pipeline.progress_fraction("done 10/10 [00:20<00:00]") is None  # a finished bar says nothing of what follows
+    assert pipeline.progress_fraction("no bar here") is None
+    steps = _steps(tmp_path)
+    for s in steps:
+        s.demo_s = 100
+    log = tmp_path / "running.log"
+    log.write_text(" 25%|##  | 5/20 [01:00<03:00, 12.0s/it]")
+    running = [pipeline._Running(steps[0], None, [], log, 0.0, 1, wall_start=time.time() - 60)]
+    pipeline.write_status(tmp_path / "s.json", "demo", running, steps[1:], [], [], 0.0,
+                          observed=[(300.0, 100.0), (290.0, 100.0)])
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert status["slower_than_profile"] and 2.5 < status["speed_factor"] <= 3.0
+    assert abs(status["running"][0]["remaining_s"] - 180) < 5  # 60 s for a quarter: 180 s to go
+    assert all(abs(p["expected_s"] - 100 * status["speed_factor"]) < 1e-6 for p in status["pending"])
+    pipeline.write_status(tmp_path / "s.json", "demo", [], steps[1:], [], [], 0.0, observed=[(95.0, 100.0)])
+    assert not json.loads((tmp_path / "s.json").read_text())["slower_than_profile"]

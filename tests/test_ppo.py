@@ -7,7 +7,8 @@ from conftest import oasst_rows, tiny_cfg, write_jsonl
 
 from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_policy
-from rlhflab.training.ppo import AdaptiveKLController, build_value_model, ppo_batch_plan, train_ppo
+from rlhflab.training.online import AdaptiveKLController
+from rlhflab.training.ppo import build_value_model, ppo_batch_plan, train_ppo
 
 FIELDS = {"step", "episode", "kl_per_token", "kl_per_sequence", "kl_coef", "score", "rlhf_reward",
           "entropy_per_token", "response_tokens_mean", "lr", "seconds_per_step"}
@@ -235,21 +236,21 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
     import contextlib
     import shutil
 
-    import rlhflab.training.ppo as ppo_module
+    import rlhflab.training.online as online
     from rlhflab.data.oasst1 import read_prompts
     from rlhflab.measure.kl import exact_kl_of_responses
     from rlhflab.measure.overopt import read_overopt
     from rlhflab.models.prompts import format_prompt
 
     rollouts = []
-    sample = ppo_module.sample_responses
+    sample = online.sample_responses
 
     def spy(model, input_ids, attention_mask, *args, **kwargs):  # each step's rollout tokens, as they were sampled
         responses = sample(model, input_ids, attention_mask, *args, **kwargs)
         rollouts.append((input_ids.clone(), attention_mask.bool(), responses.clone()))
         return responses
 
-    monkeypatch.setattr(ppo_module, "sample_responses", spy)
+    monkeypatch.setattr(online, "sample_responses", spy)
     cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, optim="adamw_torch", lr=1e-2,
                    judge_model=str(tiny_reward_dir))
     work = tmp_path / ".ppo-full-work"
@@ -304,16 +305,21 @@ def _fake_step(log_path, kl_estimator, controller, exact_sums):
     (0.07 nats/token), the captured exact KL 0.5 nats over 10 tokens (0.05 nats/token)."""
     from types import SimpleNamespace
 
-    from rlhflab.training.ppo import _ExactKLCapture, _metrics_callback, _RewardProbe
+    from rlhflab.config import PPOConfig, build_config
+    from rlhflab.training.online import ExactKLSums, KLCoefficient
+    from rlhflab.training.ppo import ppo_step_log
 
-    probe = _RewardProbe()
-    probe.lengths.append(torch.tensor([10, 10]))
-    exact = _ExactKLCapture(0.7, 2)
-    exact.sums.add(torch.tensor(exact_sums, dtype=torch.float64))
+    exact = ExactKLSums()
+    exact.add(torch.tensor(exact_sums, dtype=torch.float64))
+    trainer = SimpleNamespace(pop_step=lambda: {"length": 10.0, "scores": [], "prompt_keys": [],
+                                                "kls": exact.pop()})
+    cfg = build_config(PPOConfig, "spec", kl_estimator=kl_estimator, fixed_kl=controller is None,
+                       kl_target=controller.target if controller else 0.05,
+                       kl_horizon=controller.horizon if controller else 100)
+    kl = KLCoefficient(cfg, controller.value if controller else 0.1)
     records = []
-    callback = _metrics_callback(log_path, probe, controller, 0, 0, on_step=records.append, exact=exact,
-                                 kl_estimator=kl_estimator)
-    args = SimpleNamespace(kl_coef=controller.value if controller else 0.1, batch_size=8)
+    callback = ppo_step_log(trainer, log_path, kl, 0, 0, 0, after_step=records.append)
+    args = SimpleNamespace(kl_coef=kl.value, batch_size=8)
     state = SimpleNamespace(global_step=1, episode=8, is_world_process_zero=True)
     logs = {"objective/kl": 0.7, "objective/scores": 1.0, "objective/rlhf_reward": 1.0,
             "objective/non_score_reward": 0.0, "objective/entropy": 20.0}

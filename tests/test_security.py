@@ -194,7 +194,7 @@ def test_hub_token_is_never_printed_or_written(tmp_path):
 
 
 def test_rating_sql_is_fixed_text_with_parameters():
-    path = REPO / "rlhflab" / "ratings.py"
+    path = REPO / "rlhflab" / "store" / "ratings.py"
     tree = ast.parse(path.read_text("utf-8"))
     constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
                  for t in node.targets if isinstance(t, ast.Name)}
@@ -277,7 +277,7 @@ def test_blind_task_output_carries_no_policy_and_no_item_id(rating_app):
     items = registry.ratings_store().items()
     assert all(re.fullmatch(r"[0-9a-f]{12}", i["item_id"]) for i in items), "item ids are opaque"
     with httpx.Client(base_url=url, timeout=60) as http:
-        r = http.post("gradio_api/call/next_item", json={"data": ["blind-rater"]})
+        r = http.post("gradio_api/call/next_item", json={"data": []})
         raw = http.get(f"gradio_api/call/next_item/{r.json()['event_id']}").text
     assert "event: complete" in raw and all(text in raw for text in NEUTRAL.values()), "the task was shown"
     assert not any(i["item_id"] in raw for i in items), "the item ids stay in the server-side session"
@@ -290,7 +290,7 @@ def test_blind_task_output_carries_no_policy_and_no_item_id(rating_app):
 def test_page_and_config_reveal_neither_mapping_nor_token(rating_app):
     registry, url = rating_app
     c = make_client(url)
-    task = c.predict("blind-rater", api_name="/next_item")
+    task = c.predict(api_name="/next_item")
     assert any(text in t for t in task[1:4] for text in NEUTRAL.values())
     items = registry.ratings_store().items()
     with httpx.Client(base_url=url, timeout=60) as http:
@@ -304,16 +304,19 @@ def test_page_and_config_reveal_neither_mapping_nor_token(rating_app):
             assert not re.search(re.escape(response) + r".{0,200}\b(base|full|lora)\b", text, re.S), path
 
 
-def test_rater_name_with_sql_is_stored_verbatim_through_the_app(rating_app):
+def test_the_rater_is_the_session_and_a_typed_name_cannot_be_injected(rating_app):
+    """The rater is no longer typed in: it is the browser session (or the signed-in user on a Space), so a name
+    with SQL in it cannot reach the store, and each session rates a response once."""
     registry, url = rating_app
     store = registry.ratings_store()
     before = len(store.ratings())
     c = make_client(url)
-    c.predict(INJECTION, api_name="/next_item")
-    out = c.predict(INJECTION, *([4] * 5 + [None] * 10), api_name="/rate")
+    c.predict(api_name="/next_item")
+    out = c.predict(*([4] * 5 + [None] * 10), api_name="/rate")
     assert "Saved 1 rating(s)" in out[-1]
     rows = store.ratings()
-    assert len(rows) == before + 1 and rows[-1]["rater"] == INJECTION
+    assert len(rows) == before + 1 and rows[-1]["rater"].startswith("session:")
+    assert not any(r["rater"] == INJECTION for r in rows[before:])
     with sqlite3.connect(store.path) as con:
         assert {"items", "ratings"} <= {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
 

@@ -319,3 +319,26 @@ def test_the_loops_draw_is_sample_tokens_draw(kw):
             assert got < 60 or got == expected
         else:
             assert got == expected
+
+
+def test_the_arena_streams_both_sides_through_the_loop(tmp_path, tiny_llama_dir):
+    """An arena battle over the base and a LoRA adapter on it: both answers decode as rows of the base's loop (each
+    streamed on its own), and greedy answers equal the same policies' one-at-a-time answers."""
+    from space.arena import stream_in_threads
+    from space.registry import Registry
+    from tests.test_app import write_tiny_checkpoints
+
+    store = write_tiny_checkpoints(tmp_path / "store", tiny_llama_dir, kinds=("reward", "lora"))
+    env = {"RLHFLAB_CHECKPOINTS": str(store), "RLHFLAB_BASE_MODEL": str(tiny_llama_dir), "HF_HUB_OFFLINE": "1"}
+    messages = [{"role": "user", "content": "Name a colour."}]
+    settings = GenerationSettings(greedy=True, max_new_tokens=24)
+    answers = {}
+    for serving in ("1", "0"):
+        registry = Registry(env={**env, "RLHFLAB_SERVING": serving})
+        events = list(stream_in_threads(registry, ["base", "lora"], messages, settings))
+        results = {side: result for side, _, result in events if result is not None}
+        assert set(results) == {"base", "lora"} and all(r["error"] is None for r in results.values()), results
+        answers[serving] = {side: r["answer"] for side, r in results.items()}
+        servers = registry.policies._servers
+        assert (set(servers) == {"base"} and servers["base"].stats.tokens >= 2) if serving == "1" else not servers
+    assert answers["1"] == answers["0"] and answers["1"]["base"] != answers["1"]["lora"]

@@ -168,7 +168,7 @@ def test_cli_help_and_bad_input(tmp_path):
 
 
 def test_card_windows_are_whole_passes_when_the_run_made_two():
-    from rlhflab.training.sft import window_means
+    from rlhflab.training.policy import window_means
 
     two_passes = [{"epoch": e, "loss": loss} for e, loss in ((0.5, 4.0), (1.0, 2.0), (1.5, 3.0), (2.0, 1.0))]
     columns, first, last = window_means(two_passes, ["loss"])

@@ -1,4 +1,5 @@
-"""Anthropic/hh-rlhf preference pairs: split transcripts into prompt, chosen and rejected responses."""
+"""Anthropic/hh-rlhf preference pairs: split transcripts into prompt, chosen and rejected responses. A file in TRL's
+preference format (prompt, chosen, rejected; conversational or plain text, as the arena exports) loads too."""
 from __future__ import annotations
 
 import hashlib
@@ -74,13 +75,55 @@ def parse_pair(chosen: str, rejected: str) -> tuple[PreferencePair | None, str |
     return PreferencePair(prompt_c, resp_c, resp_r), None
 
 
+def messages_to_transcript(messages: list[dict]) -> str | None:
+    """Chat messages -> the hh-rlhf transcript prefix '\n\nHuman: ...\n\nAssistant:' (None if not user/assistant
+    turns ending with the user's); system messages are left out, as hh-rlhf has none."""
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    if not turns or any(m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str)
+                        for m in turns) or turns[-1]["role"] != "user":
+        return None
+    return "".join(("\n\nHuman: " if m["role"] == "user" else "\n\nAssistant: ") + m["content"].strip()
+                   for m in turns) + ASSISTANT_TAG
+
+
+def _completion_text(value) -> str | None:
+    """A TRL completion: plain text, or a list holding one assistant message."""
+    if isinstance(value, str):
+        return value.strip()
+    if (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)
+            and value[0].get("role") == "assistant" and isinstance(value[0].get("content"), str)):
+        return value[0]["content"].strip()
+    return None
+
+
+def parse_trl_pair(row: dict) -> tuple[PreferencePair | None, str | None]:
+    """A PreferencePair from a row in TRL's preference format with an explicit prompt, or None and the reason."""
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    transcript = messages_to_transcript(prompt) if isinstance(prompt, list) else None
+    if transcript is None or not transcript_to_messages(transcript):
+        return None, "prompt is not a user turn"
+    chosen, rejected = _completion_text(row["chosen"]), _completion_text(row["rejected"])
+    if chosen is None or rejected is None:
+        return None, "not text"
+    if not chosen or not rejected:
+        return None, "empty response"
+    if chosen == rejected:
+        return None, "identical responses"
+    return PreferencePair(transcript, chosen, rejected), None
+
+
 def parse_rows(rows: list[dict], source: str = "") -> PairSet:
     result = PairSet([], Counter(), source)
     for row in rows:
         if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
             result.skipped["missing chosen/rejected"] += 1
             continue
-        pair, reason = parse_pair(row["chosen"], row["rejected"])
+        if "prompt" in row:  # TRL's preference format (e.g. the arena's export)
+            pair, reason = parse_trl_pair(row)
+        else:
+            pair, reason = parse_pair(row["chosen"], row["rejected"])
         if pair is None:
             result.skipped[reason] += 1
         else:
@@ -93,7 +136,8 @@ def load_pairs(source: str, split: str = "train") -> PairSet:
     if is_local(source):
         rows = read_records(source)
         if not any(isinstance(r, dict) and "chosen" in r and "rejected" in r for r in rows):
-            raise UserError(f"dataset file {source} has no 'chosen'/'rejected' fields; it is not in hh-rlhf format.")
+            raise UserError(f"dataset file {source} has no 'chosen'/'rejected' fields; it is not in hh-rlhf format "
+                            f"(nor in TRL's preference format: prompt, chosen, rejected).")
     else:
         rows = load_hub_rows(source, split)
     pairs = parse_rows(rows, source)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhflab.errors import UserError
+from rlhflab.models.modes import evaluating
 from rlhflab.store.checkpoints import resolve_checkpoint
 
 GENERATOR_FILE = "model.safetensors"
@@ -127,13 +128,9 @@ def sample_latents(seed: int, n: int, latent_dim: int = 100) -> torch.Tensor:
 @torch.no_grad()
 def generate(generator: Generator, latents: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Images for the given latents with batch norm in inference mode, so image i depends only on latent i."""
-    was_training = generator.training
-    generator.eval()
-    try:
+    with evaluating(generator):
         device = next(generator.parameters()).device
         out = [generator(z.to(device)).cpu() for z in latents.split(batch_size)]
-    finally:
-        generator.train(was_training)
     return torch.cat(out)
 
 

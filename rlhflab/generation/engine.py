@@ -108,6 +108,17 @@ class _Int8Linear(_FusedLinear):
         return self._split(y if self.bias is None else y + self.bias)
 
 
+class _DenseLinear(_FusedLinear):
+    """y = x Wᵀ (+ b) with W as the model holds it (a layer kept out of int8 decoding)."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
+        super().__init__(weights, biases, dtype)
+        self.weight = self.weight.to(dtype)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._split(torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias))
+
+
 def int8_available() -> bool:
     return hasattr(torch, "_weight_int8pack_mm")
 
@@ -161,14 +172,14 @@ class DecodeEngine:
         llama = (getattr(self.config, "model_type", None) == "llama" and core is not None
                  and hasattr(core, "layers") and hasattr(core, "rotary_emb") and hasattr(inner, "lm_head"))
         self.core = core if llama else None
-        if quantize not in (None, "int8"):
-            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize not in (None, "int8", "int8-proj"):
+            raise ValueError(f"quantize must be None, 'int8' or 'int8-proj', got {quantize!r}")
         on_cpu = next(model.parameters()).device.type == "cpu"  # torch's weight-only int8 kernel is a CPU kernel
         self.quantize = quantize if llama and on_cpu and packed is not False and int8_available() else None
         self.dtype = _packing_dtype(model) if llama and packed is not False else None
         if self.quantize:
             self.dtype = self.dtype or next(model.parameters()).dtype
-        self.kind = ("transformers" if not llama else "llama-int8" if self.quantize
+        self.kind = ("transformers" if not llama else f"llama-{self.quantize}" if self.quantize
                      else "llama-packed-bf16" if self.dtype is not None else "llama")
         self._autocast = _cpu_autocast_bf16()
         self._weights_key = self._key()
@@ -181,7 +192,10 @@ class DecodeEngine:
                  linear(*self._wb([l.mlp.gate_proj, l.mlp.up_proj])),
                  linear(*self._wb([l.mlp.down_proj])))
                 for l in core.layers]
-            self._head = linear(*self._wb([inner.lm_head]))
+            # "int8-proj" keeps the LM head (the tied embedding, a fifth of a small model's weights) in the model's
+            # dtype: the logits are where rounding shows most directly in the sampled distribution.
+            head = _DenseLinear if self.quantize == "int8-proj" else linear
+            self._head = head(*self._wb([inner.lm_head]))
 
     def _wb(self, modules):
         bases = [_base_linear(m) for m in modules]
@@ -218,10 +232,10 @@ def decode_engine(model) -> DecodeEngine:
     return engine
 
 
-def use_int8_decode(model, on: bool = True):
-    """Decode this model with weight-only int8 projections and LM head (Llama family; see BENCHMARKS.md for what
-    it costs in KL and reward); training and scoring passes keep the model's own weights."""
-    object.__setattr__(model, "_rlhflab_quantize", "int8" if on else None)
+def use_int8_decode(model, on: bool = True, head: bool = True):
+    """Decode this model with weight-only int8 projections and, unless `head=False`, LM head (Llama family; see
+    BENCHMARKS.md for what each costs in KL and reward); training and scoring passes keep the model's own weights."""
+    object.__setattr__(model, "_rlhflab_quantize", None if not on else "int8" if head else "int8-proj")
     return model
 
 

@@ -213,8 +213,9 @@ def logits_processors(settings: GenerationSettings):
 
 def sample_tokens(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row drawn from softmax(scores): argmax of p / E with E = -log U ~ Exponential(1) per entry, an
-    exact draw from p (the exponential race). On a 2-core CPU torch.multinomial and exponential_ each took ~6 ms per
-    (8, 49152) draw, uniform numbers and a log ~1 ms. U < 1, so E > 0; entries with p = 0 are never drawn."""
+    exact draw from p (the exponential race), chosen over torch.multinomial and exponential_ because uniform numbers
+    and a log cost a fraction of either on a CPU (BENCHMARKS.md, "Lab notes moved out of the code"). U < 1, so
+    E > 0; entries with p = 0 are never drawn."""
     probs = torch.softmax(scores.float(), -1).cpu()
     race = torch.rand(probs.shape, generator=generator).log_().neg_()
     return probs.div_(race).argmax(-1)

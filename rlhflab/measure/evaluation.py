@@ -26,15 +26,9 @@ from rlhflab.models.loading import load_reward_model
 from rlhflab.models.policies import PolicySet
 from rlhflab.models.precision import autocast, policy_dtype
 from rlhflab.store.cards import Timer, command_line, markdown_table
-from rlhflab.store.checkpoints import METRICS_FILE, resolve_checkpoint
+from rlhflab.store.checkpoints import METRICS_FILE, REPORT_FILE, RESULTS_FILE, resolve_checkpoint
 from rlhflab.store.jsonio import read_jsonl, write_json
 from rlhflab.store.ratings import RatingsStore, aggregate_markdown, preference_pairs
-
-RESULTS_FILE = "results.json"
-
-
-REPORT_FILE = "report.md"
-
 
 NO_JUDGE = f"n/a (no judge: train one with `{JUDGE_COMMAND}`)"
 

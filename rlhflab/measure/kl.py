@@ -116,7 +116,7 @@ class KLAccumulator:
         return {**dict(zip(self.ESTIMATORS, per_token)), "tokens": int(sums[3])}
 
 
-def _response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):
+def response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):
     """Left-padded prompts followed by right-padded response token ids (as generated: no re-tokenising)."""
     from rlhflab.generation.sampling import encode_prompts
 
@@ -155,7 +155,7 @@ def exact_kl_of_responses(use_policy, use_reference, tokenizer, prompts: list, r
     counts: list[int] = []
     for start in range(0, len(prompts), batch_size):
         chunk = response_ids[start:start + batch_size]
-        ids, mask, resp_mask, ctx = _response_batch(tokenizer, prompts[start:start + batch_size], chunk,
+        ids, mask, resp_mask, ctx = response_batch(tokenizer, prompts[start:start + batch_size], chunk,
                                                     max_prompt_tokens)
         with use_policy() as model:
             p_logits = response_logits(model, ids, mask, ctx)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from rlhflab.models.modes import evaluating
+
 OVEROPT_FILE = "overopt.jsonl"
 
 
@@ -174,29 +176,14 @@ class OverOptProbe:
 
 def holder(model, eval_mode: bool = True):
     """A context manager factory yielding `model` in eval mode (training mode restored after)."""
-    @contextlib.contextmanager
-    def use():
-        was_training = model.training
-        if eval_mode:
-            model.eval()
-        try:
-            yield model
-        finally:
-            model.train(was_training)
-
-    return use
+    return lambda: evaluating(model, eval_mode)
 
 
 def adapters_disabled(model):
     """The reference of a LoRA policy: the same model with its adapters disabled (eval mode, restored after)."""
     @contextlib.contextmanager
     def use():
-        was_training = model.training
-        model.eval()
-        try:
-            with model.disable_adapter():
-                yield model
-        finally:
-            model.train(was_training)
+        with evaluating(model), model.disable_adapter():
+            yield model
 
     return use

@@ -30,11 +30,14 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     line = next((l for l in text.splitlines() if l.startswith(("flags", "Features"))), "")
     flags = frozenset(line.split(":", 1)[-1].split())
-    capped = (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2")
-              or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _BELOW_AVX512_ISAS)
-    if capped:
+    if _capped_below_avx512():
         flags = frozenset(f for f in flags if not f.startswith(("avx512", "amx")))
     return flags
+
+
+def _capped_below_avx512() -> bool:
+    return (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2")
+            or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _BELOW_AVX512_ISAS)
 
 
 def vector_features(flags: frozenset[str] | None = None) -> str:
@@ -100,7 +103,8 @@ def best_device() -> torch.device:
 
 
 def hardware_description() -> str:
-    """One line naming the machine: CPU model and cores, GPU if any, torch version."""
+    """One line naming the machine: CPU model, its vector features as torch may use them (marked where an environment
+    variable caps or replaces them, i.e. an emulated host), cores, GPU if any, torch version."""
     import os
     import platform
 
@@ -114,7 +118,11 @@ def hardware_description() -> str:
                 break
     except OSError:
         pass
-    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    features = vector_features()
+    if os.environ.get(CPU_FLAGS_ENV) is not None or _capped_below_avx512():
+        features += " (emulated)"
+    text = (f"{cpu} [{features}], {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}")
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text

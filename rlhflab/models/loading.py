@@ -24,7 +24,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLHFLAB_CACHE", Path.home() / ".cache" / "rlhflab"))
 
 
-def _embedded_gguf(name: str) -> Path:
+def embedded_gguf(name: str) -> Path:
     package, filename = EMBEDDED_MODELS[name]
     import importlib.util
 
@@ -43,7 +43,7 @@ def _dequantise_embedded(name: str, target: Path) -> None:
     """GGUF -> a normal safetensors Llama folder with tokenizer and chat template (about 35 s, once)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    gguf = _embedded_gguf(name)
+    gguf = embedded_gguf(name)
     print(f"de-quantising {gguf.name} once into {target} (about 35 s)...", flush=True)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

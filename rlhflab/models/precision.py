@@ -19,8 +19,8 @@ def autocast_dtype(want_bf16: bool, device: torch.device | str = "cpu") -> torch
 def policy_dtype(want_bf16: bool, device: torch.device | str | None = None) -> torch.dtype:
     """Weights dtype for a policy that only generates (app, evaluation): bf16 where bf16 is fast here
     (`autocast_dtype`), since its matmuls would run in bf16 anyway; fp32 otherwise. Half the memory, no
-    re-cast of frozen (LoRA-shared) base weights at every decode step, and on a CPU with AVX512-bf16 1.6x
-    the chat decode rate of fp32 weights (BENCHMARKS.md)."""
+    re-cast of frozen (LoRA-shared) base weights at every decode step, and a faster chat decode than fp32 weights
+    where bf16 is fast (BENCHMARKS.md, "Lab notes moved out of the code")."""
     device = torch.device(device) if device is not None else best_device()
     return torch.bfloat16 if autocast_dtype(want_bf16, device) is not None else torch.float32
 

@@ -9,7 +9,9 @@ from typing import Callable
 
 from rlhflab.errors import UserError
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = "metrics.jsonl"  # a training run's per-step log
+RESULTS_FILE = "results.json"  # the evaluation's machine-readable results (checkpoints/eval)
+REPORT_FILE = "report.md"  # the evaluation's Markdown report, beside them
 
 
 def save_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> Path:

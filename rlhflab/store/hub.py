@@ -72,3 +72,22 @@ def report_push(folder: str | Path, repo_id: str | None) -> PushResult | None:
         raise UserError(result.message)
     print(result.message)
     return result
+
+
+def hub_model_available(repo_id: str, timeout_s: float = 3.0) -> bool:
+    """Whether a Hub model can load here: already in the local HF cache, or the Hub answers (not HF_HUB_OFFLINE)."""
+    import os
+    import socket
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0]
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return bool(os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"))  # a proxy may still reach it

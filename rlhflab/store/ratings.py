@@ -49,6 +49,9 @@ _SELECT_ITEMS_WITH_DONE = ("SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.
 _ITEM_EXISTS = "SELECT 1 FROM items WHERE item_id = ?"
 
 
+_RATED_BY = "SELECT 1 FROM ratings WHERE item_id = ? AND rater = ?"
+
+
 _INSERT_RATING = (f"INSERT INTO ratings (item_id, rater, {', '.join(CRITERIA)}, created) "
                   f"VALUES (?, ?, {', '.join('?' * len(CRITERIA))}, ?)")
 
@@ -103,11 +106,16 @@ class RatingsStore:
         with self._conn() as db:
             return [dict(r) for r in db.execute(_SELECT_ITEMS)]
 
-    def blind_task(self, rater: str, seed: int | None = None, max_responses: int | None = None) -> dict | None:
+    def blind_task(self, rater: str, seed: int | None = None, max_responses: int | None = None,
+                   skip_rated: bool = False) -> dict | None:
         """The prompt this rater has rated least, with its responses shuffled and policies hidden; with more policies
-        than `max_responses`, the ones this rater has rated least come first, so each task shows new ones."""
+        than `max_responses`, the ones this rater has rated least come first, so each task shows new ones.
+        `skip_rated` (one rating per rater and item, as the app asks): only responses this rater has not rated; None
+        when there are none left."""
         with self._conn() as db:
             rows = [dict(r) for r in db.execute(_SELECT_ITEMS_WITH_DONE, (rater,))]
+        if skip_rated:
+            rows = [r for r in rows if not r["done"]]
         if not rows:
             return None
         by_prompt: dict[int, list[dict]] = {}
@@ -129,8 +137,10 @@ class RatingsStore:
     def add_rating(self, item_id: str, scores: dict, rater: str = "anonymous") -> int:
         return self.add_ratings([(item_id, scores)], rater)[0]
 
-    def add_ratings(self, ratings: list[tuple[str, dict]], rater: str = "anonymous") -> list[int]:
-        """Store (item_id, scores) pairs in one transaction: all of them, or (on any bad one) none."""
+    def add_ratings(self, ratings: list[tuple[str, dict]], rater: str = "anonymous",
+                    once_per_rater: bool = False) -> list[int]:
+        """Store (item_id, scores) pairs in one transaction: all of them, or (on any bad one) none. With
+        `once_per_rater` (the app's rule) an item this rater has rated before refuses the whole submission."""
         checked = [(item_id, _checked_scores(scores)) for item_id, scores in ratings]
         rater = str(rater or "anonymous").strip()[:RATER_MAX_CHARS] or "anonymous"
         with self._lock, self._conn() as db:
@@ -138,6 +148,9 @@ class RatingsStore:
             for item_id, values in checked:
                 if not isinstance(item_id, str) or db.execute(_ITEM_EXISTS, (item_id,)).fetchone() is None:
                     raise UserError(f"unknown rating item {item_id!r}; reload the rating tab.")
+                if once_per_rater and db.execute(_RATED_BY, (item_id, rater)).fetchone() is not None:
+                    raise UserError("You have already rated one of these responses (each response is rated once by "
+                                    "each rater); press Next prompt for new ones.")
                 ids.append(int(db.execute(_INSERT_RATING, (item_id, rater, *values, _now())).lastrowid))
             return ids
 

@@ -20,20 +20,18 @@ from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl
 from rlhflab.training.policy import (
-    load_start_policy,
-    lora_config,
-    policy_output_dir,
-    prepare_resume,
-    save_policy_checkpoint,
-)
-from rlhflab.training.sft import (
     adapter_sentence,
     common_trainer_args,
     hyperparameter_table,
+    load_start_policy,
+    lora_config,
+    policy_output_dir,
     preference_data_line,
+    prepare_resume,
     removed_on_failure,
     require_examples,
     run_trainer,
+    save_policy_checkpoint,
     window_means,
 )
 

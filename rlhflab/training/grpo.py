@@ -1,13 +1,14 @@
 """GRPO and RLOO training against the frozen reward model: the one module that touches TRL's GRPOTrainer and
 RLOOTrainer (trl==1.12.0).
 
-Around TRL it adds what PPO has (rlhflab.training.ppo): the same prompts and held-out split, the reward computed the one
-way the lab computes it (rlhflab.measure.scoring.score_responses), a metrics log with PPO's field names and units, resume
-after a kill, and a checkpoint whose card says what it is.
+Around TRL it adds what PPO has (the shared parts live in rlhflab.training.online): the same prompts and held-out
+split, rollouts on the decode engine, the reward computed the one way the lab computes it
+(rlhflab.measure.scoring.score_responses), a metrics log with PPO's field names and units, resume after a kill, and
+a checkpoint whose card says what it is.
 
 TRL's GRPO and RLOO keep the KL coefficient (`beta`) fixed: neither has an adaptive controller. Here the same
-controller as PPO's (rlhflab.training.ppo.AdaptiveKLController, Ziegler et al. 2019) moves `trainer.beta`, the attribute
-their losses read, after every step from the KL per token that step logged.
+controller as PPO's (Ziegler et al. 2019) moves `trainer.beta`, the attribute their losses read, after every step
+from the KL per token that step logged.
 
 The KL TRL logs (`kl_per_token`, named by `kl_estimator`) is an estimate from the sampled tokens:
 - GRPO: k3 = exp(r) - r - 1 with r = log pi_ref - log pi per token (Schulman's estimator, >= 0), taken in the loss
@@ -23,55 +24,54 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from rlhflab.config import GRPOConfig
-from rlhflab.data.oasst1 import load_prompts, save_prompts
 from rlhflab.errors import UserError
-from rlhflab.generation.sampling import GenerationSettings, sample_responses
-from rlhflab.measure.kl import KLAccumulator
-from rlhflab.measure.overopt import (
-    OVEROPT_FILE,
-    OverOptProbe,
-    adapters_disabled,
-    holder,
-    probe_card_sentence,
-    read_overopt,
-)
-from rlhflab.measure.overopt import keep_up_to as keep_probes_up_to
+from rlhflab.generation.sampling import GenerationSettings
+from rlhflab.measure.overopt import OVEROPT_FILE, probe_card_sentence, read_overopt
 from rlhflab.measure.ppo_metrics import KL_BAND, band_kl, format_gain, run_summary_table, summarize_metrics
 from rlhflab.measure.scoring import score_responses
 from rlhflab.models.hardware import best_device
-from rlhflab.models.loading import count_parameters, load_reward_model
+from rlhflab.models.loading import count_parameters
+from rlhflab.models.modes import evaluating
 from rlhflab.models.precision import autocast, autocast_dtype
 from rlhflab.models.prompts import format_prompt
 from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl, write_json
+from rlhflab.training.online import (
+    ExactKLSums,
+    KLCoefficient,
+    OnlineStart,
+    after_each_step,
+    build_probe,
+    copy_probes,
+    frozen_block_linears_to,
+    load_online_start,
+    lora_sentence,
+    pass_of,
+    prompt_key,
+    prompts_sentence,
+    rollout_generator,
+    sample_rollouts,
+    trim_probes,
+    world_size,
+)
 from rlhflab.training.policy import (
     POLICY_METHODS,
-    is_stand_in,
     learning_rate,
-    load_start_policy,
     lora_config,
     policy_output_dir,
     prepare_resume,
     save_policy_checkpoint,
     trainer_metrics_callback,
-)
-from rlhflab.training.ppo import (
-    HELDOUT_FILE,
-    TRAIN_PROMPTS_FILE,
-    AdaptiveKLController,
-    _frozen_block_linears_to,
-    prepare_prompts,
-    prompt_key,
 )
 
 KL_ESTIMATORS = {"grpo": "k3", "rloo": "k1"}
@@ -81,6 +81,20 @@ KL_STATE_FILE = "kl_controller.json"  # the KL coefficient for the next step, sa
 
 
 MAX_MICRO_BATCH = 16  # completions per forward/backward pass; more per step are accumulated
+
+
+# The private methods of TRL 1.12's trainers that lab_grpo_trainer overrides (TRL has no public hook for them): sha256
+# (first 16 hex digits) of their source, checked by tests/test_trl_adapters.py so a TRL upgrade is read first.
+TRL_OVERRIDDEN = {
+    "GRPOTrainer._generate_single_turn": "03c33ff5cd8342ec",
+    "GRPOTrainer._generate_and_score_completions": "db028931a84025f2",
+    "GRPOTrainer._tokenize_prompts": "d2d27f7c9bfda85f",
+    "GRPOTrainer._save_checkpoint": "ec91bde123649111",
+    "RLOOTrainer._generate_single_turn": "f8a2730c406b119d",
+    "RLOOTrainer._generate_and_score_completions": "a2ab3efec6e71d8f",
+    "RLOOTrainer._tokenize_prompts": "da688fca7ff22f2d",
+    "RLOOTrainer._save_checkpoint": "b6ee0a370c266b6f",
+}
 
 
 # ---------------------------------------------------------------- batch arithmetic
@@ -106,35 +120,51 @@ def grpo_batch_plan(batch_size: int, num_generations: int, num_prompts: int, epo
             "completions_per_step": completions, "steps": steps}
 
 
-# ---------------------------------------------------------------- TRL-facing pieces
-def _trl(algorithm: str):
-    if algorithm == "rloo":
-        from trl import RLOOConfig, RLOOTrainer
-
-        return RLOOConfig, RLOOTrainer
+def trl_grpo_args(cfg: GRPOConfig, plan: dict, work: Path):
+    """TRL's GRPOConfig or RLOOConfig for the run."""
     from trl import GRPOConfig as TRLGRPOConfig
-    from trl import GRPOTrainer
+    from trl import RLOOConfig
 
-    return TRLGRPOConfig, GRPOTrainer
+    args = dict(
+        output_dir=str(work), learning_rate=learning_rate(cfg), max_steps=plan["steps"],
+        per_device_train_batch_size=plan["per_device_train_batch_size"],
+        gradient_accumulation_steps=plan["gradient_accumulation_steps"],
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_response_length,
+        temperature=cfg.temperature, num_iterations=1,
+        beta=0.0,  # set on the trainer, with our reference: a non-zero beta here makes TRL load its own
+        seed=cfg.seed, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+        logging_steps=1, save_strategy="steps", save_steps=max(1, plan["steps"] // 5), save_total_limit=1,
+        report_to=cfg.report_to, disable_tqdm=False, log_completions=False,
+    )
+    if cfg.algorithm == "grpo":
+        args["scale_rewards"] = "none"  # the spec's advantage: reward minus the group's mean (no division by its std)
+        return TRLGRPOConfig(**args)
+    return RLOOConfig(**args)
 
 
-def _lab_trainer(base: type) -> type:
-    """TRL's trainer class with the lab's prompt tokens and its KL coefficient saved in every checkpoint."""
+# ---------------------------------------------------------------- the trainer
+@functools.cache
+def lab_grpo_trainer(algorithm: str) -> type:
+    """TRL's GRPOTrainer or RLOOTrainer with the lab's prompt tokens, rollouts on the decode engine, the exact KL of
+    each step's completions (when `exact_kl` is set) and its KL coefficient saved in every checkpoint."""
+    from trl import GRPOTrainer, RLOOTrainer
+
+    base = RLOOTrainer if algorithm == "rloo" else GRPOTrainer
+    returns_logprobs = base is GRPOTrainer  # GRPO's generation returns (ids, logprobs), RLOO's the ids
 
     class LabTrainer(base):
+        exact_kl: ExactKLSums | None = None  # set when each step's exact KL is measured
+        generator: torch.Generator | None = None  # the rollouts' sampling stream, seeded at the first batch
+
         def _tokenize_prompts(self, prompts: list):
             # The prompts arrive formatted (format_prompt); their tokens are PPO's queries exactly. TRL's own call
             # would add the tokenizer's special tokens, a second BOS for tokenizers that add one.
             ids = [self.processing_class(p, add_special_tokens=False)["input_ids"] for p in prompts]
             return ids, None, {}
 
-        lab_kl_sums = None  # a rlhflab.measure.kl.KLAccumulator when each step's exact KL is measured (train_grpo sets it)
-        lab_generator = None  # the rollouts' sampling stream, seeded at the first generation batch
-
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
-            """TRL's text-only generation path, with the whole generation batch sampled in one call on the decode
-            engine (rlhflab.generation.sampling.sample_responses) under TRL's settings; vLLM, continuous batching, images, tools and
-            min-p go to TRL's own path."""
+            """TRL's text-only generation path, the whole generation batch in one call on the decode engine under
+            TRL's settings; vLLM, continuous batching, images, tools and min-p go to TRL's own path."""
             if (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None
                     or multimodal_fields or getattr(self, "min_p", None) is not None or getattr(self, "tools", None)):
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
@@ -142,9 +172,9 @@ def _lab_trainer(base: type) -> type:
             from trl.trainer.utils import pad
 
             device = self.accelerator.device
-            if self.lab_generator is None:  # a resumed run continues on a stream of its own
-                self.lab_generator = torch.Generator().manual_seed(
-                    (self.args.seed + self.state.global_step) * 1009 + self.accelerator.process_index)
+            if self.generator is None:  # a resumed run continues on a stream of its own
+                self.generator = rollout_generator(self.args.seed, self.state.global_step,
+                                                   self.accelerator.process_index)
             prompts = [torch.tensor(ids) for ids in prompt_ids]
             input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
             mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
@@ -155,31 +185,24 @@ def _lab_trainer(base: type) -> type:
                                           max_new_tokens=self.max_completion_length)
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                              generation_kwargs=self.generation_kwargs) as unwrapped:
-                was_training = unwrapped.training
-                unwrapped.eval()
-                try:
-                    responses = sample_responses(unwrapped, input_ids, mask, settings, [eos],
-                                                 self._tokenizer.pad_token_id, generator=self.lab_generator)
-                finally:
-                    unwrapped.train(was_training)
+                responses = sample_rollouts(unwrapped, input_ids, mask, settings, [eos],
+                                            self._tokenizer.pad_token_id, self.generator)
             completion_ids = []
             for row in responses.cpu().tolist():  # TRL's: everything up to and including the first EOS
                 completion_ids.append(row[:row.index(eos) + 1] if eos in row else row)
-            return (completion_ids, None) if self._lab_returns_logprobs else completion_ids
+            return (completion_ids, None) if returns_logprobs else completion_ids
 
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
-            if self.lab_kl_sums is not None and self.model.training:
-                self.lab_kl_sums.add(self._lab_kl_of(output))
+            if self.exact_kl is not None and self.model.training:
+                self._add_exact_kl(output)
             return output
 
         @torch.no_grad()
-        def _lab_kl_of(self, output: dict) -> torch.Tensor:
-            """kl_sums over the completion tokens of one generation batch: the policy as it sampled them (before this
-            step's update) and the reference, each from one no-grad forward with TRL's inputs."""
+        def _add_exact_kl(self, output: dict) -> None:
+            """Exact-KL sums over the completion tokens of one generation batch: the policy as it sampled them
+            (before this step's update) and the reference, each from one no-grad forward with TRL's inputs."""
             from trl.trainer.utils import use_adapter
-
-            from rlhflab.measure.kl import kl_sums
 
             ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
             mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
@@ -190,10 +213,8 @@ def _lab_trainer(base: type) -> type:
                 out = model(input_ids=ids[rows], attention_mask=mask[rows], use_cache=False).logits
                 return out[:, :-1][:, -width:].float() / self.temperature
 
-            sums = torch.zeros(4, dtype=torch.float64)
-            was_training = unwrapped.training
-            unwrapped.eval()  # the policy itself, without dropout (LoRA dropout would add noise to the measurement)
-            try:
+            # the policy itself, without dropout (LoRA dropout would add noise to the measurement)
+            with evaluating(unwrapped):
                 step = self.args.per_device_train_batch_size
                 for start in range(0, ids.shape[0], step):
                     rows = slice(start, start + step)
@@ -204,11 +225,8 @@ def _lab_trainer(base: type) -> type:
                         ref_name = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
                         with use_adapter(unwrapped, adapter_name=ref_name):
                             ref_logits = logits(self.model, rows)
-                    sums += kl_sums(policy_logits, ref_logits, output["completion_ids"][rows],
-                                    output["completion_mask"][rows])
-            finally:
-                unwrapped.train(was_training)
-            return sums
+                    self.exact_kl.add_logits(policy_logits, ref_logits, output["completion_ids"][rows],
+                                             output["completion_mask"][rows])
 
         def _save_checkpoint(self, model, trial):
             if self.args.should_save:  # before TRL writes trainer_state.json, which marks the checkpoint complete
@@ -217,7 +235,19 @@ def _lab_trainer(base: type) -> type:
                 write_json(folder / KL_STATE_FILE, {"kl_coef": self.beta})
             super()._save_checkpoint(model, trial)
 
-    LabTrainer._lab_returns_logprobs = base.__name__ != "RLOOTrainer"  # GRPO's returns (ids, logprobs), RLOO's ids
+        def use_reference(self, reference) -> None:
+            """A frozen copy of the start as the reference. TRL would reload `config._name_or_path`, which for a
+            merged SFT adapter (--init-from) names the SFT's base, not the start: KL would not begin at 0."""
+            from trl.models import prepare_deepspeed, prepare_fsdp
+
+            reference.eval().requires_grad_(False)
+            if self.is_deepspeed_enabled:
+                self.ref_model = prepare_deepspeed(reference, self.accelerator)
+            elif self.is_fsdp_enabled:
+                self.ref_model = prepare_fsdp(reference, self.accelerator)
+            else:
+                self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
+
     LabTrainer.__name__ = f"Lab{base.__name__}"
     return LabTrainer
 
@@ -227,8 +257,8 @@ class RewardModelScore:
 
     TRL hands over each completion decoded without special tokens, so a finished response has lost its EOS and a
     response cut at --max-response-length never had one; score_responses appends EOS to both (chat models), i.e.
-    every response is scored as a closed turn, the way PPO's close_unfinished closes a cut rollout before scoring.
-    Records each rollout's score and prompt key (rlhflab.training.ppo.prompt_key, the same key PPO logs) for the log.
+    every response is scored as a closed turn, the way PPO closes a cut rollout before scoring. Records each
+    rollout's score and prompt key (rlhflab.training.online.prompt_key, the same key PPO logs) for the log.
     """
 
     __name__ = "reward_model"  # TRL names the reward's log keys after it
@@ -263,120 +293,24 @@ def _clear_autocast_cache_callback():
     return ClearAutocastCache()
 
 
-def _prepare_reference(trainer, reference):
-    """Give the trainer a frozen copy of the start as its reference. TRL would reload `config._name_or_path`, which
-    for a merged SFT adapter (--init-from) names the SFT's base, not the start: KL would not begin at 0."""
-    from trl.models import prepare_deepspeed, prepare_fsdp
-
-    reference.eval().requires_grad_(False)
-    if trainer.is_deepspeed_enabled:
-        return prepare_deepspeed(reference, trainer.accelerator)
-    if trainer.is_fsdp_enabled:
-        return prepare_fsdp(reference, trainer.accelerator)
-    return trainer.accelerator.prepare_model(reference, evaluation_mode=True)
-
-
-# ---------------------------------------------------------------- training
-def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None) -> Path:
-    """Run GRPO (or RLOO) against the frozen reward model, full or LoRA; write the checkpoint; return its path."""
-    import datasets
-
-    method = cfg.algorithm
-    timer = Timer()
-    torch.manual_seed(cfg.seed)
-    out = policy_output_dir(method, cfg.mode, cfg.output_dir)
-    work = out.parent / f".{out.name}-work"  # Trainer checkpoints, for --resume
-    log_path = work / METRICS_FILE
-
-    # Data and models: every input error is raised here, before any folder is written.
-    prompts = load_prompts(cfg.dataset, cfg.lang)
-    reward_model, reward_tok = load_reward_model(cfg.reward_model)
-    policy, tokenizer, start = load_start_policy(cfg.base_model, cfg.init_from)
-    if reward_tok.get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"reward model {cfg.reward_model} uses a different tokenizer from {start}; train the reward "
-                        f"model on the same base (--base-model).")
-    train_prompts, heldout, queries = prepare_prompts(cfg, tokenizer, prompts)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = grpo_batch_plan(cfg.batch_size, cfg.num_generations, len(train_prompts), cfg.epochs, world_size,
-                           cfg.max_steps)
-
-    resume_from = prepare_resume(work, log_path, cfg.resume)
-    overopt_path = work / OVEROPT_FILE
-    if resume_from is not None and os.environ.get("RANK", "0") == "0":
-        keep_probes_up_to(overopt_path, int(resume_from.name.rsplit("-", 1)[1]))
-    kl_coef = cfg.kl_coef
-    if resume_from is not None and (resume_from / KL_STATE_FILE).is_file():
-        kl_coef = json.loads((resume_from / KL_STATE_FILE).read_text())["kl_coef"]
-    reference = copy.deepcopy(policy) if cfg.mode == "full" else None  # LoRA: the base with adapters disabled
-
-    TRLConfig, TRLTrainer = _trl(method)
-    amp_dtype = autocast_dtype(cfg.bf16, best_device())
-    save_every = max(1, plan["steps"] // 5)
-    args = dict(
-        output_dir=str(work), learning_rate=learning_rate(cfg), max_steps=plan["steps"],
-        per_device_train_batch_size=plan["per_device_train_batch_size"],
-        gradient_accumulation_steps=plan["gradient_accumulation_steps"],
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_response_length,
-        temperature=cfg.temperature, num_iterations=1,
-        beta=0.0,  # set on the trainer below, with our reference: a non-zero beta here makes TRL load its own
-        seed=cfg.seed, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
-        logging_steps=1, save_strategy="steps", save_steps=save_every, save_total_limit=1,
-        report_to=cfg.report_to, disable_tqdm=False, log_completions=False,
-    )
-    if method == "grpo":
-        args["scale_rewards"] = "none"  # the spec's advantage: reward minus the group's mean (no division by its std)
-    args = TRLConfig(**args)
-    for key, value in (trl_overrides or {}).items():  # benchmarks compare against TRL's own settings
-        setattr(args, key, value)
-
-    train_dataset = datasets.Dataset.from_dict({
-        "prompt": [format_prompt(tokenizer, p) for p in train_prompts],
-        "query": train_prompts,  # the reward model formats the raw prompt itself (score_responses)
-        "prompt_key": [prompt_key(q) for q in queries],
-    })
-    reward = RewardModelScore(reward_model, tokenizer)
-    peft_config = lora_config(cfg, policy) if cfg.mode == "lora" else None
-    trainer = _lab_trainer(TRLTrainer)(model=policy, reward_funcs=[reward], args=args, train_dataset=train_dataset,
-                                       processing_class=tokenizer, peft_config=peft_config)
-    reward_model.to(trainer.accelerator.device)
-    if reference is not None:
-        trainer.ref_model = _prepare_reference(trainer, reference)
-    trainer.beta = trainer.args.beta = kl_coef
-    policy_model = trainer.model
-    if cfg.mode == "lora" and amp_dtype is not None:
-        _frozen_block_linears_to(policy_model, amp_dtype)
-    trainable, total = count_parameters(policy_model)
-
-    controller = None if cfg.fixed_kl else AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
-    steps_per_pass = len(train_prompts) // cfg.batch_size
-    estimator = KL_ESTIMATORS[method]
-    if cfg.kl_estimator != estimator:  # TRL does not log it: one extra no-grad forward of policy and reference
-        trainer.lab_kl_sums = KLAccumulator()
-    overopt = None
-    if cfg.probe_every > 0 and heldout and trainer.accelerator.is_main_process:
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        ref_holder = (holder(trainer.accelerator.unwrap_model(trainer.ref_model)) if trainer.ref_model is not None
-                      else adapters_disabled(unwrapped))
-        overopt = OverOptProbe(heldout[:cfg.probe_prompts], tokenizer, reward_model, reward_tok, overopt_path,
-                               temperature=cfg.temperature, max_new_tokens=cfg.max_response_length,
-                               reward_model_name=cfg.reward_model, judge_model=cfg.judge_model,
-                               max_prompt_tokens=cfg.max_prompt_length, device=trainer.accelerator.device,
-                               use_policy=holder(unwrapped), use_reference=ref_holder)
+def step_record(cfg: GRPOConfig, trainer, reward: RewardModelScore, kl: KLCoefficient, plan: dict,
+                steps_per_pass: int):
+    """to_record for policy.trainer_metrics_callback: TRL's log of one step as the lab's record (PPO's names and
+    units), moving the KL coefficient after it."""
+    estimator = KL_ESTIMATORS[cfg.algorithm]
 
     def to_record(logs: dict, state) -> dict:
-        kl = float(logs.get("kl", float("nan")))
+        kl_logged = float(logs.get("kl", float("nan")))
         length = float(logs.get("completions/mean_length", float("nan")))
         rollout_scores, rollout_prompts = reward.pop_rollouts()
-        kls = trainer.lab_kl_sums.pop(trainer.accelerator) if trainer.lab_kl_sums is not None else None
-        follows = cfg.kl_estimator if kls else estimator  # TRL's own when nothing was measured
-        followed = kls[follows] if kls else kl
+        kls = trainer.exact_kl.pop(trainer.accelerator) if trainer.exact_kl is not None else None
         record = {
-            "pass": (state.global_step - 1) // steps_per_pass + 1,  # pass over the prompts
+            "pass": pass_of(state.global_step, steps_per_pass),  # pass over the prompts
             "episode": state.global_step * plan["completions_per_step"],
-            "kl_per_token": kl, "kl_estimator": estimator, "kl_per_sequence": kl * length,
+            "kl_per_token": kl_logged, "kl_estimator": estimator, "kl_per_sequence": kl_logged * length,
             # exact KL over the vocabulary, per token over the same completion tokens (null: not measured)
             "kl_exact_per_token": kls["exact"] if kls else None,
-            "kl_controller_estimator": follows if controller is not None else None,
+            "kl_controller_estimator": None,
             "kl_coef": float(trainer.beta),
             "score": float(logs["reward"]), "score_std": float(logs.get("reward_std", float("nan"))),
             "entropy_per_token": float(logs.get("entropy", float("nan"))), "response_tokens_mean": length,
@@ -386,61 +320,89 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
             # this process's rollouts (all of them in a single-process run): score and prompt key each
             "rollout_scores": rollout_scores, "rollout_prompts": rollout_prompts,
         }
-        if controller is not None and math.isfinite(followed):  # every process moves beta alike (the KL is global)
-            trainer.beta = trainer.args.beta = controller.update(followed, plan["completions_per_step"])
+        record["kl_controller_estimator"] = kl.after_step(kls, estimator, kl_logged, plan["completions_per_step"])
+        trainer.beta = trainer.args.beta = kl.value
         record["kl_coef_next"] = float(trainer.beta)
         return record
 
-    def after_step(record: dict):
-        if overopt is not None and (record["step"] % cfg.probe_every == 0 or record["step"] == plan["steps"]):
-            overopt.run(record["step"], record["episode"])
-        exact_kl = record.get("kl_exact_per_token")
-        exact_text = f"exact KL {exact_kl:.4f}, " if exact_kl is not None else ""
-        print(f"step {record['step']}/{plan['steps']}: {exact_text}KL {record['kl_per_token']:.4f} nats/token "
-              f"({estimator}; "
-              f"{record['kl_per_sequence']:.3f} nats/seq), score {record['score']:.3f}, beta {record['kl_coef']:.4f}, "
-              f"{record['seconds_per_step']:.1f} s", flush=True)
-        if on_step is not None:
-            on_step(record)
+    return to_record
 
-    trainer.add_callback(trainer_metrics_callback(log_path, to_record, after_step))
+
+def resume(cfg: GRPOConfig, work: Path) -> tuple[Path | None, KLCoefficient]:
+    """(the Trainer checkpoint to resume from or None, the KL coefficient, with the value saved there)."""
+    resume_from = prepare_resume(work, work / METRICS_FILE, cfg.resume)
+    if resume_from is None:
+        return None, KLCoefficient(cfg, cfg.kl_coef)
+    trim_probes(work, int(resume_from.name.rsplit("-", 1)[1]))
+    saved = resume_from / KL_STATE_FILE
+    return resume_from, KLCoefficient(cfg, json.loads(saved.read_text())["kl_coef"] if saved.is_file() else cfg.kl_coef)
+
+
+def prompt_dataset(run: OnlineStart):
+    """The training prompts as TRL's dataset: formatted for the policy, raw for the reward model, keyed as PPO's."""
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "prompt": [format_prompt(run.tokenizer, p) for p in run.train_prompts],
+        "query": run.train_prompts,  # the reward model formats the raw prompt itself (score_responses)
+        "prompt_key": [prompt_key(q) for q in run.queries]})
+
+
+# ---------------------------------------------------------------- training
+def train_grpo(cfg: GRPOConfig, on_step=None, trainer_class: type | None = None) -> Path:
+    """Run GRPO (or RLOO) against the frozen reward model, full or LoRA; write the checkpoint; return its path.
+
+    `on_step(record)` runs after each step's record is written; `trainer_class` replaces lab_grpo_trainer(algorithm)."""
+    method = cfg.algorithm
+    timer = Timer()
+    torch.manual_seed(cfg.seed)
+    out = policy_output_dir(method, cfg.mode, cfg.output_dir)
+    work = out.parent / f".{out.name}-work"  # Trainer checkpoints, for --resume
+    run = load_online_start(cfg)  # every input error stops here, before anything is written
+    plan = grpo_batch_plan(cfg.batch_size, cfg.num_generations, len(run.train_prompts), cfg.epochs, world_size(),
+                           cfg.max_steps)
+    resume_from, kl = resume(cfg, work)
+    reference = copy.deepcopy(run.policy) if cfg.mode == "full" else None  # LoRA: the base with adapters disabled
+
+    reward = RewardModelScore(run.reward_model, run.tokenizer)
+    trainer = (trainer_class or lab_grpo_trainer(method))(
+        model=run.policy, reward_funcs=[reward], args=trl_grpo_args(cfg, plan, work),
+        train_dataset=prompt_dataset(run), processing_class=run.tokenizer,
+        peft_config=lora_config(cfg, run.policy) if cfg.mode == "lora" else None)
+    run.reward_model.to(trainer.accelerator.device)
+    if reference is not None:
+        trainer.use_reference(reference)
+    trainer.beta = trainer.args.beta = kl.value
+    amp_dtype = autocast_dtype(cfg.bf16, best_device())
+    if cfg.mode == "lora" and amp_dtype is not None:
+        frozen_block_linears_to(trainer.model, amp_dtype)
+    if cfg.kl_estimator != KL_ESTIMATORS[method]:  # TRL does not log it: one extra no-grad forward of each model
+        trainer.exact_kl = ExactKLSums()
+    probe = build_probe(cfg, trainer.accelerator, trainer.model, trainer.ref_model, run, work / OVEROPT_FILE)
+    trainer.add_callback(trainer_metrics_callback(
+        work / METRICS_FILE, step_record(cfg, trainer, reward, kl, plan, len(run.train_prompts) // cfg.batch_size),
+        after_each_step(cfg, plan["steps"], KL_ESTIMATORS[method], probe, on_step=on_step)))
     if amp_dtype is not None:
         trainer.add_callback(_clear_autocast_cache_callback())
     # Autocast (not TRL's bf16 flag) covers generation, the reference, scoring and the updates alike, as in PPO.
     with autocast(cfg.bf16) if amp_dtype is not None else contextlib.nullcontext():
-        if overopt is not None and resume_from is None:  # the start, before any update
-            overopt.run(0, 0)
+        if probe is not None and resume_from is None:  # the start, before any update
+            probe.run(0, 0)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
         return out
 
-    metrics = read_jsonl(log_path)
-    info = {
-        "algorithm": method, "reward_model": cfg.reward_model, "steps": plan["steps"],
-        "prompts_per_step": cfg.batch_size, "num_generations": cfg.num_generations,
-        "responses_per_step": plan["completions_per_step"],
-        "trl_args": {k: plan[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps")},
-        "policy_trainable_params": trainable, "policy_total_params": total,
-        "lora_target_modules": sorted(peft_config.target_modules) if peft_config else None,
-        "train_prompts": len(train_prompts), "heldout_prompts": len(heldout), "bf16": amp_dtype is not None,
-        "kl_estimator": estimator, "loss_type": getattr(trainer.args, "loss_type", None),
-        "kl_controller_estimator": None if cfg.fixed_kl else cfg.kl_estimator,
-        "overopt_probes": len(read_overopt(work)),
-        "seconds": timer.elapsed_s, "summary": summarize_metrics(metrics),
-    }
+    info = run_info(cfg, plan, trainer, run, work, timer, amp_dtype is not None)
 
     def extra(folder: Path):
-        if overopt_path.is_file():
-            (folder / OVEROPT_FILE).write_bytes(overopt_path.read_bytes())
-        save_prompts(folder / HELDOUT_FILE, heldout)
-        save_prompts(folder / TRAIN_PROMPTS_FILE, train_prompts)
+        copy_probes(work, folder)
+        run.save_prompts(folder)
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    save_policy_checkpoint(out, model, tokenizer, cfg, method=method, start=start, info=info,
-                           title=f"{POLICY_METHODS[method][0]} policy ({cfg.mode})",
-                           sections=_card_sections(cfg, method, start, info), metrics_path=log_path, extra=extra,
-                           datasets=[cfg.dataset])
+    save_policy_checkpoint(out, trainer.accelerator.unwrap_model(trainer.model), run.tokenizer, cfg, method=method,
+                           start=run.start, info=info, title=f"{POLICY_METHODS[method][0]} policy ({cfg.mode})",
+                           sections=card_sections(cfg, method, run.start, info), metrics_path=work / METRICS_FILE,
+                           extra=extra, datasets=[cfg.dataset])
     # The Trainer checkpoints hold optimizer state (twice the model, for AdamW): once the policy is saved they are
     # only disk used, and a finished run has nothing to resume.
     shutil.rmtree(work, ignore_errors=True)
@@ -448,13 +410,30 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trl_overrides: dict | None = None)
     return out
 
 
+def run_info(cfg: GRPOConfig, plan: dict, trainer, run: OnlineStart, work: Path, timer: Timer, bf16: bool) -> dict:
+    """What the run was and what it measured (policy_info.json, beside the card's block)."""
+    trainable, total = count_parameters(trainer.model)
+    peft_config = getattr(trainer.model, "peft_config", {}).get("default") if cfg.mode == "lora" else None
+    return {
+        "algorithm": cfg.algorithm, "reward_model": cfg.reward_model, "steps": plan["steps"],
+        "prompts_per_step": cfg.batch_size, "num_generations": cfg.num_generations,
+        "responses_per_step": plan["completions_per_step"],
+        "trl_args": {k: plan[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps")},
+        "policy_trainable_params": trainable, "policy_total_params": total,
+        "lora_target_modules": sorted(peft_config.target_modules) if peft_config else None,
+        "train_prompts": len(run.train_prompts), "heldout_prompts": len(run.heldout), "bf16": bf16,
+        "kl_estimator": KL_ESTIMATORS[cfg.algorithm], "loss_type": getattr(trainer.args, "loss_type", None),
+        "kl_controller_estimator": None if cfg.fixed_kl else cfg.kl_estimator,
+        "overopt_probes": len(read_overopt(work)),
+        "seconds": timer.elapsed_s, "summary": summarize_metrics(read_jsonl(work / METRICS_FILE)),
+    }
+
+
 # ---------------------------------------------------------------- the card
-def _card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict[str, str]:
+def card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict[str, str]:
     s = info["summary"]
     name = POLICY_METHODS[method][0]
     nan = float("nan")
-    data_line = (f"`{cfg.dataset}` — **embedded stand-in prompts written for this project in oasst1 format, not "
-                 f"OpenAssistant/oasst1**" if is_stand_in(cfg) else f"`{cfg.dataset}` (prompter messages only)")
     lo, hi = KL_BAND
     kl_last, kl_name = band_kl(s) if s else (nan, KL_ESTIMATORS[method])
     run = policy_output_dir(method, cfg.mode).name
@@ -464,13 +443,10 @@ def _card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict
            + ("the mean of its group" if method == "grpo" else "the mean of the other responses to its prompt")
            + ", KL to the reference "
            + ("in the loss (k3 per token)" if method == "grpo" else "subtracted from the reward (k1 per sequence)"))
-    lora = (f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
-            f"{info['lora_target_modules']}; this folder holds only the adapter — load it onto `{start}`."
-            if cfg.mode == "lora" else "All policy parameters trained.")
     return {
         "What this is": (f"A {name} policy ({cfg.mode}) fine-tuned from `{start}` against the frozen reward model "
-                         f"`{cfg.reward_model}` with {how}. {lora}\n\nPrompts: {data_line}; {info['train_prompts']} "
-                         f"training prompts, {info['heldout_prompts']} held out (`{HELDOUT_FILE}`, never trained on)."),
+                         f"`{cfg.reward_model}` with {how}. {lora_sentence(cfg, info, start)}\n\n"
+                         f"{prompts_sentence(cfg, info)}"),
         "Parameters": markdown_table(["model", "trainable", "total"], [
             ["policy", f"{info['policy_trainable_params']:,}", f"{info['policy_total_params']:,}"]]),
         "Training result": (f"{info['steps']} steps of {cfg.batch_size} prompts x {cfg.num_generations} responses "

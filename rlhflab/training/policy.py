@@ -1,13 +1,19 @@
-"""What every policy trainer shares (SFT, PPO, DPO, GRPO/RLOO): where a run starts, where it saves, how its
-checkpoint names its method, how TRL's per-step logs become the lab's `metrics.jsonl`, and how it resumes.
+"""The skeleton every policy trainer (SFT, DPO, PPO, GRPO/RLOO) follows, and what they share.
+
+Each `train_<method>` reads as the same phases: the start policy (--init-from, else --base-model) and its data;
+resume (the work folder beside the checkpoint); the TRL trainer, built with the lab's subclass; the run, one
+metrics.jsonl record per step; the checkpoint folder with its card, saved atomically; the push to the Hub.
 
 A policy checkpoint says what it is in its model card's front matter, under the key `rlhflab`
 (method, mode, base model, what it started from), and in `policy_info.json` beside it. The app
 discovers policies by reading that, never by a hard-coded folder name."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +23,16 @@ import torch
 
 from rlhflab.config import CHECKPOINTS_DIR
 from rlhflab.errors import UserError
-from rlhflab.store.cards import CARD_KEY, POLICY_INFO_FILE, POLICY_METHODS, policy_metadata, write_model_card
+from rlhflab.models.hardware import best_device
+from rlhflab.models.precision import autocast_dtype
+from rlhflab.store.cards import (
+    CARD_KEY,
+    POLICY_INFO_FILE,
+    POLICY_METHODS,
+    markdown_table,
+    policy_metadata,
+    write_model_card,
+)
 from rlhflab.store.checkpoints import METRICS_FILE, save_atomically
 from rlhflab.store.hub import report_push
 from rlhflab.store.jsonio import append_jsonl, read_jsonl, write_json
@@ -87,10 +102,6 @@ def learning_rate(cfg) -> float:
     return cfg.lora_lr if cfg.mode == "lora" and getattr(cfg, "lora_lr", None) else cfg.lr
 
 
-# ---------------------------------------------------------------- what a checkpoint says it is
-
-
-
 # ---------------------------------------------------------------- logs and resume
 def trainer_metrics_callback(log_path: Path, to_record: Callable[[dict, object], dict | None],
                              on_record: Callable[[dict], None] | None = None):
@@ -137,8 +148,6 @@ def last_complete_checkpoint(work: Path) -> Path | None:
 def prepare_resume(work: Path, log_path: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from (None: start fresh, and the work folder is emptied). The metrics log keeps
     only the steps up to that checkpoint, since the steps after it run again."""
-    import shutil
-
     last = last_complete_checkpoint(work) if resume else None
     if resume:
         print(f"--resume: continuing from {last}" if last else
@@ -187,8 +196,6 @@ def save_policy_checkpoint(out: Path, model, tokenizer, cfg, *, method: str, sta
 
     save_atomically(out, write)
     if work_dir is not None:  # the checkpoint holds everything now; each resumable Trainer state is GBs of disk
-        import shutil
-
         for state in Path(work_dir).glob("checkpoint-*"):
             shutil.rmtree(state, ignore_errors=True)
     print(f"{POLICY_METHODS[method][0]} ({cfg.mode}) checkpoint saved to {out}", flush=True)
@@ -199,3 +206,105 @@ def save_policy_checkpoint(out: Path, model, tokenizer, cfg, *, method: str, sta
 def is_stand_in(cfg) -> bool:
     """True when the run trained on the embedded stand-in data (the card and the app say so)."""
     return cfg.profile == "demo" or "data/demo" in str(getattr(cfg, "dataset", ""))
+
+
+# ---------------------------------------------------------------- the Trainer-based trainers (SFT, DPO)
+# Trainer checkpoints (weights + optimizer) per run: each full-model save holds 12 bytes per parameter (fp32
+# weights and AdamW's two moments), so a few per run bound both the disk time and the work lost to an interruption.
+SAVES_PER_RUN = 4
+
+
+def trainer_precision(want_bf16: bool) -> dict:
+    """TrainingArguments precision flags: the Trainer's own bf16 (an autocast entered per forward pass) where
+    rlhflab.models.precision.autocast_dtype allows it. Not an autocast around the whole run: autocast caches the bf16
+    copy of each trainable weight until the outermost context exits, so forwards would keep seeing the first step's
+    weights."""
+    bf16 = autocast_dtype(want_bf16, best_device()) is not None
+    return {"bf16": bf16, "fp16": False, "use_cpu": not torch.cuda.is_available()}
+
+
+def common_trainer_args(cfg, work: Path) -> dict:
+    """The TRL config arguments SFT and DPO share: batch, schedule, checkpoints for --resume, logging."""
+    return dict(
+        output_dir=str(work), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, learning_rate=learning_rate(cfg),
+        max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
+        # a float below 1 is a fraction of the run's steps (the Trainer rounds it up)
+        save_strategy="steps", save_steps=1.0 / SAVES_PER_RUN, save_total_limit=1, save_only_model=False,
+        logging_steps=1, report_to=cfg.report_to, disable_tqdm=True, dataloader_num_workers=0,
+        # small models on a CPU: recomputing activations costs time, and memory is not the limit
+        activation_checkpointing=False, **trainer_precision(cfg.bf16),
+    )
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path):
+    """Remove `folder` when the block fails and the folder was not there before it: the Trainer makes its output
+    folder as it is built, before the run knows it has anything to train on."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def require_examples(trainer, n_given: int, cfg) -> None:
+    if len(trainer.train_dataset) == 0:
+        raise UserError(f"all {n_given} examples have a prompt of --max-length {cfg.max_length} tokens or more, so "
+                        f"no response token is left to train on; raise --max-length.")
+
+
+def window_means(records: list[dict], keys: list[str]) -> tuple[list[str], dict, dict]:
+    """(column names, first, last): means of `keys` over the first and the last pass over the data when the run
+    made two or more (the same examples in both, so the difference is learning, not which batches were drawn),
+    else over its first and last quarter of steps."""
+    passes = [max(1, math.ceil(round(r.get("epoch", 0.0), 6))) for r in records]
+    if passes and passes[-1] >= 2:
+        first = [r for r, p in zip(records, passes) if p == 1]
+        last = [r for r, p in zip(records, passes) if p == passes[-1]]
+        columns = [f"first pass ({len(first)} steps)", f"last pass ({len(last)} steps)"]
+    else:
+        k = max(1, len(records) // 4)
+        first, last = records[:k], records[-k:]
+        columns = [f"first {k} steps", f"last {k} steps"]
+
+    def mean(rows, key):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    return columns, {key: mean(first, key) for key in keys}, {key: mean(last, key) for key in keys}
+
+
+def preference_data_line(cfg, n_pairs: int, skipped: dict, what: str) -> str:
+    """The card's data sentence, naming the embedded stand-in data as such."""
+    source = (f"`{cfg.dataset}` — **embedded stand-in data written for this project in hh-rlhf format, not "
+              f"Anthropic/hh-rlhf**" if is_stand_in(cfg) else f"`{cfg.dataset}`")
+    dropped = f" ({sum(skipped.values())} rows skipped: {skipped})" if skipped else ""
+    return f"Data: {source}; {n_pairs} {what}{dropped}."
+
+
+def hyperparameter_table(cfg) -> str:
+    return markdown_table(["hyperparameter", "value"], [[k, v] for k, v in asdict(cfg).items() if k != "push_to_hub"])
+
+
+def adapter_sentence(cfg, start: str, peft_config) -> str:
+    if cfg.mode != "lora":
+        return "All parameters trained."
+    return (f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
+            f"{sorted(peft_config.target_modules)}; this folder holds only the adapter — it loads onto `{start}`.")
+
+
+def run_trainer(trainer, log_path: Path, to_record, resume_from: Path | None, describe) -> None:
+    """Train (from `resume_from` when given), one metrics.jsonl record and one printed line per step."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every raw log dict; the line below says what matters
+
+    def print_step(r):
+        print(f"step {r['step']}/{trainer.state.max_steps}: {describe(r)}, {r['seconds_per_step']:.1f} s",
+              flush=True)
+
+    trainer.add_callback(trainer_metrics_callback(log_path, to_record, print_step))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
