@@ -265,6 +265,6 @@ class PolicySet:
         try:
             if self.serve(name) is not None:
                 return f"served:{name}"
-        except UserError:
+        except Exception:  # a policy that fails to load reports it in its own stream (side_stream)
             pass
         return self.group(name)
