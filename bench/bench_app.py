@@ -82,12 +82,12 @@ def _time_chat(client, policy: str, prompt: str, max_new_tokens: int) -> dict:
             "tokens": details["tokens"], "tokens_per_s": round(details["tokens"] / total, 1) if total else None}
 
 
-def start_app(checkpoints: str | None, base_model: str | None, log_prefix: str):
+def start_app(checkpoints: str | None, base_model: str | None, log_prefix: str, extra_env: dict | None = None):
     """app.py on a free loopback port: (process, url, log file, perf_counter just before the start)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", **(extra_env or {})}
     if checkpoints:
         env["RLHFLAB_CHECKPOINTS"] = str(Path(checkpoints).resolve())
     if base_model:

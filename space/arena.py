@@ -24,7 +24,7 @@ from rlhflab.errors import UserError
 from rlhflab.generation.sampling import GenerationSettings
 from rlhflab.measure.scoring import score_responses
 from rlhflab.store.votes import VOTE_LABELS, daily_cap, model_names_in
-from space.chat import GENERATION_CONCURRENCY, STREAM_INTERVAL_S, side_stream
+from space.chat import STREAM_INTERVAL_S, generation_concurrency, side_stream
 from space.identity import login_button, oauth_required, request_identity
 from space.registry import Registry
 
@@ -71,17 +71,25 @@ def stream_in_threads(registry: Registry, sides: list[str], messages: list[dict]
     groups: dict[str, list[str]] = {}
     for name in sides:
         try:
-            groups.setdefault(registry.policy_group(name), []).append(name)
+            # every policy the batched decode loop serves streams on its own (the loop batches them); the others
+            # take turns with the policies on their weights
+            groups.setdefault(registry.stream_group(name), []).append(name)
         except UserError:
             groups.setdefault(name, []).append(name)
     updates: queue.Queue = queue.Queue()
+    stop_event = threading.Event()  # the visitor left: close the streams, which frees their rows in the decode loop
 
     def run(names: list[str]):
         for name in names:
+            if stop_event.is_set():
+                return
             stream = side_stream(registry, name, messages, settings)
             try:
                 while True:
                     updates.put((name, next(stream), None))
+                    if stop_event.is_set():
+                        stream.close()
+                        return
             except StopIteration as stop:
                 updates.put((name, None, stop.value))
             except Exception as exc:  # side_stream reports its own failures; this is a last resort
@@ -91,10 +99,13 @@ def stream_in_threads(registry: Registry, sides: list[str], messages: list[dict]
     for t in threads:
         t.start()
     done = 0
-    while done < len(sides):
-        update = updates.get()
-        done += update[2] is not None
-        yield update
+    try:
+        while done < len(sides):
+            update = updates.get()
+            done += update[2] is not None
+            yield update
+    finally:
+        stop_event.set()
 
 
 def chat_view(prompt: str, answer: str) -> list[dict]:
@@ -270,7 +281,7 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
         return vote
 
     battle_outputs = [*chatbots, battle_state, *side_states, *vote_buttons, reveal, status]
-    generation = dict(concurrency_id="generate", concurrency_limit=GENERATION_CONCURRENCY)
+    generation = dict(concurrency_id="generate", concurrency_limit=generation_concurrency(registry))
     gr.on([fight.click, prompt.submit], battle, [prompt, drawn], battle_outputs, api_name="battle", **generation)
     draw.click(draw_prompt, None, [prompt, drawn], api_name="draw_prompt")
     for choice, button in zip(("A", "B", "tie", "both_bad"), vote_buttons):

@@ -2,12 +2,15 @@
 side (arena style), streamed token by token.
 
 Each policy keeps its own multi-turn history (one `gr.State` dict keyed by policy). Side by side, one event
-advances every chosen stream in turn (FastChat's arena); policies on the same weights (the base and the LoRA
-adapters trained on it) take turns while the others stream alongside. Every finished answer is scored by the
+advances every chosen stream in turn (FastChat's arena); every answer decodes as rows of its model's batched decode
+loop (the base and the LoRA adapters trained on it in one batch), so all sides stream at once; only models the loop
+cannot serve take turns on their weights. Every finished answer is scored by the
 reward model when there is one.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 
 import gradio as gr
@@ -34,7 +37,17 @@ EMPTY_MESSAGE = "Please type a message first — an empty message has nothing to
 DISPLAY_CHARS = 2000  # longer user messages are shortened on screen (the model still gets what fits)
 MAX_MESSAGE_CHARS = 200_000  # hard cap before tokenizing, so an absurd paste cannot stall a worker
 STREAM_INTERVAL_S = 0.05  # at most ~20 screen updates a second: each costs Gradio far more than a token costs us
-GENERATION_CONCURRENCY = 2  # generation events admitted at once; PolicySet's locks allow one per model
+# Generation events admitted at once. Each decodes as rows of its model's batched decode loop, whose own bounded
+# queue turns visitors away with the expected wait; with RLHFLAB_SERVING=0 (one request per model at a time,
+# under its lock) two are admitted, as before the loop.
+GENERATION_CONCURRENCY = 24
+LOCKED_GENERATION_CONCURRENCY = 2
+
+
+def generation_concurrency(registry: Registry) -> int:
+    """Generation events admitted at once (chat, side by side, arena): many with the batched decode loop, whose
+    bounded queue refuses the excess with the expected wait; two with RLHFLAB_SERVING=0."""
+    return GENERATION_CONCURRENCY if registry.want_serving else LOCKED_GENERATION_CONCURRENCY
 
 
 def new_histories() -> dict[str, list[dict]]:
@@ -108,12 +121,16 @@ def fit_to_prompt_limit(tokenizer, messages: list[dict], limit: int) -> tuple[li
 
 
 def side_stream(registry: Registry, name: str, messages: list[dict], settings: GenerationSettings):
-    """Yield one policy's answer as it grows; return a result dict (never raises for a missing or broken model)."""
+    """Yield one policy's answer as it grows; return a result dict (never raises for a missing or broken model).
+
+    The answer is decoded in the policy's model's batched decode loop (rlhflab.generation.server) with every other
+    visitor's; a full queue ends this side with a sentence that gives the expected wait. Closing the generator (the
+    visitor left) frees the request's rows at once."""
     result = {"policy": name, "answer": "", "tokens": 0, "reward": None, "notes": [], "candidates": None,
               "error": None, "reward_error": None}
     n = settings.best_of_n
     try:
-        with registry.policy(name) as (model, tokenizer):
+        with registry.serving(name) as (server, adapter, model, tokenizer):
             limit = prompt_token_limit(tokenizer, model, settings.max_new_tokens)
             messages, notes = fit_to_prompt_limit(tokenizer, messages, limit)
             result["notes"] += notes
@@ -130,9 +147,10 @@ def side_stream(registry: Registry, name: str, messages: list[dict], settings: G
             if n > 1:
                 yield f"*sampling {n} candidates to rerank with the reward model…*"
                 generations = generate_batch(model, tokenizer, [messages] * n, settings, batch_size=n,
-                                             max_prompt_tokens=limit)
+                                             max_prompt_tokens=limit, server=server, adapter=adapter)
             else:
-                generation = yield from stream_generate(model, tokenizer, messages, settings, max_prompt_tokens=limit)
+                generation = yield from stream_generate(model, tokenizer, messages, settings, max_prompt_tokens=limit,
+                                                        server=server, adapter=adapter)
                 generations = [generation]
     except UserError as exc:
         result["error"] = str(exc)
@@ -206,11 +224,18 @@ def _run_in_turn(streams: list[tuple[str, object]]):
             yield name, text, None
 
 
-def interleave(streams: dict[str, object], groups: list[list[str]] | None = None):
+def interleave(streams: dict[str, object], groups: list[list[str]] | None = None, threaded: bool = False):
     """(side, text so far, None) while streaming and (side, None, result) when a side ends, round-robin over the
     weight groups (`groups`; default: every side its own); a group's sides run one after another (their
-    generators start lazily), since they share one model and its lock."""
+    generators start lazily), since they share one model and its lock.
+
+    `threaded`: each group runs in a thread of its own and updates come as they arrive, so every side's request
+    reaches the decode loop at once (not after the side before it has produced its first token) and a slow side
+    never holds up a fast one. Closing this generator closes the sides' generators (their requests are cancelled)."""
     groups = groups or [[name] for name in streams]
+    if threaded:
+        yield from _interleave_threads(streams, groups)
+        return
     active = [_run_in_turn([(n, streams[n]) for n in group if n in streams]) for group in groups]
     while active:
         for it in list(active):
@@ -218,6 +243,45 @@ def interleave(streams: dict[str, object], groups: list[list[str]] | None = None
                 yield next(it)
             except StopIteration:
                 active.remove(it)
+
+
+_GROUP_DONE = object()
+
+
+def _interleave_threads(streams: dict[str, object], groups: list[list[str]]):
+    updates: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def run(group):
+        gens = [(n, streams[n]) for n in group if n in streams]
+        try:
+            for item in _run_in_turn(gens):
+                updates.put(item)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # side_stream reports its own failures; anything else ends the event
+            updates.put(exc)
+        finally:
+            if stop.is_set():
+                for _, gen in gens:
+                    gen.close()  # in this thread, which owns it: the request's rows are freed
+            updates.put(_GROUP_DONE)
+
+    threads = [threading.Thread(target=run, args=(g,), daemon=True, name="side-stream") for g in groups]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    try:
+        while running:
+            item = updates.get()
+            if item is _GROUP_DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
 
 
 def _clean_message(message) -> str:
@@ -228,7 +292,7 @@ def _weight_groups(registry: Registry, sides: list[str]) -> list[list[str]]:
     groups: dict[str, list[str]] = {}
     for name in sides:
         try:
-            group = registry.policy_group(name)
+            group = registry.stream_group(name)
         except UserError:
             group = name
         groups.setdefault(group, []).append(name)
@@ -256,7 +320,9 @@ def _stream_sides(registry: Registry, histories: dict, sides: list[str], setting
         yield results
     streams = {name: side_stream(registry, name, model_messages(histories[name][:-1]), settings) for name in live}
     last_yield = 0.0
-    for name, text, result in interleave(streams, groups):
+    # threads: every side's request reaches its model at once, and a group that waits for its model's lock never
+    # holds another's (space.arena.stream_in_threads found that wait)
+    for name, text, result in interleave(streams, groups, threaded=True):
         if result is None:
             replies[name]["content"] = text
         else:
@@ -474,7 +540,7 @@ def build_chat_tab(registry: Registry) -> tuple[gr.Markdown, gr.Dropdown, gr.Che
         clear.__doc__ = f"Forget the conversation shown in side {index + 1} (its chatbot's trash button)."
         return clear
 
-    generation = dict(concurrency_id="generate", concurrency_limit=GENERATION_CONCURRENCY)
+    generation = dict(concurrency_id="generate", concurrency_limit=generation_concurrency(registry))
     view_outputs = [single_panel, compare_panel, policy, arena, single_cb, *side_cbs]
     gr.on([mode.change, policy.change, arena.change], select_policy, [mode, policy, arena, histories], view_outputs,
           api_name="select_policy", queue=False)

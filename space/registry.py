@@ -76,6 +76,14 @@ class Resolution:
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def _env_int(env: dict, name: str) -> int | None:
+    value = env.get(name, "").strip()
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise UserError(f"{name} must be a whole number, got {value!r}.") from None
+
+
 def env_flag(env: dict, name: str, default: bool) -> bool:
     """An on/off environment setting: 1/true/yes/on or 0/false/no/off (any case); unset or empty means `default`.
     Any other value keeps the default and says so, rather than silently meaning one or the other."""
@@ -115,6 +123,10 @@ class Registry:
         self.want_bf16 = env_flag(self.env, "RLHFLAB_BF16", default=True)
         # RLHFLAB_INT8_DECODE=1: chat decodes with int8 weights (faster; its KL cost is in BENCHMARKS.md)
         self.want_int8 = env_flag(self.env, "RLHFLAB_INT8_DECODE", default=False)
+        # RLHFLAB_SERVING=0: each request decodes alone under its model's lock (the path before continuous batching)
+        self.want_serving = env_flag(self.env, "RLHFLAB_SERVING", default=True)
+        self.max_batch = _env_int(self.env, "RLHFLAB_MAX_BATCH")
+        self.max_queue = _env_int(self.env, "RLHFLAB_MAX_QUEUE")
 
     # ---------------------------------------------------------------- resolution
 
@@ -336,7 +348,8 @@ class Registry:
             if self._policies is None:
                 sources = {k: e.source for k, e in self.policy_entries().items() if k != "base"}
                 self._policies = PolicySet(self.resolve("base").source, sources, dtype=policy_dtype(self.want_bf16),
-                                           int8_decode=self.want_int8)
+                                           int8_decode=self.want_int8, serving=self.want_serving,
+                                           max_batch=self.max_batch, max_queue=self.max_queue)
             return self._policies
 
     def policy_group(self, name: str) -> str:
@@ -347,9 +360,42 @@ class Registry:
             policies.set_source(name, res.source)
         return policies.group(name)
 
+    def stream_group(self, name: str) -> str:
+        """Side by side, policies of one stream group take turns (one model held by one request at a time); every
+        policy the decode loop serves is a group of its own, so all sides stream at once."""
+        policies = self.policies
+        res = self.resolve(name)
+        if res.available and name != "base":
+            policies.set_source(name, res.source)
+        return policies.stream_group(name)
+
+    @contextlib.contextmanager
+    def serving(self, name: str):
+        """(server, adapter, model, tokenizer) for policy `name`: its model's decode loop and the LoRA adapter its
+        rows apply (rlhflab.generation.server); where the loop cannot serve it, server is None and the model is
+        held exclusively while the block runs, as `policy` does."""
+        policies = self._prepare(name)
+        try:
+            served = policies.serve(name)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise self.unavailable(self.resolve(name), exc) from None
+        if served is not None:
+            yield served
+            return
+        with policies.use(name) as (model, tokenizer):
+            yield None, None, model, tokenizer
+
     @contextlib.contextmanager
     def policy(self, name: str):
         """(model, tokenizer) of policy `name`, held exclusively while the block runs (see PolicySet.use)."""
+        policies = self._prepare(name)
+        with policies.use(name) as model_and_tokenizer:
+            yield model_and_tokenizer
+
+    def _prepare(self, name: str):
+        """Load what policy `name` needs (the base's adapters attached with it); the PolicySet."""
         keys = self.policy_keys()
         if name not in keys and name not in EXPECTED_POLICIES and name not in POLICY_KEYS:
             raise UserError(f"unknown policy {name!r}; choose one of {', '.join(keys)}.")
@@ -375,8 +421,7 @@ class Registry:
         self.load_errors.pop(name, None)
         if name != "base" and policies.shares_base(name):
             self.loaded_from.setdefault("base", self.resolve("base").detail)
-        with policies.use(name) as model_and_tokenizer:
-            yield model_and_tokenizer
+        return policies
 
     def _load_once(self, key: str, loader):
         """Load checkpoint `key` with `loader(source)` on first use; later calls return the same object."""

@@ -115,6 +115,10 @@ def test_any_four_side_by_side_including_two_adapters_on_one_base(app):
         assert text_of(cb[-1]).startswith(details[key]["answer"][:10])
     # greedy: the same weights give the same answer, so the three on the shared base must each be switched right
     assert len({details[k]["answer"] for k in ("lora", "dpo-lora", "base")}) == 3
+    # they decoded as rows of one batch in the base's decode loop, each row with its own adapter; GRPO in its own
+    registry = app[0]
+    servers = registry.policies._servers
+    assert set(servers) >= {"base", "grpo"} and max(servers["base"].stats.batch_sizes) >= 2
     fresh = make_client(url)  # a new session: no earlier turns in the conversations
     *_, again, _ = fresh.predict(*compare_args("Tell me a fact.", ["base", "dpo-lora"], greedy=True),
                                  api_name="/compare")

@@ -94,15 +94,65 @@ class Generation:
     token_ids: list[int] | None = None  # the response as generated, its end-of-turn token included when it stopped
 
 
+def _generation(tokenizer, ids: list[int], eos_ids, pad_id, was_truncated: bool) -> Generation:
+    finished, generated = False, ids
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            ids, generated, finished = ids[:i], ids[:i + 1], True
+            break
+    ids = [t for t in ids if t != pad_id]
+    generated = [t for t in generated if t != pad_id or t in eos_ids]
+    return Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids), was_truncated, finished,
+                      generated)
+
+
+def _served_batch(server, tokenizer, model, prompts: list, settings: GenerationSettings, limit: int,
+                  adapter: str | None) -> list[Generation]:
+    """generate_batch through a decode loop (rlhflab.generation.server): identical prompts (best-of-n) go as one
+    request of several rows (row i sampled with seed settings.seed + i, the prompt prefilled once), others as
+    requests of their own; all run at once in the loop's batch."""
+    eos_ids = stop_token_ids(tokenizer, model)
+    batch, truncated = encode_prompts(tokenizer, prompts, limit)
+    rows = [[t for t, m in zip(ids, mask) if m] for ids, mask in zip(batch["input_ids"].tolist(),
+                                                                      batch["attention_mask"].tolist())]
+    if all(r == rows[0] for r in rows):
+        groups = [list(range(i, min(i + server.max_batch, len(rows)))) for i in range(0, len(rows), server.max_batch)]
+    else:
+        groups = [[i] for i in range(len(rows))]
+    requests = [(g, server.submit(rows[g[0]], settings, adapter, eos_ids, n=len(g))) for g in groups]
+    out: list[Generation | None] = [None] * len(rows)
+    try:
+        for g, request in requests:
+            got: dict[int, list[int]] = {j: [] for j in range(len(g))}
+            for row, token in request.events():
+                if token is not None:
+                    got[row].append(token)
+            for j, i in enumerate(g):
+                out[i] = _generation(tokenizer, got[j], eos_ids, None, truncated[i])
+    finally:
+        for _, request in requests:
+            request.cancel() if request.rows_left else None
+    return out
+
+
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings, batch_size: int = 16,
-                   max_prompt_tokens: int | None = None, progress=None) -> list[Generation]:
+                   max_prompt_tokens: int | None = None, progress=None, server=None,
+                   adapter: str | None = None) -> list[Generation]:
     """Responses to `prompts` (strings or chat histories), batched with left padding, on the decode engine.
 
     Sampling is seeded once per call, so the same settings give the same outputs; greedy outputs are
-    generate()'s token for token (at the model's own precision).
+    generate()'s token for token (at the model's own precision). With `server` (a DecodeServer of this model),
+    the prompts join its running batch instead (with LoRA adapter `adapter`, or none).
     """
     settings.validate()
+    if server is not None:
+        model = model if model is not None else server.lm
+        limit = max_prompt_tokens or prompt_token_limit(tokenizer, model, settings.max_new_tokens)
+        out = _served_batch(server, tokenizer, model, prompts, settings, limit, adapter)
+        if progress is not None:
+            progress(len(prompts))
+        return out
     device = next(model.parameters()).device
     limit = max_prompt_tokens or prompt_token_limit(tokenizer, model, settings.max_new_tokens)
     torch.manual_seed(settings.seed)
@@ -116,15 +166,7 @@ def generate_batch(model, tokenizer, prompts: list, settings: GenerationSettings
         responses = sample_responses(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                      settings, eos_ids, pad_id, generator=generator).tolist()
         for ids, was_truncated in zip(responses, truncated):
-            finished, generated = False, ids
-            for i, t in enumerate(ids):
-                if t in eos_ids:
-                    ids, generated, finished = ids[:i], ids[:i + 1], True
-                    break
-            ids = [t for t in ids if t != pad_id]
-            generated = [t for t in generated if t != pad_id or t in eos_ids]
-            out.append(Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids),
-                                  was_truncated, finished, generated))
+            out.append(_generation(tokenizer, ids, eos_ids, pad_id, was_truncated))
         if progress is not None:
             progress(len(chunk))
     return out
@@ -236,21 +278,48 @@ def decode_tokens(model, input_ids: torch.Tensor, settings: GenerationSettings, 
         yield tid
 
 
-def stream_generate(model, tokenizer, prompt, settings: GenerationSettings, max_prompt_tokens: int | None = None):
+def served_tokens(server, input_ids: list[int], settings: GenerationSettings, stop_ids: list[int],
+                  adapter: str | None = None):
+    """decode_tokens through a decode loop: new token ids one at a time, the stop token left out. Closing this
+    generator (a visitor who left) cancels the request, which frees its row at the loop's next step."""
+    request = server.submit(input_ids, settings, adapter, stop_ids)
+    try:
+        for tid in request.tokens():
+            if tid in stop_ids:
+                return
+            yield tid
+    finally:
+        if request.rows_left:
+            request.cancel()
+
+
+def stream_generate(model, tokenizer, prompt, settings: GenerationSettings, max_prompt_tokens: int | None = None,
+                    server=None, adapter: str | None = None):
     """Yield the response text so far as tokens arrive (one prompt or chat history).
 
     The generator's return value (StopIteration.value) is the final `Generation`, which says
-    whether the prompt had to be truncated to fit the model's context.
+    whether the prompt had to be truncated to fit the model's context. With `server` (a DecodeServer of this
+    model; `model` may then be None) the request joins the server's running batch, with LoRA adapter `adapter`
+    or none; the server may refuse it at once with a ServerBusy UserError that gives the expected wait.
     """
     settings.validate()
+    model = model if model is not None else server.lm
     limit = max_prompt_tokens or prompt_token_limit(tokenizer, model, settings.max_new_tokens)
     batch, truncated = encode_prompts(tokenizer, [prompt], limit)
+    stop_ids = stop_token_ids(tokenizer, model)
+    if server is not None:
+        tokens = served_tokens(server, batch["input_ids"][0].tolist(), settings, stop_ids, adapter)
+    else:
+        tokens = decode_tokens(model, batch["input_ids"], settings, stop_ids)
     ids: list[int] = []
     text = ""
-    for tid in decode_tokens(model, batch["input_ids"], settings, stop_token_ids(tokenizer, model)):
-        ids.append(tid)
-        new_text = tokenizer.decode(ids, skip_special_tokens=True)
-        if new_text != text and not new_text.endswith("\ufffd"):  # wait for complete UTF-8 characters
-            text = new_text
-            yield text
+    try:
+        for tid in tokens:
+            ids.append(tid)
+            new_text = tokenizer.decode(ids, skip_special_tokens=True)
+            if new_text != text and not new_text.endswith("\ufffd"):  # wait for complete UTF-8 characters
+                text = new_text
+                yield text
+    finally:
+        tokens.close()  # a consumer that left frees the loop's row at once
     return Generation(text.strip(), len(ids), truncated[0], len(ids) < settings.max_new_tokens)

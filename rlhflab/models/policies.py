@@ -4,7 +4,11 @@ its checkpoint says it is (rlhflab.training.policy's card block), loaded lazily,
 LoRA adapters trained on the base model are attached to the one loaded base as named adapters: "base" runs
 with adapters disabled, an adapter policy with its adapter set. Full checkpoints (and adapters on another base,
 e.g. an SFT run) load as models of their own. One lock per underlying model keeps concurrent users from switching
-adapters under each other; policies on different models run at the same time."""
+adapters under each other; policies on different models run at the same time.
+
+Generation goes through one decode loop per underlying model (`serve`, rlhflab.generation.server): every chat,
+side-by-side, arena and best-of-n request joins its model's running batch, the base and its adapters in one batch
+(each row applying its own adapter). Models the loop cannot run (not Llama-family) keep the locked path (`use`)."""
 from __future__ import annotations
 
 import contextlib
@@ -111,6 +115,13 @@ class PolicySet:
     _load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _base_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _locks: dict = field(default_factory=dict, repr=False)
+    # One batched decode loop per underlying model (False: every request decodes alone under the model's lock,
+    # the path before continuous batching, kept for comparison: RLHFLAB_SERVING=0).
+    serving: bool = True
+    max_batch: int | None = None  # the loops' batch and queue limits (None: the server's defaults)
+    max_queue: int | None = None
+    _servers: dict = field(default_factory=dict, repr=False)  # BASE or own key -> DecodeServer
+    _unservable: set = field(default_factory=set, repr=False)
 
     def source(self, name: str) -> str | None:
         return self.base_model if name == BASE else self.sources.get(name)
@@ -148,7 +159,9 @@ class PolicySet:
         return self._base
 
     def _attach(self, name: str):
-        with self._base_lock:  # attaching changes the shared model: never under a running generation on it
+        server = self._servers.get(BASE)
+        # attaching changes the shared model: never under a running generation on it, nor inside a loop's step
+        with self._base_lock, (server.step_lock if server is not None else contextlib.nullcontext()):
             if name in self._attached:
                 return
             path = resolve_checkpoint(self.sources[name])
@@ -218,3 +231,40 @@ class PolicySet:
             else:
                 model.set_adapter(name)
                 yield model, tok
+
+    def serve(self, name: str):
+        """(server, adapter, model, tokenizer) for policy `name`: the decode loop of its model (started on first use)
+        and the LoRA adapter its rows apply (None: the base or a model of its own). None when serving is off or
+        the loop cannot run this model or adapter: then `use` holds the model for one request at a time."""
+        if not self.serving:
+            return None
+        self.load(name)
+        with self._load_lock:
+            key = name if name in self._own else BASE
+            model, tok = self._own[name] if name in self._own else self._base
+            adapter = None if name == BASE or name in self._own else name
+            if key in self._unservable:
+                return None
+            server = self._servers.get(key)
+            if server is None:
+                from rlhflab.generation.server import DecodeServer, Unsupported
+
+                limits = {k: v for k, v in (("max_batch", self.max_batch), ("max_queue", self.max_queue)) if v}
+                try:
+                    server = self._servers[key] = DecodeServer(model, name="model", **limits)
+                except Unsupported:
+                    self._unservable.add(key)
+                    return None
+            if adapter is not None and not server.supports(adapter):
+                return None
+            return server, adapter, model, tok
+
+    def stream_group(self, name: str) -> str:
+        """Which policies must take turns: none that the decode loop serves (each is its own group); the others as
+        `group` says."""
+        try:
+            if self.serve(name) is not None:
+                return f"served:{name}"
+        except Exception:  # a policy that fails to load reports it in its own stream (side_stream)
+            pass
+        return self.group(name)
