@@ -196,14 +196,31 @@ def _tree(folder: Path) -> dict:
             for p in sorted(folder.rglob("*"))}
 
 
+# Runs the script as `python SCRIPT ARGS` would, and at exit writes the process's own peak RSS (VmHWM of the memory
+# it mapped after exec). The kernel's ru_maxrss of a child also counts the parent's memory it was forked from, so it
+# would measure the test process, which grows as the suite loads models.
+_PEAK_RSS_LAUNCHER = """
+import atexit, runpy, sys
+peak_file = sys.argv.pop(1)
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(peak_file, "w").write(str(int(line.split()[1]) * 1024))
+atexit.register(_peak)
+sys.argv = sys.argv[1:]
+sys.path[0] = __import__("os").path.dirname(sys.argv[0])
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def _run_cli(args: list[str], cwd: Path):
     """Run a training script; return (exit code, stderr, peak RSS in bytes) of that one child process."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    peak = cwd / "peak_rss.txt"
     with (cwd / "stdout.txt").open("wb") as out, (cwd / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, (cwd / "stderr.txt").read_text(), usage.ru_maxrss * 1024
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_LAUNCHER, str(peak), *args], stdout=out, stderr=err,
+                              env=env, cwd=cwd)
+    return proc.returncode, (cwd / "stderr.txt").read_text(), int(peak.read_text())
 
 
 def _assert_clean_failure(code, stderr, rss, bad: Path, pattern: str):

@@ -83,7 +83,7 @@ def test_rollouts_row_samples_with_generate_and_measures_the_engine_against_the_
     import bench_ppo
     import torch
 
-    import rlhflab.training.ppo as ppo
+    import rlhflab.training.online as online
     from rlhflab.generation import sampling as generation
 
     overrides = dict(base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir), dataset=prompts_file, lang=None,
@@ -94,11 +94,11 @@ def test_rollouts_row_samples_with_generate_and_measures_the_engine_against_the_
     generation.decode_batch = lambda *a, **kw: engine_calls.append(1) or original(*a, **kw)
     try:
         with bench_ppo.generate_rollouts(chunk=2):
-            assert ppo.sample_responses is not generation.sample_responses
+            assert online.sample_responses is not generation.sample_responses
             run = bench_ppo.ours(2, **overrides)
     finally:
         generation.decode_batch = original
-    assert ppo.sample_responses is generation.sample_responses and not engine_calls
+    assert online.sample_responses is generation.sample_responses and not engine_calls
     assert len(run["results"]["score"]) == 2
     exact = bench_ppo.sampler_vs_forward_kl(prompts=4, **overrides)
     assert exact["engine"] == "llama" and exact["tokens"] > 0
