@@ -52,13 +52,36 @@ def run(cmd: list[str], env: dict, log: Path) -> float:
 
 
 def last_training_kl(folder: Path) -> float | None:
-    """The run's own exact KL over its last logged steps (metrics.jsonl), where it logged one."""
+    """The run's own exact KL over its last pass over the training prompts (metrics.jsonl; the window the evaluation
+    and ppo_metrics.summarize_metrics call "last pass"), where it logged one."""
+    from rlhflab.measure.ppo_metrics import summarize_metrics
+
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return None
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    values = [r["kl_exact_per_token"] for r in records if isinstance(r.get("kl_exact_per_token"), (int, float))]
-    return sum(values[-3:]) / len(values[-3:]) if values else None
+    return summarize_metrics(records).get("kl_exact_per_token_last") if records else None
+
+
+def last_training_kl_se(folder: Path) -> float | None:
+    """The standard error (over the last pass's steps) of last_training_kl."""
+    from rlhflab.measure.ppo_metrics import summarize_metrics
+
+    path = folder / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return summarize_metrics(records).get("kl_exact_per_token_last_se") if records else None
+
+
+def kls_agree(record: dict) -> bool | None:
+    """Do the training log's exact KL (last pass, ± 1.96 SE over its steps) and the evaluation's (its bootstrap
+    interval) agree: is their difference within 1.96 times the root of the summed variances? None where either
+    has no interval (records from before issue 25)."""
+    train, se_t, ev = record.get("kl_training_last_exact"), record.get("kl_training_last_exact_se"), \
+        record.get("kl_exact_per_token")
+    if not isinstance(train, (int, float)) or not isinstance(se_t, (int, float)) or not ev:
+        return None
+    se_e = per_seed_se(ev)
+    return abs(train - ev[0]) <= Z95 * (se_t ** 2 + se_e ** 2) ** 0.5
 
 
 def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[dict]:
@@ -87,6 +110,8 @@ def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge
                     "length_controlled_judge_gain": (e.get("length_controlled") or {}).get("judge", {}).get("gain"),
                     "kl_exact_per_token": e.get("kl_per_token_to_base"),
                     "kl_training_last_exact": last_training_kl(store / m),  # the output folder is named like the method
+                    "kl_training_window": "last pass",
+                    "kl_training_last_exact_se": last_training_kl_se(store / m),
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
     bon = results["policies"].get("best-of-4")
@@ -104,7 +129,7 @@ def _fmt(mean, low, high, digits=3):
 def table(records: list[dict]) -> tuple[str, list[str]]:
     lines = ["| method | seeds | judge gain, mean [95 % t-interval across seeds] | training-RM gain | "
              "length-controlled judge gain | exact KL to base per seed (nats/token) | training log's exact KL, "
-             "last 3 steps | seeds with KL in 0.02–0.1 |",
+             "last pass | seeds with KL in 0.02–0.1 |",
              "|---|---|---|---|---|---|---|---|"]
     passing = []
     for m in dict.fromkeys(r["method"] for r in records):
@@ -119,8 +144,13 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
         kl_text = ", ".join("—" if k is None else f"{k:.3f}" for k in kls)
         if m == "best-of-4":
             kl_text = "bound ≤ " + ", ".join(f"{k:.4f}" for k in kls if k is not None)
-        train_kl = ", ".join(f"{r['kl_training_last_exact']:.3f}" for r in rs
-                             if isinstance(r.get("kl_training_last_exact"), (int, float))) or "—"
+        # records written before the one named window averaged the last 3 steps: said where they are shown
+        train_kl = ", ".join(f"{r['kl_training_last_exact']:.3f}" + ("" if r.get("kl_training_window") == "last pass"
+                                                                     else " (last 3 steps)")
+                             for r in rs if isinstance(r.get("kl_training_last_exact"), (int, float))) or "—"
+        agree = [a for a in (kls_agree(r) for r in rs) if a is not None]
+        if agree:  # records since issue 25: the training and evaluation KLs side by side, with intervals
+            train_kl += f" (agree with the evaluation's within intervals: {sum(agree)}/{len(agree)})"
         lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_fmt(*jt) if jt else 'n/a'} | "
                      f"{_fmt(*t_interval(rm)) if rm else 'n/a'} | {_fmt(*t_interval(lc)) if lc else 'n/a'} | "
                      f"{kl_text} | {train_kl} | {'n/a (a bound)' if m == 'best-of-4' else f'{in_band}/{len(rs)}'} |")
@@ -128,6 +158,89 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
                 and m != "best-of-4":
             passing.append(m)
     return "\n".join(lines), passing
+
+
+Z95 = 1.959963984540054
+
+
+def per_seed_se(interval) -> float | None:
+    """A seed's standard error from its 95 % bootstrap interval [mean, low, high] (half-width / 1.96)."""
+    if not interval or interval[1] is None or interval[2] is None:
+        return None
+    return (interval[2] - interval[1]) / (2 * Z95)
+
+
+def pooled_gain(rows: list[dict], key: str) -> dict | None:
+    """The seeds' gains pooled with their own errors: a random-effects meta-analysis (DerSimonian–Laird), each seed
+    weighted by 1 / (its within-seed variance + the between-seed variance tau^2), so the interval holds both the
+    within-seed error (prompts, sampling) and the spread across seeds; normal interval and two-sided p-value
+    (scipy.stats.norm). None with fewer than two seeds."""
+    import numpy as np
+    from scipy.stats import norm
+
+    pairs = [(r[key][0], per_seed_se(r[key])) for r in rows if r.get(key)]
+    pairs = [(m, se) for m, se in pairs if se is not None and se > 0]
+    if len(pairs) < 2:
+        return None
+    y, v = np.array([m for m, _ in pairs]), np.array([se ** 2 for _, se in pairs])
+    w = 1 / v
+    fixed = float((w * y).sum() / w.sum())
+    q = float((w * (y - fixed) ** 2).sum())
+    c = float(w.sum() - (w ** 2).sum() / w.sum())
+    tau2 = max(0.0, (q - (len(y) - 1)) / c) if c > 0 else 0.0
+    w_star = 1 / (v + tau2)
+    mean = float((w_star * y).sum() / w_star.sum())
+    se = float(np.sqrt(1 / w_star.sum()))
+    p = float(2 * norm.sf(abs(mean) / se))
+    return {"mean": mean, "low": mean - Z95 * se, "high": mean + Z95 * se, "se": se, "tau2": tau2,
+            "p": p, "seeds": len(y), "mean_within_se": float(np.sqrt(v.mean())), "between_sd": float(y.std(ddof=1))}
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (family-wise error over the methods tested): the i-th smallest p times
+    (m - i), made monotone, capped at 1. (scipy has no Holm; statsmodels' multipletests is not installed here.)"""
+    order = sorted(p_values, key=p_values.get)
+    m, running, out = len(order), 0.0, {}
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[name]))
+        out[name] = running
+    return out
+
+
+def pooled_table(records: list[dict], alpha: float = 0.05) -> tuple[str, list[str]]:
+    """Per trained method: judge and training-RM gain pooled over seeds (random effects), p-values Holm-corrected
+    over the trained methods (best-of-4, a reranked base, is shown but not in the family), and the verdict."""
+    methods = [m for m in dict.fromkeys(r["method"] for r in records)]
+    pooled = {m: {k: pooled_gain([r for r in records if r["method"] == m], k)
+                  for k in ("judge_gain", "rm_gain", "length_controlled_judge_gain")} for m in methods}
+    family = {m: pooled[m]["judge_gain"]["p"] for m in methods if m != "best-of-4" and pooled[m]["judge_gain"]}
+    adjusted = holm(family)
+    lines = ["| method | seeds | judge gain, pooled [95 % random-effects interval] | within-seed SE (rms) / "
+             "spread across seeds (SD) | p | Holm-adjusted p (over the trained methods) | training-RM gain, pooled | "
+             "length-controlled judge gain, pooled | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    real = []
+
+    def fmt(g):
+        return "n/a" if not g else f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+
+    for m in methods:
+        j = pooled[m]["judge_gain"]
+        if not j:
+            continue
+        if m in adjusted:
+            verdict = ("gain (judge), Holm-significant" if adjusted[m] < alpha and j["mean"] > 0 else
+                       "loss (judge), Holm-significant" if adjusted[m] < alpha else "not told apart from zero")
+            if adjusted[m] < alpha:
+                real.append(m)
+        else:
+            verdict = ("not in the family (reranked base); " +
+                       ("interval excludes 0" if j["low"] > 0 or j["high"] < 0 else "interval covers 0"))
+        lines.append(f"| {m} | {j['seeds']} | {fmt(j)} | {j['mean_within_se']:.3f} / {j['between_sd']:.3f} | "
+                     f"{j['p']:.3g} | {adjusted[m]:.3g} | " if m in adjusted else
+                     f"| {m} | {j['seeds']} | {fmt(j)} | {j['mean_within_se']:.3f} / {j['between_sd']:.3f} | "
+                     f"{j['p']:.3g} | — | ")
+        lines[-1] += f"{fmt(pooled[m]['rm_gain'])} | {fmt(pooled[m]['length_controlled_judge_gain'])} | {verdict} |"
+    return "\n".join(lines), real
 
 
 def main(argv=None) -> int:
@@ -163,7 +276,14 @@ def main(argv=None) -> int:
     text, passing = table(records)
     print(text)
     print(f"\nbar (judge-gain interval excludes 0 and exact KL in {KL_BAND[0]}–{KL_BAND[1]} in at least 4 of 5 "
-          f"seeds): " + (f"met by {', '.join(passing)}" if passing else "met by no method"))
+          f"seeds), on the t-interval across seeds: " + (f"met by {', '.join(passing)}" if passing else
+                                                        "met by no method"))
+    pooled_text, real = pooled_table(records)
+    print("\nPooled over seeds with each seed's own error (random effects, DerSimonian-Laird; a seed's SE is its "
+          "bootstrap interval's half-width / 1.96), Holm-corrected over the trained methods:\n")
+    print(pooled_text)
+    print("\nmethods whose judge gain stands after pooling and Holm's correction (alpha 0.05): "
+          + (", ".join(real) if real else "none"))
     return 0
 
 

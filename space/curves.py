@@ -16,6 +16,7 @@ from rlhflab.measure.ppo_metrics import KL_BAND, run_summary_table, summarize_me
 from rlhflab.store.cards import markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl
+from rlhflab.store.rollouts import ROLLOUTS_FILE, read_rollouts
 from space.registry import EXPECTED_POLICIES, Registry
 
 TRACE_NAMES = {"full": "ppo-full", "lora": "ppo-lora"}  # policy key -> trace name where they differ
@@ -105,6 +106,53 @@ def load_overopt(registry: Registry) -> tuple[dict[str, list[dict]], list[str]]:
     return runs, notes
 
 
+ROLLOUT_COLUMNS = ["#", "prompt", "response", "score (training RM)", "exact KL (nats/sequence)", "tokens", "cut"]
+SORT_CHOICES = [("score, highest first", "score"), ("score, lowest first", "score-asc"),
+                ("exact KL, highest first", "kl_exact"), ("length, longest first", "tokens"), ("as sampled", "index")]
+LIVE_SUFFIX = " (training…)"
+
+
+def rollout_runs(registry: Registry) -> dict[str, Path]:
+    """{run name: folder holding its rollouts.jsonl} of every RL run: finished checkpoints, and runs still training
+    (their work folder, named '… (training…)')."""
+    runs: dict[str, Path] = {}
+    for key in registry.missing_policies():
+        method = "ppo" if key in ("full", "lora") else key.split("-")[0]
+        folder = live_log(registry, key).parent
+        if method in RL_METHODS and (folder / ROLLOUTS_FILE).is_file():
+            runs[f"{TRACE_NAMES.get(key, key)}{LIVE_SUFFIX}"] = folder
+    for key, entry in registry.policy_entries().items():
+        if key == "base" or entry.method not in RL_METHODS:
+            continue
+        try:
+            path = registry.checkpoint_file(key, ROLLOUTS_FILE)
+        except UserError:
+            continue
+        if path is not None:
+            runs[TRACE_NAMES.get(key, key)] = path.parent
+    return runs
+
+
+def _cell(value, fmt: str) -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def rollout_table(rows: list[dict], sort: str = "score"):
+    """One step's rollouts as a table (pandas), sorted as asked; missing values ('—') last."""
+    import pandas as pd
+
+    key, descending = {"score-asc": ("score", False)}.get(sort, (sort, sort != "index"))
+    if key not in ("score", "kl_exact", "tokens", "index"):
+        raise gr.Error(f"sort must be one of {', '.join(v for _, v in SORT_CHOICES)}, got {sort!r}.")
+    present = [r for r in rows if _is_number(r.get(key))]
+    absent = [r for r in rows if not _is_number(r.get(key))]
+    ordered = sorted(present, key=lambda r: r[key], reverse=descending) + absent
+    data = [[r.get("index", i), r.get("prompt") or "—", r.get("response") if r.get("response") is not None else "—",
+             _cell(r.get("score"), "{:.3f}"), _cell(r.get("kl_exact"), "{:.4f}"), _cell(r.get("tokens"), "{:d}"),
+             {True: "cut", False: "ended"}.get(r.get("cut"), "—")] for i, r in enumerate(ordered)]
+    return pd.DataFrame(data, columns=ROLLOUT_COLUMNS)
+
+
 def any_live(registry: Registry) -> bool:
     return any(live_log(registry, key).is_file() for key in registry.missing_policies())
 
@@ -147,8 +195,10 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         gr.Markdown("**Over-optimisation** — every few steps each RL run scores a fixed held-out prompt set with "
                     "the training reward model and the independent judge and measures the exact KL per token "
                     "(Σ p log p/q over the vocabulary). Training RM solid, judge dashed, 95 % intervals as error "
-                    "bars; each model's score is on its own scale. A training-RM curve that keeps rising while the "
-                    "judge's turns down is reward hacking.")
+                    "bars; each model's score is on its own scale. Runs logged since issue 25 plot the change against "
+                    "the step-0 probe, paired by prompt, each point labelled with its minimal detectable effect (MDE, "
+                    "80 % power): a smaller change could not have been seen. A training-RM curve that keeps rising "
+                    "while the judge's turns down is reward hacking.")
         overopt_notice = gr.Markdown(elem_id="curves-overopt-notice")
         overopt_plot = gr.Plot(label="Over-optimisation: held-out score against exact KL",
                                elem_id="curves-overopt-plot")
@@ -156,6 +206,17 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         offline_notice = gr.Markdown(elem_id="curves-offline-notice")
         offline_plot = gr.Plot(label="SFT and DPO training curves", elem_id="curves-offline-plot")
         offline_summary = gr.Markdown(elem_id="curves-offline-summary")
+        gr.Markdown("**Rollouts** — every step's sampled answers, as the run trained on them (`rollouts.jsonl`): "
+                    "the prompt, the response, the training reward model's score, the exact KL to the reference "
+                    "summed over the response (nats per sequence) and whether it was cut at the token budget. Runs "
+                    "still training show too, their latest step included.")
+        with gr.Row():
+            rollout_run = gr.Dropdown(choices=[], label="run", elem_id="rollouts-run", allow_custom_value=False)
+            rollout_sort = gr.Radio(SORT_CHOICES, value="score", label="sort by", elem_id="rollouts-sort")
+        rollout_step = gr.Slider(1, 2, value=1, step=1, label="step", elem_id="rollouts-step")
+        rollout_notice = gr.Markdown(elem_id="rollouts-notice")
+        rollout_view = gr.Dataframe(headers=ROLLOUT_COLUMNS, label="Rollouts of the step", wrap=True,
+                                    interactive=False, max_height=600, elem_id="rollouts-table")
         # While a run is still training (make demo serves the app before the pipeline ends), redraw every 15 s.
         # (Inside the tab: a Timer placed directly in gr.Tabs shifts the tab buttons' labels.)
         timer = gr.Timer(15)
@@ -183,6 +244,49 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
         fig = method_curves_figure(runs) if runs else None
         return fig, offline_summary_markdown(runs), "\n\n".join(f"⚠️ {n}" for n in notes)
 
+    def rollout_choices(current):
+        """The runs with rollouts (the current one kept if it still has them) and the step slider for it."""
+        runs = rollout_runs(registry)
+        if not runs:
+            return (gr.update(choices=[], value=None), gr.update(minimum=1, maximum=2, value=1),
+                    "No rollouts logged yet: PPO, GRPO and RLOO write every step's rollouts to "
+                    f"`{ROLLOUTS_FILE}` as they train.")
+        name = current if current in runs else next(iter(runs))
+        steps = sorted({r["step"] for r in read_rollouts(runs[name])})
+        return (gr.update(choices=list(runs), value=name),
+                gr.update(minimum=steps[0], maximum=max(steps[-1], steps[0] + 1), value=steps[-1], step=1), "")
+
+    def rollout_view_of(run, step, sort):
+        """The rollouts of one run's step, sorted by score, KL or length (a step with none: the nearest logged)."""
+        runs = rollout_runs(registry)
+        if not run or run not in runs:
+            return rollout_table([]), "Pick a run."
+        rows = read_rollouts(runs[run])
+        steps = sorted({r["step"] for r in rows})
+        if not steps:
+            return rollout_table([]), f"{run} has no rollouts yet."
+        want = int(step or steps[-1])
+        shown = min(steps, key=lambda s: (abs(s - want), -s))
+        note = f"Step {shown} of {steps[-1]} logged" + (f" (no rollouts at step {want})" if shown != want else "")
+        step_rows = [r for r in rows if r["step"] == shown]
+        cut = [r["cut"] for r in step_rows if isinstance(r.get("cut"), bool)]
+        if cut:
+            note += f"; {len(step_rows)} rollouts, {sum(cut)} cut at the token budget"
+        return rollout_table(step_rows, sort), note + "."
+
+    def on_run(run, sort):
+        choices, slider, note = rollout_choices(run)
+        table, view_note = rollout_view_of(run, None, sort)
+        return slider, table, note or view_note
+
+    gr.on([demo.load, refresh.click], rollout_choices, [rollout_run], [rollout_run, rollout_step, rollout_notice],
+          api_name="rollout_runs").then(rollout_view_of, [rollout_run, rollout_step, rollout_sort],
+                                        [rollout_view, rollout_notice], api_name=False)
+    rollout_run.input(on_run, [rollout_run, rollout_sort], [rollout_step, rollout_view, rollout_notice],
+                      api_name=False)
+    gr.on([rollout_step.release, rollout_step.input, rollout_sort.change], rollout_view_of,
+          [rollout_run, rollout_step, rollout_sort], [rollout_view, rollout_notice], api_name="rollouts")
+
     gr.on([demo.load, refresh.click, x_axis.change, kl_units.change], kl_curves, [x_axis, kl_units],
           [plot, summary, notice], api_name="kl_curves")
     gr.on([demo.load, refresh.click], method_curves, None, [offline_plot, offline_summary, offline_notice],
@@ -194,5 +298,20 @@ def build_curves_tab(registry: Registry, demo: gr.Blocks) -> None:
             return (gr.skip(),) * 8
         return (*kl_curves(x_axis, kl_units), *method_curves(), *overopt_curves())
 
+    def follow_rollouts(run, step, sort):
+        """A run still training: its new steps join the slider (followed when the last one was shown)."""
+        runs = rollout_runs(registry)
+        if not any_live(registry) or not run or not run.endswith(LIVE_SUFFIX) or run not in runs:
+            return (gr.skip(),) * 3
+        steps = sorted({r["step"] for r in read_rollouts(runs[run])})
+        if not steps:
+            return (gr.skip(),) * 3
+        at_end = step is None or int(step) >= steps[-1] - 1
+        value = steps[-1] if at_end else int(step)
+        table, note = rollout_view_of(run, value, sort)
+        return gr.update(maximum=max(steps[-1], steps[0] + 1), value=value), table, note
+
+    timer.tick(follow_rollouts, [rollout_run, rollout_step, rollout_sort], [rollout_step, rollout_view, rollout_notice],
+               api_name=False, queue=False)
     timer.tick(follow, [x_axis, kl_units], [plot, summary, notice, offline_plot, offline_summary, offline_notice,
                                              overopt_plot, overopt_notice], api_name=False, queue=False)

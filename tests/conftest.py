@@ -123,7 +123,8 @@ def tiny_cfg(tmp_path, mode, base, reward, prompts, **kw):
                   num_prompts=16, num_heldout=4, batch_size=4, mini_batch_size=2, ppo_epochs=1, epochs=1,
                   max_prompt_length=64, max_response_length=8, lr=1e-3, max_steps=2, bf16=False,
                   output_dir=str(tmp_path / f"ppo-{mode}"), kl_horizon=100, lora_lr=None,
-                  judge_model="")  # never the developer's real checkpoints/judge
+                  judge_model="",  # never the developer's real checkpoints/judge
+                  probe_max_new_tokens=None)  # the probe answers as long as the rollouts (8), not the demo's 192
     values.update(kw)
     return build_config(PPOConfig, "demo", **values)
 

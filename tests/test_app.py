@@ -381,8 +381,12 @@ def test_rate_rejects_half_rated_response(client):
 
 
 def test_evaluation_and_about(client):
-    plot, table, report, examples, notice = client.predict(api_name="/evaluation")
-    assert notice == "" and "Evaluation report" in report
+    plot, table, examples, notice = client.predict(api_name="/evaluation")
+    assert notice == "" and "Evaluation report" not in table, "the tables once, not the whole report again"
+    figure = json.loads(plot["plot"]) if isinstance(plot, dict) and isinstance(plot.get("plot"), str) else plot
+    assert "Reward–KL frontier" in json.dumps(figure, ensure_ascii=False)
+    assert "**Judge independence**" in table and "second reward model" in table, "independence not measured here"
+    assert "/tmp" not in table and "/checkpoints" not in table
     assert "+0.400 [+0.200, +0.600]" in table and "70.0 % [50.0, 90.0]" in table
     assert "judge gain vs base" in table and "-0.120 [-0.300, +0.050]" in table
     assert "40.0 % [20.0, 60.0] (1/0/1)" in table

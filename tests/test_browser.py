@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_llama_dir):
     store = write_tiny_checkpoints(tmp_path_factory.mktemp("browser-checkpoints"), tiny_llama_dir)
+    write_rollouts(store)
     env = {"RLHFLAB_CHECKPOINTS": str(store), "RLHFLAB_BASE_MODEL": str(tiny_llama_dir), "HF_HUB_OFFLINE": "1"}
     with running_app(env) as (_, url):
         yield url
@@ -39,6 +40,20 @@ def page(app_url):
         page.wait_for_selector("#chat-input textarea")
         yield page
         browser.close()
+
+
+def write_rollouts(store: Path) -> None:
+    """Every step's rollouts of a finished run (ppo-full) and of one still training (GRPO, in its work folder)."""
+    from rlhflab.store.rollouts import append_rollouts
+
+    for step in (1, 2, 3):
+        append_rollouts(store / "ppo-full", step, [
+            {"prompt": f"full step {step} prompt {i}", "response": f"answer {i}", "score": [0.2, 0.9, -0.4][i],
+             "kl_exact": [0.5, 0.1, 0.3][i] * step, "tokens": 10 + i, "cut": i == 1} for i in range(3)])
+    for step in (1, 2):
+        append_rollouts(store / ".grpo-work", step, [
+            {"prompt": f"grpo step {step} prompt {i}", "response": "a", "score": 0.1 * i, "kl_exact": 0.01,
+             "tokens": 5, "cut": False} for i in range(2)])
 
 
 def _open_tab(page, name: str) -> None:
@@ -138,3 +153,32 @@ def test_other_tabs_render(page):
     _open_tab(page, "About")
     page.wait_for_function("() => document.querySelector('#about-text').innerText.includes('loaded')")
     page.screenshot(path=str(ARTIFACTS / "about.png"), full_page=True)
+
+
+def _table_prompts(page) -> list[str]:
+    text = page.inner_text("#rollouts-table")
+    return [line.split("\t")[0].strip() for line in text.splitlines() if "step" in line and "prompt" in line]
+
+
+def test_rollout_browser_scrubs_a_finished_and_a_running_run(page):
+    _open_tab(page, "Training curves")
+    # a run still training shows (first: its latest step), its rows from the work folder's rollouts.jsonl
+    page.wait_for_function("() => document.querySelector('#rollouts-table').innerText.includes('grpo step 2 prompt')")
+    assert "grpo (training…)" in page.locator("#rollouts-run input").input_value()
+    page.locator("#rollouts-run input").click()
+    page.get_by_role("option", name="ppo-full", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#rollouts-table').innerText.includes('full step 3 prompt')")
+    text = page.inner_text("#rollouts-table")
+    # sorted by score, highest first: prompt 1 (0.9), 0 (0.2), 2 (-0.4)
+    assert text.index("full step 3 prompt 1") < text.index("full step 3 prompt 0") < text.index("full step 3 prompt 2")
+    assert "cut" in text and "ended" in text
+    slider = page.locator("#rollouts-step input[type=range]")
+    slider.fill("1")  # scrub back to step 1
+    page.wait_for_function("() => document.querySelector('#rollouts-table').innerText.includes('full step 1 prompt')")
+    assert "full step 3" not in page.inner_text("#rollouts-table")
+    page.get_by_label("exact KL, highest first").check()
+    page.wait_for_function("() => { const t = document.querySelector('#rollouts-table').innerText;"
+                           " return t.indexOf('full step 1 prompt 0') < t.indexOf('full step 1 prompt 2')"
+                           " && t.indexOf('full step 1 prompt 2') < t.indexOf('full step 1 prompt 1'); }")
+    assert "Step 1 of 3" in page.inner_text("#rollouts-notice")
+    page.screenshot(path=str(ARTIFACTS / "rollouts.png"), full_page=True)

@@ -42,19 +42,38 @@ def test_one_interval_format_for_reports_cards_and_the_app():
     assert format_gain(gain) == "+0.280 [+0.050, +0.510] (n = 48 prompts)"
 
 
-def test_kl_of_a_policy_to_itself_is_zero(tiny_llama_dir):
+def test_k1_of_two_policies_is_the_mean_log_ratio_of_each_response_scored_alone(tiny_llama_dir):
+    """response_logprobs batches left-padded prompts with right-padded responses; each response's log-probs must be
+    those of the prompt + response scored alone (a shifted position or a pad token read as context would change
+    them), and kl_per_token the mean log-ratio of two different models on them (not 0)."""
+    import torch
+
     from rlhflab.measure.kl import kl_per_token, response_logprobs
     from rlhflab.models.loading import load_causal_lm
+    from rlhflab.models.prompts import format_prompt
     model, tok = load_causal_lm(str(tiny_llama_dir))
-    prompts, responses = ["Hi there", "Tell me a story"], ["Hello, friend.", "Once upon a time"]
-    lp = response_logprobs(model, tok, prompts, responses)
-    assert [len(x) for x in lp] == [len(tok(r, add_special_tokens=False)["input_ids"]) for r in responses]
-    assert all((x < 0).all() for x in lp)
-    assert kl_per_token(lp, lp) == [0.0, 0.0]
-    # batched (left-padded prompts) and one-at-a-time give the same log-probs
-    single = [response_logprobs(model, tok, [p], [r])[0] for p, r in zip(prompts, responses)]
-    for a, b in zip(lp, single):
-        assert np.allclose(a.numpy(), b.numpy(), atol=1e-4)
+    other, _ = load_causal_lm(str(tiny_llama_dir))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts, responses = ["Hi there", "Tell me a long story about a cat"], ["Hello, friend.", "Once upon a time"]
+    lp, lq = (response_logprobs(m, tok, prompts, responses) for m in (model, other))
+
+    def alone(m, prompt, response):  # one unpadded sequence, log-softmax read by hand
+        ctx = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+        resp = tok(response, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = m(input_ids=torch.tensor([ctx + resp])).logits[0].float()
+        logp = torch.log_softmax(logits[len(ctx) - 1:-1], -1)
+        return logp[torch.arange(len(resp)), torch.tensor(resp)]
+
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        assert np.allclose(lp[i].numpy(), alone(model, p, r).numpy(), atol=1e-4)
+        assert np.allclose(lq[i].numpy(), alone(other, p, r).numpy(), atol=1e-4)
+    k1 = kl_per_token(lp, lq)
+    expected = [float((alone(model, p, r) - alone(other, p, r)).mean()) for p, r in zip(prompts, responses)]
+    assert k1 == pytest.approx(expected, abs=1e-4) and all(abs(x) > 1e-3 for x in k1)
 
 
 def test_rating_aggregate_matches_hand_computed_means(tmp_path):
@@ -113,15 +132,16 @@ def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, f
         e = results["policies"][name]
         assert e["gain_vs_base"][1] <= e["gain_vs_base"][0] <= e["gain_vs_base"][2]
         assert 0 <= e["win_rate_vs_base"][0] <= 1 and "kl_per_token_to_base" in e
-        # the run's own exact KL over its last steps stands beside the evaluation's, from its metrics.jsonl
-        logged = [r["kl_exact_per_token"] for r in read_jsonl(Path(results["policies"][name]["source"]) / "metrics.jsonl")]
+        # the run's own exact KL over its last window stands beside the evaluation's, from its metrics.jsonl
+        run = {"full": full_run, "lora": lora_run}[name]
+        logged = [r["kl_exact_per_token"] for r in read_jsonl(Path(run) / "metrics.jsonl")]
         assert e["kl_exact_per_token_training_last"] == pytest.approx(np.mean(logged[-1:]), abs=1e-9)
     base = results["policies"]["base"]
     rewards = results["per_prompt"]["base"]["reward"]
     assert base["reward_mean"][0] == pytest.approx(np.mean(rewards), abs=1e-3)
     report = (out / "report.md").read_text()
     assert "nats per token" in report and "95 % bootstrap" in report and "n prompts" in report
-    assert "training log's exact KL, last steps" in report
+    assert "training log's exact KL, last pass" in report
     assert (out / "figures" / "kl_per_token.json").is_file()
     store = RatingsStore(cfg.ratings_db)
     assert len(store.items()) == 2 * 3

@@ -188,7 +188,8 @@ def test_grpo_golden(tmp_path, monkeypatch, tiny_llama_dir, tiny_reward_dir, pro
                        reward_model=str(tiny_reward_dir), dataset=prompts_file, lang=None, num_prompts=16,
                        num_heldout=4, batch_size=2, num_generations=2, epochs=1, max_prompt_length=64,
                        max_response_length=8, lr=1e-3, lora_lr=None, max_steps=2, bf16=False, kl_horizon=100,
-                       probe_every=2, probe_prompts=2, output_dir=str(tmp_path / "grpo"), judge_model="")
+                       probe_every=2, probe_prompts=2, output_dir=str(tmp_path / "grpo"), judge_model="",
+                       probe_max_new_tokens=None)
     batches = SampledBatches(monkeypatch)
     _seeded()
     check_golden("grpo", record_run(train_grpo(cfg), batches, paths))

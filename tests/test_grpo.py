@@ -21,7 +21,7 @@ def grpo_cfg(tmp_path, mode, base, reward, prompts, **kw):
     values = dict(mode=mode, base_model=str(base), reward_model=str(reward), dataset=prompts, lang=None,
                   num_prompts=16, num_heldout=4, batch_size=2, num_generations=2, epochs=1, max_prompt_length=64,
                   max_response_length=8, lr=1e-3, lora_lr=None, max_steps=2, bf16=False, kl_horizon=100,
-                  output_dir=str(tmp_path / f"grpo-{mode}"), judge_model="")
+                  output_dir=str(tmp_path / f"grpo-{mode}"), judge_model="", probe_max_new_tokens=None)
     values.update(kw)
     return build_config(GRPOConfig, "demo", **values)
 
@@ -63,7 +63,17 @@ def test_step_one_kl_is_zero_and_the_record_matches_ppo(run, request):
     assert FIELDS <= set(records[0])
     # step 1's responses are scored before any update: policy == reference, so KL must be ~0
     assert abs(records[0]["kl_per_token"]) < 1e-3 and records[0]["kl_estimator"] == "k3"
-    assert records[0]["kl_per_sequence"] == pytest.approx(records[0]["kl_per_token"] * records[0]["response_tokens_mean"])
+    # every step's rollouts (rollouts.jsonl), recorded apart from the metrics: the same scores in the same order,
+    # lengths that average to TRL's logged mean length, per-sequence exact KL that adds up to the step's per token
+    from rlhflab.store.rollouts import read_rollouts
+
+    rollouts = read_rollouts(request.getfixturevalue(run))
+    for r in records:
+        step = [x for x in rollouts if x["step"] == r["step"]]
+        assert [x["score"] for x in step] == r["rollout_scores"] and all(isinstance(x["response"], str) for x in step)
+        assert sum(x["tokens"] for x in step) / len(step) == pytest.approx(r["response_tokens_mean"], rel=1e-6)
+        assert sum(x["kl_exact"] for x in step) / sum(x["tokens"] for x in step) == pytest.approx(
+            r["kl_exact_per_token"], rel=1e-3, abs=1e-7)
     assert len(records[0]["rollout_scores"]) == 4 == len(records[0]["rollout_prompts"])  # 2 prompts x 2 responses
     assert records[0]["score"] == pytest.approx(sum(records[0]["rollout_scores"]) / 4, abs=1e-3)
     # each prompt's group shares its key, and the keys are PPO's (prompt_key over the prompt's token ids)

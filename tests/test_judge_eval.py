@@ -118,12 +118,22 @@ def test_evaluation_reports_gains_under_the_judge(tmp_path, tiny_llama_dir, tiny
         j = np.array(per_prompt[name]["judge"]) - np.array(per_prompt["base"]["judge"])
         assert e["judge_gain_vs_base"][0] == pytest.approx(j.mean(), abs=1e-3)
         assert e["judge_gain_vs_base"][1] <= e["judge_gain_vs_base"][0] <= e["judge_gain_vs_base"][2]
-        assert sum(e["judge_wins_ties_losses_vs_base"]) == 4 and sum(e["wins_ties_losses_vs_base"]) == 4
+        for prefix, scorer in (("judge_", "judge"), ("", "reward")):  # recounted from the per-prompt scores
+            mine, base = np.array(per_prompt[name][scorer]), np.array(per_prompt["base"][scorer])
+            assert e[f"{prefix}wins_ties_losses_vs_base"] == [int((mine > base).sum()), int((mine == base).sum()),
+                                                              int((mine < base).sum())]
         assert set(e["length_controlled"]) == {"reward_model", "judge"}
         assert e["length_controlled_scorer"] == "judge"
         assert e["length_controlled_gain_vs_base"] == e["length_controlled"]["judge"]["gain"]
-    # the judge scored the very responses the reward model scored, independently of it
-    assert per_prompt["base"]["judge"] != per_prompt["base"]["reward"]
+    # the judge's column holds the judge model's scores of the very responses (not the reward model's)
+    from rlhflab.models.precision import autocast
+
+    judge_model, judge_tok = load_reward_model(str(tiny_judge_dir))
+    with autocast(cfg.bf16):
+        rescored = score_responses(judge_model, judge_tok, [ex["prompt"] for ex in results["examples"]],
+                                   [ex["base"] for ex in results["examples"]])
+    assert per_prompt["base"]["judge"][:len(rescored)] == pytest.approx(rescored, abs=2e-3)
+    assert [ex["base_judge"] for ex in results["examples"]] == pytest.approx(rescored, abs=2e-3)
 
     raters = results["agreement"]["raters"]
     assert raters["comparisons"] == 1 and set(raters) >= {"reward_model", "judge"}
@@ -132,12 +142,28 @@ def test_evaluation_reports_gains_under_the_judge(tmp_path, tiny_llama_dir, tiny
         good, bad = score_responses(model, tok, ["Name a fruit."] * 2, ["A banana.", "Fruit fruit fruit."])
         assert raters[key]["agree"] == int(good > bad) and raters[key]["n"] == 1
     pair = results["agreement"]["reward_model_vs_judge"]
-    assert 0 <= pair["agree"] <= pair["n"] <= 3 * 4
+    names = list(results["policies"])
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    col = lambda who, scorer: np.concatenate([per_prompt[p[who]][scorer] for p in pairs])  # noqa: E731
+    rm_order, judge_order = np.sign(col(0, "reward") - col(1, "reward")), np.sign(col(0, "judge") - col(1, "judge"))
+    ordered = (rm_order != 0) & (judge_order != 0)
+    assert (pair["agree"], pair["n"]) == (int((rm_order == judge_order)[ordered].sum()), int(ordered.sum()))
+    ind = results["judge_independence"]
+    assert ind["policies"] == ["base", "full"] and ind["outputs"] == 8, "best-of-n left out"
+    r = np.corrcoef(np.concatenate([per_prompt[n]["reward"] for n in ("base", "full")]),
+                    np.concatenate([per_prompt[n]["judge"] for n in ("base", "full")]))[0, 1]
+    assert ind["pearson"][0] == pytest.approx(r, abs=2e-3)
+    assert ind["name"] in ("judge", "second reward model") and ind["test_pairs"] is None
 
     report = (out / "report.md").read_text()
     assert "judge gain vs base" in report and "length-controlled gain" in report
     assert "its judge gain is the honest number" in report and "Training RM vs judge" in report
     assert "70.0 % [58.0, 80.0]" in report, "the judge's held-out accuracy"
+    assert "## Judge independence" in report and "after regressing out response length" in report
+    assert "**Test pairs**: not compared" in report, "the tiny judge's reward_eval.json has no per-pair scores"
+    assert "/tmp" not in report and str(tmp_path) not in report, "checkpoints by store name, no local paths"
+    assert results["reward_model"]["model"] == tiny_reward_dir.name and results["judge"]["model"] == tiny_judge_dir.name
+    assert (out / "figures" / "reward_kl_frontier.json").is_file()
 
 
 def test_a_missing_judge_is_a_note_not_a_crash(tmp_path, tiny_llama_dir, tiny_reward_dir, full_run):

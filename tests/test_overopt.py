@@ -98,3 +98,41 @@ def test_read_back_and_resume_drops_later_probes(tmp_path):
     assert [r["step"] for r in read_overopt(tmp_path)] == [0, 4]
     keep_up_to(tmp_path / "absent.jsonl", 3)  # nothing to trim: no error, no file
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_probe_reports_the_change_against_step_0_paired_by_prompt(tmp_path, models):
+    import numpy as np
+
+    from rlhflab.measure.overopt import MDE_Z
+
+    policy, moved, tok, reward, reward_tok = models
+    probe = _probe(tmp_path, models, str(tmp_path / "no-judge"))
+    first = probe.run(0, 0, use_policy=holder(policy))  # the start: the reference itself
+    assert first["rm_change_vs_step0"] is None and first["rm_mde"] is None and len(first["rm_scores"]) == 3
+    assert len(first["responses"]) == 3 and 0 <= first["cut_rate"] <= 1
+    later = probe.run(4, 32)  # the moved policy
+    diff = np.array(later["rm_scores"]) - np.array(first["rm_scores"])
+    change = later["rm_change_vs_step0"]
+    assert change[0] == pytest.approx(diff.mean(), abs=1e-6) and change[1] <= change[0] <= change[2]
+    assert later["rm_mde"] == pytest.approx(MDE_Z * diff.std(ddof=1) / np.sqrt(3), rel=1e-6)
+    assert later["judge_change_vs_step0"] is None, "no judge: no judge change"
+    # a resumed run (a new probe) pairs against the step-0 probe in the log
+    resumed = _probe(tmp_path, models, str(tmp_path / "no-judge")).run(8, 64)
+    assert resumed["rm_change_vs_step0"][0] == pytest.approx(diff.mean(), abs=1e-6)
+
+    from rlhflab.measure.plots import overoptimisation_figure
+
+    fig = json.loads(overoptimisation_figure({"ppo-full": read_overopt(tmp_path)}).to_json())
+    rm = next(t for t in fig["data"] if t["name"] == "ppo-full training RM")
+    assert rm["y"][0] == 0 and rm["y"][1] == pytest.approx(diff.mean(), abs=1e-6)
+    assert rm["text"][1].startswith("MDE ") and "change" in fig["layout"]["yaxis"]["title"]["text"]
+
+
+def test_the_probe_refuses_the_training_reward_model_as_its_judge(tmp_path, models, tiny_reward_dir):
+    from rlhflab.errors import UserError
+
+    policy, moved, tok, reward, reward_tok = models
+    with pytest.raises(UserError, match="is the training reward model"):
+        OverOptProbe(PROMPTS, tok, reward, reward_tok, tmp_path / OVEROPT_FILE, temperature=0.7, max_new_tokens=6,
+                     reward_model_name=str(tiny_reward_dir), judge_model=str(tiny_reward_dir),
+                     use_policy=holder(moved), use_reference=holder(policy))

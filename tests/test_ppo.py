@@ -251,8 +251,10 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
         return responses
 
     monkeypatch.setattr(online, "sample_responses", spy)
+    judge = tmp_path / "judge"  # a copy: the probe refuses the training reward model itself as its judge
+    shutil.copytree(tiny_reward_dir, judge)
     cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, optim="adamw_torch", lr=1e-2,
-                   judge_model=str(tiny_reward_dir))
+                   judge_model=str(judge))
     work = tmp_path / ".ppo-full-work"
 
     def keep_step_one_policy(record):  # the policy that sampled step 2's rollouts
@@ -295,7 +297,7 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
     probes = read_overopt(out)
     assert [p["step"] for p in probes] == [0, 2] and probes[0]["kl_exact_per_token"] == pytest.approx(0, abs=1e-6)
     assert probes[1]["kl_exact_per_token"] > 0 and probes[1]["judge_score_mean"] is not None
-    assert probes[1]["judge_model"] == str(tiny_reward_dir) and len(probes[1]["judge_score_ci"]) == 2
+    assert probes[1]["judge_model"] == str(judge) and len(probes[1]["judge_score_ci"]) == 2
     card = (out / "README.md").read_text()
     assert "exact" in card and "overopt.jsonl" in card
 

@@ -219,7 +219,9 @@ def test_evaluating_the_saved_checkpoint_uses_exactly_its_test_pairs(trained_rew
     assert ev["n_pairs"] == 12 and ev["accuracy"] == pytest.approx(saved["accuracy"])
     assert ev["chosen_rewards"] == pytest.approx(saved["chosen_rewards"], abs=1e-3)
     printed = capsys.readouterr().out
-    assert "| metric (95 % Wilson interval) |" in printed and f"12 test pairs of {saved['dataset']}" in printed
+    assert "| metric (95 % interval, method named per row) |" in printed
+    assert "'longer response wins' baseline (equal lengths count half; bootstrap interval over pairs)" in printed
+    assert f"12 test pairs of {saved['dataset']}" in printed
 
 
 def test_evaluation_refuses_a_dataset_without_the_test_pairs_or_a_checkpoint_without_a_split(

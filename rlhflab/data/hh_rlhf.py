@@ -326,3 +326,40 @@ def pairs_by_id(source: str, ids: list[str], hub_split: str = "test", what: str 
                         f"checkpoint's {SPLIT_FILE} (first missing id {missing[0]}); evaluate on the data the model "
                         f"was trained on (--dataset), or retrain it on this data.")
     return [by_id[i] for i in ids]
+
+
+def policy_training_pairs(source: str, size: int, seed: int, judge_share: float | None = None,
+                          judge_dir=None) -> PairSet:
+    """What SFT and DPO train on: policy_pairs of the judge's own split, and never a pair the judge trained or picked
+    its epoch on. The judge's split.json (judge_dir, default the store's judge) gives its judge share and test size,
+    and the ids of its train and dev pairs, which are left out whatever the share; `judge_share` overrides the share
+    (e.g. a judge trained elsewhere with --judge-share). Without a judge split: `judge_share` or the default."""
+    import json
+    from pathlib import Path
+
+    if judge_dir is None:
+        from rlhflab.config import JUDGE_DIR as judge_dir
+    record = None
+    split_path = Path(judge_dir) / SPLIT_FILE
+    if split_path.is_file():
+        try:
+            record = json.loads(split_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+    same_data = isinstance(record, dict) and (
+        record.get("dataset") == source or (is_local(source) and is_local(str(record.get("dataset", "")))
+                                            and Path(source).resolve() == Path(record["dataset"]).resolve()))
+    share = judge_share if judge_share is not None else (
+        float(record["judge_share"]) if same_data and "judge_share" in record else DEFAULT_JUDGE_SHARE)
+    test_size = int(record.get("sizes", {}).get("test") or DEFAULT_TEST_SIZE) if same_data else DEFAULT_TEST_SIZE
+    _, sides, skipped, _ = _test_and_sides(source, test_size, share)
+    judged = set()
+    if same_data:
+        ids = record.get("ids", {})
+        judged = set(ids.get("train", [])) | set(ids.get("dev", []))
+    pairs = [p for p in sides["policy"] if pair_id(p) not in judged]
+    if not pairs:
+        raise UserError(f"dataset {source} leaves no pairs on the policy side (judge share {share}); use a larger "
+                        f"file or a smaller --judge-share.")
+    rng = random.Random(seed)
+    return PairSet(rng.sample(pairs, min(size, len(pairs))), Counter(skipped), source)

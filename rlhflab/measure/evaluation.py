@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,9 @@ NO_JUDGE = f"n/a (no judge: train one with `{JUDGE_COMMAND}`)"
 
 
 OVEROPT_FIGURE = "overoptimisation"
+
+
+FRONTIER_FIGURE = "reward_kl_frontier"
 
 
 def heldout_prompts(cfg: EvalConfig, policy_dirs: dict[str, Path]) -> tuple[list[str], str]:
@@ -129,7 +133,8 @@ def load_judge(cfg: EvalConfig):
     """(model, tokenizer, info) of the independent judge, or (None, None, info) saying why there is none: a missing
     or unloadable judge leaves the judge columns n/a instead of stopping the evaluation."""
     model, tok, note = overopt.load_judge(cfg.judge_model, reward_model=cfg.reward_model)
-    info = {"model": cfg.judge_model, "available": model is not None, "accuracy": None, "note": note or ""}
+    info = {"model": display_name(cfg.judge_model), "available": model is not None, "accuracy": None,
+            "note": strip_local_paths(note or "")}
     if model is not None:
         info["accuracy"] = heldout_accuracy(str(resolve_checkpoint(cfg.judge_model)))
     return model, tok, info
@@ -250,14 +255,14 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         progress(f"best-of-{n_samples} from the base: {n_samples * len(prompts)} samples in {t.elapsed_s:.0f} s")
 
     b = cfg.bootstrap_samples
-    results = {"command": command_line(), "settings": asdict(cfg), "generation": settings.as_dict(),
+    results = {"command": display_command(command_line()), "settings": asdict(cfg), "generation": settings.as_dict(),
                "policy_weights_dtype": str(policies.dtype).replace("torch.", ""),
-               "prompt_source": prompt_source, "num_prompts": len(prompts), "units": {
+               "prompt_source": display_name(prompt_source), "num_prompts": len(prompts), "units": {
                    "reward": "reward-model score (logit, higher is better)",
                    "judge": "judge reward-model score (logit, higher is better; its own scale)",
                    "kl": "nats per token", "length": "response tokens",
                    "length_slope": "score per response token"},
-               "reward_model": {"model": cfg.reward_model,
+               "reward_model": {"model": display_name(cfg.reward_model),
                                 "accuracy": heldout_accuracy(str(resolve_checkpoint(cfg.reward_model)))},
                "judge": judge, "policies": {}}
     for n in names:
@@ -265,7 +270,8 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                  "response_tokens_mean": list(stats.bootstrap_ci(tokens[n], samples=b, seed=2)),
                  "reward_length_pearson_r": stats.pearson(rewards[n], tokens[n]),
                  "cut_rate": float(1 - np.mean(finished[n])),
-                 "source": (policies.source(n) if n == "base" else str(policy_dirs[n]) if n in policy_dirs
+                 "source": (display_name(policies.source(n)) if n == "base" else display_name(str(policy_dirs[n]))
+                            if n in policy_dirs
                             else f"{n} samples of the base, reranked by the reward model")}
         if n in judged:
             entry["judge_mean"] = list(stats.bootstrap_ci(judged[n], samples=b, seed=1))
@@ -319,23 +325,28 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     results["agreement"] = {"reward_model_vs_judge": scorer_agreement(
                                 {"reward_model": rewards, **({"judge": judged} if judged else {})}, names),
                             "raters": rater_agreement(store, scorers, cfg.batch_size)}
+    results["judge_independence"] = judge_independence(
+        rewards, judged, tokens, names, b,
+        heldout_pair_agreement(resolve_checkpoint(cfg.reward_model), resolve_checkpoint(cfg.judge_model))
+        if judged else None)
     k = min(cfg.num_rating_prompts, len(prompts))
     rated = [n for n in names if not n.startswith("best-of-")]
     store.replace_items([{"prompt_index": i, "prompt": prompts[i], "policy": n, "response": responses[n][i]}
                          for i in range(k) for n in rated])
-    results["rating_items"] = {"prompts": k, "policies": rated, "db": str(cfg.ratings_db),
+    results["rating_items"] = {"prompts": k, "policies": rated, "db": display_name(str(cfg.ratings_db)),
                                "cut_rate": {n: float(1 - np.mean(finished[n][:k])) for n in rated}}
     results["overopt_runs"] = [n for n, d in policy_dirs.items() if read_overopt(d)]
     results["seconds"] = timer.elapsed_s
     write_json(out / RESULTS_FILE, results)
     _write_figures(out, policy_dirs, results)
-    (out / REPORT_FILE).write_text(render_report(results, store), encoding="utf-8")
+    (out / REPORT_FILE).write_text(strip_local_paths(render_report(results, store)), encoding="utf-8")
     progress(f"evaluation written to {out} ({timer.elapsed_s:.0f} s)")
     return out
 
 
 def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> None:
-    from rlhflab.measure.plots import overoptimisation_figure, reward_comparison_figure, training_curves_figure
+    from rlhflab.measure.plots import (overoptimisation_figure, reward_comparison_figure, reward_kl_frontier_figure,
+                                       training_curves_figure)
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -343,7 +354,8 @@ def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> No
             if (records := read_jsonl(d / METRICS_FILE)) and "kl_coef" in records[0]}
     for fig, name in ((training_curves_figure(runs), "kl_per_token"),
                       (training_curves_figure(runs, per_sequence=True), "kl_per_sequence"),
-                      (reward_comparison_figure(results), "reward_by_policy")):
+                      (reward_comparison_figure(results), "reward_by_policy"),
+                      (reward_kl_frontier_figure(results), FRONTIER_FIGURE)):
         (figs / f"{name}.json").write_text(fig.to_json(), encoding="utf-8")
         fig.write_html(figs / f"{name}.html", include_plotlyjs=True, full_html=True)
     checks = {{"full": "ppo-full", "lora": "ppo-lora"}.get(n, n): records for n, d in policy_dirs.items()
@@ -424,7 +436,7 @@ def policy_results_table(results: dict) -> str:
         ["policy", "mean reward (training RM) [95 % CI]", "training-RM gain vs base",
          "training-RM win rate, ties half (W/T/L)", "judge gain vs base", "judge win rate, ties half (W/T/L)",
          "length-controlled gain (scorer)", "n prompts"], gains)
-    cost_table = markdown_table(["policy", "KL to base (nats/token)", "training log's exact KL, last steps",
+    cost_table = markdown_table(["policy", "KL to base (nats/token)", "training log's exact KL, last pass",
                                  "response tokens", "length change (tokens)",
                                  "cut at max tokens", "r(reward, length)"], costs)
     return ("**Gains over the base** (training reward model and independent judge)\n\n" + gain_table +
@@ -506,9 +518,10 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              "(gain − slope × length change), its interval from resampling prompts and refitting; it is given under "
              "the judge when there is one. KL to base in nats per token: exact (Σ p log p/q over the vocabulary) "
              "on the tokens each policy generated, end-of-turn token included, both models at the sampling "
-             "temperature, total KL ÷ total tokens.\n",
+             "temperature, total KL ÷ total tokens. " + one_kl_sentence(g) + "\n",
              "## Gains of every policy\n"]
     lines.append(policy_results_table(results))
+    lines.append("\n" + cut_rate_sentence(results) + "\n")
     if any(name.startswith("best-of-") for name in pols):
         honest = ("its judge gain is the honest number." if judged else "only a judge can say what it is worth.")
         lines.append("\nBest-of-n rows draw n samples per prompt from the base and keep the training reward model's "
@@ -528,17 +541,22 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
         f"{name} {_ci(e['length_gain_vs_base'], 1, signed=True)} tokens" for name, e in pols.items()
         if "length_gain_vs_base" in e) + ". Length-controlled gains: " + ("; ".join(controlled) or "—") +
         ". A raw gain whose length-controlled gain is near zero was made of length.\n")
-    lines.append("Mean reward per policy with its interval: `figures/reward_by_policy.html` (interactive; the app's "
-                 "Evaluation tab draws it above this report).\n")
+    lines.append(f"The reward–KL frontier (each policy's judge and training-RM gain against its exact KL to the base, "
+                 f"both intervals; best-of-n at its KL bound): `figures/{FRONTIER_FIGURE}.html` — the app's Evaluation "
+                 f"tab opens with it. Mean reward per policy: `figures/reward_by_policy.html`.\n")
     lines.append("## Agreement: judge, training reward model and raters\n")
     lines.append(agreement_markdown(results) + "\n")
+    lines.append("## Judge independence\n")
+    lines.append(independence_markdown(results) + "\n")
     lines.append("## KL and reward during the RL runs (PPO, GRPO)\n")
     lines.append(run_summary_table(results.get("training_curves", {})))
     lines.append("\nCurves (per token with the target band, and per sequence): `figures/kl_per_token.html`, "
                  "`figures/kl_per_sequence.html` — also in the app's Training curves tab.\n")
     if results.get("overopt_runs"):
         lines.append(f"Over-optimisation ({', '.join(results['overopt_runs'])}): training-RM and judge score on "
-                     f"held-out prompts against exact KL per token during training, `figures/{OVEROPT_FIGURE}.html` "
+                     f"held-out prompts (as the change against step 0, paired by prompt, with each point's minimal "
+                     f"detectable effect, where the run logged it) against exact KL per token during training, "
+                     f"`figures/{OVEROPT_FIGURE}.html` "
                      f"— also in the Training curves tab. A training-RM curve that keeps rising while the judge's "
                      f"turns down is reward hacking.\n")
     lines.append("## Example responses\n")
@@ -568,3 +586,169 @@ def ratings_report(cfg: EvalConfig) -> str:
     (out / "ratings.md").write_text("# Blind human ratings\n\n" + table + "\n", encoding="utf-8")
     (out / "ratings.csv").write_text(store.csv_text(), encoding="utf-8")
     return table
+
+
+# ---------------------------------------------------------------- judge independence (SPEC §9)
+NEAR_COPY_R = 0.9  # a length-controlled score correlation whose interval lies above this: the judge is a near-copy
+JUDGE_NAME, SECOND_RM_NAME = "judge", "second reward model"
+
+
+def heldout_pair_agreement(reward_dir, judge_dir, samples: int = 2000) -> dict | None:
+    """The training RM and the judge on the shared test pairs (their reward_eval.json and split.json): how often
+    both order chosen vs rejected the same way (Wilson interval), what two scorers with these accuracies would
+    agree on if their errors were independent (a·b + (1−a)(1−b)), and the correlation of their margins (chosen −
+    rejected) with a bootstrap interval over pairs. None when either file is missing or the pairs differ."""
+    evals, splits = [], []
+    for folder in (reward_dir, judge_dir):
+        try:
+            folder = Path(folder)
+            evals.append(json.loads((folder / "reward_eval.json").read_text(encoding="utf-8")))
+            split = folder / "split.json"
+            splits.append(json.loads(split.read_text(encoding="utf-8")) if split.is_file() else None)
+        except (OSError, ValueError, TypeError):
+            return None
+    try:
+        (rc, rr), (jc, jr) = ((np.asarray(e["chosen_rewards"], float), np.asarray(e["rejected_rewards"], float))
+                              for e in evals)
+    except (KeyError, TypeError, ValueError):
+        return None
+    same_ids = all(splits) and splits[0].get("ids", {}).get("test") == splits[1].get("ids", {}).get("test")
+    if rc.shape != jc.shape or rc.size == 0 or (all(splits) and not same_ids):
+        return None
+    out = stats.order_agreement(rc, rr, jc, jr)
+    a, b = float(np.mean(rc > rr)), float(np.mean(jc > jr))
+    out["independent_errors_expectation"] = a * b + (1 - a) * (1 - b)
+    out["accuracies"] = [a, b]
+    out["margin_pearson"] = list(stats.correlation_ci(rc - rr, jc - jr, samples=samples, seed=11))
+    out["same_test_ids"] = bool(same_ids)
+    return out
+
+
+def judge_independence(rewards: dict, judged: dict, tokens: dict, names: list[str], samples: int,
+                       test_pairs: dict | None = None) -> dict | None:
+    """How much the judge is the training RM again, measured on the same policy outputs (best-of-n rows left out:
+    the RM picked them): Pearson and Spearman correlation of the two scorers' scores with a bootstrap interval over
+    prompts, the same after regressing response length out of both, and their agreement on the test pairs. It names
+    the scorer: "judge" when its length-controlled correlation is measured and its interval is not wholly above
+    NEAR_COPY_R, else "second reward model". None without a judge."""
+    if not judged:
+        return None
+    used = [n for n in names if n in judged and n in rewards and not n.startswith("best-of-")]
+    out: dict = {"policies": used, "outputs": 0, "test_pairs": test_pairs, "near_copy_r": NEAR_COPY_R}
+    if used:
+        rm = np.stack([np.asarray(rewards[n], float) for n in used], 1)  # (prompts, policies)
+        jd = np.stack([np.asarray(judged[n], float) for n in used], 1)
+        ln = np.stack([np.asarray(tokens[n], float) for n in used], 1)
+        out["outputs"] = int(rm.size)
+        for method in ("pearson", "spearman"):
+            out[method] = list(stats.correlation_ci(rm, jd, method, samples=samples, seed=12))
+            out[f"{method}_length_controlled"] = list(stats.correlation_ci(rm, jd, method, control=ln,
+                                                                           samples=samples, seed=13))
+    lc = out.get("pearson_length_controlled") or [float("nan")] * 3
+    raw = out.get("pearson") or [float("nan")] * 3
+    r = lc if lc[0] == lc[0] else raw  # lengths all equal: the raw correlation is already length-free
+    if r[0] != r[0]:
+        out.update(name=SECOND_RM_NAME, verdict="independence not measured (no correlation could be computed): a "
+                                               "scorer whose independence is not measured is a second reward model")
+    elif r[1] == r[1] and r[1] >= NEAR_COPY_R:
+        out.update(name=SECOND_RM_NAME, verdict=f"its scores follow the training RM's (r {r[0]:.2f}, interval "
+                                                f"wholly ≥ {NEAR_COPY_R}): a near-copy, fooled where the RM is fooled")
+    else:
+        out.update(name=JUDGE_NAME, verdict=f"measured: r {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}] after length, not "
+                                            f"wholly above a near-copy's {NEAR_COPY_R}")
+    return out
+
+
+def independence_markdown(results: dict) -> str:
+    """The report's "Judge independence" section (also in the app's Evaluation tab)."""
+    ind = results.get("judge_independence")
+    if _judge_state(results) != "yes":
+        return "n/a (no judge)."
+    if not isinstance(ind, dict):
+        return (f"Not measured (these results predate the independence check): the judge is a "
+                f"**{SECOND_RM_NAME}** until it is.")
+    lines = [f"**Verdict: {ind.get('name', SECOND_RM_NAME)}** — {ind.get('verdict', '')}.", ""]
+    rows = []
+    for method in ("pearson", "spearman"):
+        rows.append([method.capitalize(), _ci(ind.get(method), 2, signed=True),
+                     _ci(ind.get(f"{method}_length_controlled"), 2, signed=True)])
+    lines.append(markdown_table(["correlation of training-RM and judge scores (95 % bootstrap over prompts)",
+                                 "raw", "after regressing out response length"], rows))
+    lines.append(f"\nOn the same {ind.get('outputs', 0)} outputs ({', '.join(ind.get('policies') or [])}; "
+                 f"best-of-n left out: the training RM picked those). A near-copy of the reward model shows r near 1 "
+                 f"and cannot catch reward hacking; a scorer whose length-controlled interval lies wholly above "
+                 f"{ind.get('near_copy_r', NEAR_COPY_R)} is called a {SECOND_RM_NAME}, not a judge.\n")
+    tp = ind.get("test_pairs")
+    if isinstance(tp, dict) and tp.get("n"):
+        lines.append(f"- **Test pairs** (the shared preference test part): both order chosen vs rejected the same "
+                     f"way in {_agreement_cell(tp)} pairs (Wilson interval); two scorers with their accuracies "
+                     f"({100 * tp['accuracies'][0]:.0f} % and {100 * tp['accuracies'][1]:.0f} %) and independent "
+                     f"errors would agree in {100 * tp['independent_errors_expectation']:.1f} %. Correlation of "
+                     f"their margins (chosen − rejected): {_ci(tp.get('margin_pearson'), 2, signed=True)}.")
+    else:
+        lines.append("- **Test pairs**: not compared (a scorer without reward_eval.json, or different test pairs).")
+    return "\n".join(lines)
+
+
+CUT_AIM = 0.2  # SPEC §9: budgets such that most answers finish; the issue's aim: at most 20 % of the base's cut
+
+
+def cut_rate_sentence(results: dict) -> str:
+    """Every policy's share of answers cut at the token budget, and whether the base's meets the aim."""
+    pols = {k: e for k, e in (results.get("policies") or {}).items() if isinstance(e, dict)}
+    rates = {k: e["cut_rate"] for k, e in pols.items() if isinstance(e.get("cut_rate"), (int, float))}
+    if not rates:
+        return "Cut rate: not recorded (results written before it was)."
+    budget = (results.get("generation") or {}).get("max_new_tokens", "?")
+    text = (f"**Cut at the {budget}-token budget** (answers that had not ended; a cut answer is scored as a "
+            f"fragment): " + ", ".join(f"{k} {100 * r:.0f} %" for k, r in rates.items()) + ".")
+    if "base" in rates:
+        met = rates["base"] <= CUT_AIM
+        text += (f" The base's {100 * rates['base']:.0f} % {'meets' if met else 'misses'} the aim of at most "
+                 f"{100 * CUT_AIM:.0f} %" + ("." if met else ": read the gains as gains on fragments."))
+    return text
+
+
+def one_kl_sentence(generation: dict) -> str:
+    """Whether the evaluation's KL is the trainers' quantity: the same only under temperature-alone sampling."""
+    if generation.get("greedy"):
+        return "Greedy decoding: the KL is of the temperature-scaled distributions, not of what was decoded."
+    plain = (generation.get("top_k") in (0, None) and float(generation.get("top_p", 1.0)) >= 1.0
+             and float(generation.get("repetition_penalty", 1.0)) == 1.0)
+    if plain:
+        return ("Sampling is by temperature alone, as the trainers sample, so this KL is of the distribution actually "
+                "sampled and the same quantity as the training log's exact KL.")
+    return ("Sampling here truncates the distribution (top-k / top-p / repetition penalty) while the KL is of the "
+            "untruncated ones: it is not the distribution sampled, nor the training log's quantity.")
+
+
+# ---------------------------------------------------------------- names, not local paths
+_LOCAL_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+=-]+/)*[\w.@+=-]+/?")
+
+
+def display_name(value):
+    """A checkpoint or file as the report names it: a local path under the checkpoint store as its store name
+    ('reward', 'ppo-full', 'eval/ratings.sqlite'), under the repository as its repository path
+    ('data/demo/oasst1.jsonl'), anywhere else as its last part; a Hub id or a relative path as it is."""
+    from rlhflab.config import CHECKPOINTS_DIR, REPO_ROOT
+
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    for root in (CHECKPOINTS_DIR, REPO_ROOT):
+        for candidate, base in ((path, Path(root)), (path.resolve(), Path(root).resolve())):
+            try:
+                rel = candidate.relative_to(base)
+            except ValueError:
+                continue
+            return str(rel) if str(rel) != "." else base.name
+    return path.name or value
+
+
+def strip_local_paths(text: str) -> str:
+    """Every absolute local path in a text replaced by its display_name (report.md and the app's tab)."""
+    return _LOCAL_PATH.sub(lambda m: display_name(m.group(0).rstrip("/")), text) if isinstance(text, str) else text
+
+
+def display_command(command: str) -> str:
+    return strip_local_paths(command)

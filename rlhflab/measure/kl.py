@@ -58,23 +58,49 @@ def exact_kl_sum(policy_logits: torch.Tensor, reference_logits: torch.Tensor, ma
 
 
 def _chunked_kl(p_sel: torch.Tensor, q_sel: torch.Tensor, temperature: float, chunk: int,
-                tokens: torch.Tensor | None = None):
+                tokens: torch.Tensor | None = None, per_position: bool = False):
     """Σ KL(p ‖ q) over the rows of (positions, vocab) logits, `chunk` rows at a time; with `tokens`, also each
-    row's log p and log q of its token, from the same log-softmax (one pass over the vocabulary per model)."""
+    row's log p and log q of its token, from the same log-softmax (one pass over the vocabulary per model); with
+    `per_position`, also each row's KL (a third element)."""
     total = torch.zeros((), dtype=torch.float32, device=p_sel.device)
-    picked_p, picked_q = [], []
+    picked_p, picked_q, rows = [], [], []
     for start in range(0, p_sel.shape[0], chunk):
         logp = torch.log_softmax(p_sel[start:start + chunk].float() / temperature, dim=-1)
         logq = torch.log_softmax(q_sel[start:start + chunk].float() / temperature, dim=-1)
-        terms = logp.exp() * (logp - logq)
-        total = total + torch.where(torch.isneginf(logp), 0.0, terms).sum()
+        terms = torch.where(torch.isneginf(logp), 0.0, logp.exp() * (logp - logq)).sum(-1)
+        total = total + terms.sum()
+        if per_position:
+            rows.append(terms)
         if tokens is not None:
             t = tokens[start:start + chunk].unsqueeze(-1)
             picked_p.append(logp.gather(-1, t).squeeze(-1))
             picked_q.append(logq.gather(-1, t).squeeze(-1))
     if tokens is None:
         return total, None
-    return total, (torch.cat(picked_p), torch.cat(picked_q))
+    picked = (torch.cat(picked_p), torch.cat(picked_q))
+    return (total, picked, torch.cat(rows)) if per_position else (total, picked)
+
+
+class RolloutRows:
+    """The rollouts kl_sums has measured since the last `pop`, one entry per sequence: its response token ids (the
+    masked positions) and its exact KL summed over them. The trainers' exact KL of each step goes through kl_sums
+    (PPO's captured logits, GRPO/RLOO's extra forward), so the per-step rollout log (rlhflab.store.rollouts) reads
+    each sequence's KL here without another forward. Bounded: only the latest `limit` sequences are kept."""
+
+    def __init__(self, limit: int = 8192):
+        self.limit, self.rows = limit, []
+
+    def add(self, tokens: torch.Tensor, mask: torch.Tensor, per_row_kl: torch.Tensor) -> None:
+        for ids, m, kl in zip(tokens.tolist(), mask.bool().tolist(), per_row_kl.tolist()):
+            self.rows.append(([t for t, keep in zip(ids, m) if keep], float(kl)))
+        del self.rows[:-self.limit]
+
+    def pop(self) -> list[tuple[list[int], float]]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
+ROLLOUT_ROWS = RolloutRows()
 
 
 def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens: torch.Tensor,
@@ -83,12 +109,17 @@ def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens:
 
     Logits (batch, length, vocab) are already at the sampling temperature (divided by it); `tokens` (batch, length)
     are the sampled tokens. With r = log q(token) − log p(token): k1 = −r (TRL's PPO and RLOO), k3 = e^r − 1 − r
-    (TRL's GRPO, Schulman's estimator); exact = Σ_v p log p/q. All three are per position, summed."""
+    (TRL's GRPO, Schulman's estimator); exact = Σ_v p log p/q. All three are per position, summed. Each sequence's
+    tokens and exact KL also go to ROLLOUT_ROWS (the per-step rollout log)."""
     m = mask.bool()
     n = m.sum()
     if not int(n):
         return torch.zeros(4, dtype=torch.float64)
-    exact, (logp, logq) = _chunked_kl(policy_logits[m], reference_logits[m], 1.0, 512, tokens[m])
+    exact, (logp, logq), per_position = _chunked_kl(policy_logits[m], reference_logits[m], 1.0, 512, tokens[m],
+                                                    per_position=True)
+    per_row = torch.zeros(m.shape[0], dtype=torch.float64).index_add_(
+        0, m.nonzero()[:, 0].cpu(), per_position.double().cpu())
+    ROLLOUT_ROWS.add(tokens.cpu(), m.cpu(), per_row)
     r = (logq - logp).double()
     return torch.stack([exact.double(), (-r).sum(), (r.exp() - 1 - r).sum(), n.double()]).cpu()
 

@@ -15,6 +15,13 @@ the policy hacks the reward model (the gold-model protocol of the reward over-op
 - `response_tokens_mean`: generated tokens per response (end-of-turn token included: the tokens the KL is over).
 - `temperature`: the sampling temperature (the run's; pure temperature sampling, no top-k/top-p, seed fixed).
 - `judge_model`, `reward_model`: the two scorers as configured (`judge_model` null when it was not found).
+- `responses`: the answers (in prompt order); `cut_rate`: the share that hit `max_new_tokens` unfinished.
+- `rm_scores`, `judge_scores`: each prompt's score (the same prompts, in order, at every probe).
+- `rm_change_vs_step0`, `judge_change_vs_step0`: [mean, low, high] of the score change against the step-0 probe,
+  paired by prompt (95 % bootstrap over prompts; the probe's fixed sampling seed makes the pairs share noise);
+  null at step 0 or without a step-0 probe.
+- `rm_mde`, `judge_mde`: the minimal detectable effect of that change — the smallest true mean change a two-sided
+  paired test at alpha 0.05 would detect with 80 % power, (z_0.975 + z_0.8) · SD(change) / √n.
 - `seconds`: wall time of the probe."""
 from __future__ import annotations
 
@@ -34,6 +41,23 @@ PROBE_SEED = 20240  # the same sampling noise at every probe: differences betwee
 
 
 BOOTSTRAP_SAMPLES = 1000
+
+
+MDE_Z = 1.959963984540054 + 0.8416212335729143  # two-sided alpha 0.05, power 0.8
+
+
+def paired_change(scores: list[float], baseline: list[float] | None, seed: int) -> tuple[list | None, float | None]:
+    """([mean, low, high] of scores − baseline paired by prompt, 95 % bootstrap; minimal detectable effect), or
+    (None, None) without a baseline of the same prompts."""
+    import numpy as np
+
+    from rlhflab.measure.stats import paired_bootstrap_diff
+
+    if not baseline or len(baseline) != len(scores) or len(scores) < 2:
+        return None, None
+    diff = np.asarray(scores, float) - np.asarray(baseline, float)
+    return (list(paired_bootstrap_diff(scores, baseline, samples=BOOTSTRAP_SAMPLES, seed=seed)),
+            float(MDE_Z * diff.std(ddof=1) / np.sqrt(diff.size)))
 
 
 def read_overopt(folder: str | Path) -> list[dict]:
@@ -115,9 +139,11 @@ class OverOptProbe:
         self.temperature, self.max_new_tokens = float(temperature), int(max_new_tokens)
         self.reward_model_name = reward_model_name
         self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
-        self.judge, self.judge_tokenizer, self.note = load_judge(judge_model, device)
+        # the training reward model is refused as its own judge (UserError), as the evaluation refuses it
+        self.judge, self.judge_tokenizer, self.note = load_judge(judge_model, device, reward_model=reward_model_name)
         self.judge_model_name = judge_model if self.judge is not None else None
         self.use_policy, self.use_reference = use_policy, use_reference
+        self.baseline: dict | None = None  # the step-0 probe's per-prompt scores (read back from the log on resume)
         if self.note:
             print(f"note: no judge model for the over-optimisation probe: {self.note}. It records the training reward "
                   f"model's score and the KL only (judge fields null).", flush=True)
@@ -165,9 +191,27 @@ class OverOptProbe:
         if judge is not None:
             j_mean, j_lo, j_hi = bootstrap_ci(judge, samples=BOOTSTRAP_SAMPLES, seed=step)
             record.update(judge_score_mean=j_mean, judge_score_ci=[j_lo, j_hi])
+        record.update(responses=texts, cut_rate=sum(1 for g in gens if not g.finished) / max(len(gens), 1),
+                      rm_scores=[round(float(x), 4) for x in rm],
+                      judge_scores=None if judge is None else [round(float(x), 4) for x in judge])
+        if step == 0:
+            self.baseline = {"rm": record["rm_scores"], "judge": record["judge_scores"]}
+        elif self.baseline is None:  # a resumed run: the step-0 probe is in the log
+            first = next((r for r in read_overopt(self.log_path.parent) if r.get("step") == 0), None)
+            if first and first.get("rm_scores"):
+                self.baseline = {"rm": first["rm_scores"], "judge": first.get("judge_scores")}
+        for key, scores in (("rm", record["rm_scores"]), ("judge", record["judge_scores"])):
+            change, mde = (None, None) if step == 0 or scores is None or self.baseline is None else \
+                paired_change(scores, self.baseline.get(key), seed=step)
+            record[f"{key}_change_vs_step0"], record[f"{key}_mde"] = change, mde
         record["seconds"] = time.perf_counter() - start
         append_jsonl(self.log_path, record)
         judge_text = (f", judge {record['judge_score_mean']:.3f}" if judge is not None else "")
+        if record["rm_change_vs_step0"]:
+            judge_text += (f"; change vs step 0: RM {record['rm_change_vs_step0'][0]:+.3f} (MDE "
+                           f"{record['rm_mde']:.3f})" + (f", judge {record['judge_change_vs_step0'][0]:+.3f} (MDE "
+                                                         f"{record['judge_mde']:.3f})"
+                                                         if record["judge_change_vs_step0"] else ""))
         print(f"probe at step {step}: exact KL {kl:.4f} nats/token [{kl_lo:.4f}, {kl_hi:.4f}], reward model "
               f"{rm_mean:.3f}{judge_text} on {len(self.prompts)} held-out prompts ({record['seconds']:.1f} s)",
               flush=True)

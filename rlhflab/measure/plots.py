@@ -106,6 +106,10 @@ def overoptimisation_figure(runs: dict[str, list[dict]]):
     the reward model. The two models' scores are each on their own scale: read the shapes, not the gap."""
     import plotly.graph_objects as go
 
+    paired = all("rm_change_vs_step0" in r for records in runs.values() for r in overopt_usable(records)) and any(
+        overopt_usable(records) for records in runs.values())
+    if paired:
+        return _overopt_change_figure(runs)
     fig = go.Figure()
     for name, records in runs.items():
         records = overopt_usable(records)
@@ -164,4 +168,109 @@ def reward_distribution_figure(chosen: list[float], rejected: list[float]):
     fig.add_trace(go.Histogram(x=rejected, name="rejected", opacity=0.6))
     fig.update_layout(barmode="overlay", title="Reward of chosen vs rejected responses (held-out pairs)",
                       xaxis_title="reward-model score", yaxis_title="pairs", height=360)
+    return fig
+
+
+def _triple(value):
+    try:
+        est, lo, hi = (float(x) for x in value)
+    except (TypeError, ValueError):
+        return None
+    return None if est != est else (est, lo if lo == lo else est, hi if hi == hi else est)
+
+
+def reward_kl_frontier_figure(results: dict):
+    """The reward–KL frontier: each policy's gain over the base (under the judge and under the training reward
+    model, each with its 95 % interval) against its exact KL to the base (nats/token, with its interval). Best-of-n
+    rows have no measured KL, only the bound log n − (n−1)/n per sequence (per token: over the picks' mean length):
+    drawn as a dashed segment from 0 to that bound, ending in an arrow-like marker, never as a point."""
+    import plotly.graph_objects as go
+
+    pols = {k: e for k, e in (results.get("policies") or {}).items() if isinstance(e, dict) and k != "base"}
+    fig = go.Figure()
+    fig.add_vrect(x0=KL_BAND[0], x1=KL_BAND[1], fillcolor="green", opacity=0.08, line_width=0,
+                  annotation_text=f"KL band {KL_BAND[0]}–{KL_BAND[1]}", annotation_position="top left")
+    fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers+text", text=["base"], textposition="bottom right",
+                             marker=dict(color="grey", size=9, symbol="x"), name="base (0 gain, 0 KL)"))
+    scorers = (("judge_gain_vs_base", "judge gain", "#d62728", "circle"),
+               ("gain_vs_base", "training-RM gain", "#1f77b4", "diamond-open"))
+    for key, label, colour, symbol in scorers:
+        pts = []
+        for name, e in pols.items():
+            gain, kl = _triple(e.get(key)), _triple(e.get("kl_per_token_to_base"))
+            if gain and kl:
+                pts.append((name, kl, gain))
+        if pts:
+            fig.add_trace(go.Scatter(
+                x=[p[1][0] for p in pts], y=[p[2][0] for p in pts], mode="markers+text", name=label,
+                text=[p[0] for p in pts], textposition="top right", marker=dict(color=colour, size=10, symbol=symbol),
+                error_x=dict(type="data", symmetric=False, array=[p[1][2] - p[1][0] for p in pts],
+                             arrayminus=[p[1][0] - p[1][1] for p in pts], thickness=1),
+                error_y=dict(type="data", symmetric=False, array=[p[2][2] - p[2][0] for p in pts],
+                             arrayminus=[p[2][0] - p[2][1] for p in pts], thickness=1)))
+        for name, e in pols.items():  # best-of-n: a bound on KL, not a measurement
+            bound, gain = e.get("kl_bound_per_token"), _triple(e.get(key))
+            if not isinstance(bound, (int, float)) or not gain:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[0, bound], y=[gain[0], gain[0]], mode="lines+markers+text", showlegend=False,
+                text=["", f"{name}: KL ≤ {bound:.4f}"], textposition="top left", name=f"{name} {label} (KL bound)",
+                line=dict(color=colour, dash="dash", width=1),
+                marker=dict(color=colour, size=[0, 11], symbol=["circle", "triangle-right"]),
+                error_y=dict(type="data", symmetric=False, array=[0, gain[2] - gain[0]],
+                             arrayminus=[0, gain[0] - gain[1]], thickness=1)))
+    fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
+    judged = any(_triple(e.get("judge_gain_vs_base")) for e in pols.values())
+    fig.update_layout(
+        title=("Reward–KL frontier: gain over the base against exact KL to the base (95 % intervals both ways)"
+               + ("" if judged else " — no judge: training-RM gains only")),
+        xaxis_title="exact KL to the base (nats / token)",
+        yaxis_title="gain over the base (score units; judge and RM each on their own scale)",
+        height=520, margin=dict(l=70, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def _overopt_change_figure(runs: dict[str, list[dict]]):
+    """Over-optimisation as the change against the step-0 probe, paired by prompt (95 % bootstrap intervals), for
+    the training RM (solid) and the judge (dashed), against exact KL; each point labelled with its minimal
+    detectable effect (80 % power, alpha 0.05): a change smaller than it could not have been seen."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, records in runs.items():
+        records = overopt_usable(records)
+        if not records:
+            continue
+        colour = run_colour(name.split(" ")[0])
+        for key, label, dash, symbol in (("rm", "training RM", None, "circle"), ("judge", "judge", "dash", "diamond")):
+            pts = [r for r in records if r.get("step") == 0 or _triple(r.get(f"{key}_change_vs_step0"))]
+            pts = [r for r in pts if r.get("step") != 0 or _number(r.get(f"{key}_score_mean"))]
+            if len(pts) < 1:
+                continue
+            ys, up, down, text = [], [], [], []
+            for r in pts:
+                c = _triple(r.get(f"{key}_change_vs_step0")) if r.get("step") != 0 else (0.0, 0.0, 0.0)
+                ys.append(c[0])
+                up.append(c[2] - c[0])
+                down.append(c[0] - c[1])
+                mde = r.get(f"{key}_mde")
+                text.append(f"MDE {mde:.2f}" if _number(mde) else "")
+            fig.add_trace(go.Scatter(
+                x=[r["kl_exact_per_token"] for r in pts], y=ys, mode="lines+markers+text", text=text,
+                textposition="top center", textfont=dict(size=9, color=colour), name=f"{name} {label}",
+                line=dict(color=colour, dash=dash), marker=dict(symbol=symbol),
+                error_y=dict(type="data", symmetric=False, array=up, arrayminus=down),
+                customdata=[r.get("step") for r in pts],
+                hovertemplate="step %{customdata}<br>KL %{x:.4f} nats/token<br>change vs step 0 %{y:+.3f}"
+                              "<br>%{text}<extra></extra>"))
+    lo, hi = KL_BAND
+    fig.add_vrect(x0=lo, x1=hi, fillcolor="green", opacity=0.10, line_width=0,
+                  annotation_text=f"target band {lo}–{hi} nats/token", annotation_position="top left")
+    fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
+    fig.update_layout(title="Over-optimisation: held-out score change against step 0, paired by prompt, against "
+                            "exact KL (training RM solid, judge dashed; 95 % intervals; MDE = minimal detectable "
+                            "effect at 80 % power)",
+                      xaxis_title="exact KL to the reference (nats / token)",
+                      yaxis_title="score change vs step 0 (each model its own scale)",
+                      height=500, margin=dict(l=60, r=20, t=70, b=40), legend=dict(orientation="h", y=-0.18))
     return fig

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 KL_BAND = (0.02, 0.1)  # target KL to the reference, nats per token
+LAST_PASS = "last pass"  # the one named window of a run's end: its last pass over the prompts (bench/seeds.py too)
 
 
 def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
@@ -36,10 +37,18 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
         values = [r.get("kl_exact_per_token") for r in rows]
         return sum(values) / len(values) if values and all(v is not None for v in values) else None
 
+    def exact_se(rows):  # standard error of the window's exact KL over its steps (None where not logged)
+        values = [r.get("kl_exact_per_token") for r in rows]
+        if len(values) < 2 or any(v is None for v in values):
+            return None
+        m = sum(values) / len(values)
+        return (sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+
     gain = paired_pass_gain(metrics) if windows == "passes" else None
     return {"steps_logged": len(metrics), "window_steps": k, "windows": windows, "paired_score_gain": gain,
-            "window_label": (f"first vs last pass over the same prompts ({k} steps each)" if windows == "passes"
-                             else f"first vs last {k} steps"),
+            "window_label": (f"first vs {LAST_PASS} over the same prompts ({k} steps each)" if windows == "passes"
+                             else f"first vs last {k} steps (one pass only: no {LAST_PASS} to compare)"),
+            "last_window_name": LAST_PASS if windows == "passes" else f"last {k} steps",
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
             "score_first_se": se(first, "score"), "score_last_se": se(last, "score"),
             "kl_per_token_first": mean(first, "kl_per_token"), "kl_per_token_last": mean(last, "kl_per_token"),
@@ -47,6 +56,7 @@ def summarize_metrics(metrics: list[dict], k: int | None = None) -> dict:
             # what kl_per_token is (TRL's estimate: k1 for PPO and RLOO, k3 for GRPO) and the exact KL beside it
             "kl_estimator": metrics[-1].get("kl_estimator", "k1"),
             "kl_exact_per_token_first": exact_mean(first), "kl_exact_per_token_last": exact_mean(last),
+            "kl_exact_per_token_last_se": exact_se(last),
             "kl_controller_estimator": metrics[-1].get("kl_controller_estimator")}
 
 

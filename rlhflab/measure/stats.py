@@ -141,3 +141,70 @@ def format_interval(est: float, low: float, high: float, digits: int = 3, pct: b
 def histogram(values, bins: int = 20) -> dict:
     counts, edges = np.histogram(np.asarray(values, dtype=float), bins=bins)
     return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x, axis=-1)
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each row of x with the same row of y (nan where either row is constant)."""
+    cx, cy = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    den = np.sqrt((cx * cx).sum(-1) * (cy * cy).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 1e-12, (cx * cy).sum(-1) / np.where(den > 1e-12, den, 1.0), np.nan)
+
+
+def _residual_rows(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """y minus its OLS fit on z (with an intercept), row by row; y itself where z is constant in a row."""
+    cz, cy = z - z.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    szz = (cz * cz).sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(szz > 1e-12, (cz * cy).sum(-1, keepdims=True) / np.where(szz > 1e-12, szz, 1.0), 0.0)
+    return cy - slope * cz
+
+
+def correlation_ci(x, y, method: str = "pearson", control=None, samples: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(r, low, high): the correlation of two scorers' scores of the same outputs, with a percentile bootstrap
+    interval that resamples rows together (rows = prompts, columns = the policies' answers to that prompt, so the
+    answers to one prompt are never split; 1-D inputs are one answer per row).
+
+    method: "pearson" or "spearman" (Pearson of the ranks, ranked afresh in each resample). control: a covariate
+    of the same shape (e.g. response length) regressed out of both scores by OLS before correlating (the partial
+    correlation; for Spearman, of the ranks of all three). nan where a score is constant."""
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be pearson or spearman, got {method!r}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError("both scorers must score the same outputs (same shape)")
+    if x.ndim == 1:
+        x, y = x[:, None], y[:, None]
+    z = None if control is None else np.asarray(control, dtype=float).reshape(x.shape)
+    nan3 = (float("nan"),) * 3
+    if x.shape[0] < 2 or x.size < 3:
+        return nan3
+
+    def corr(xs, ys, zs):  # xs: (resamples, outputs)
+        if method == "spearman":
+            xs, ys = _rank_rows(xs), _rank_rows(ys)
+            zs = None if zs is None else _rank_rows(zs)
+        if zs is not None:
+            xs, ys = _residual_rows(xs, zs), _residual_rows(ys, zs)
+        return _pearson_rows(xs, ys)
+
+    flat = lambda a: a.reshape(1, -1)  # noqa: E731
+    r = float(corr(flat(x), flat(y), None if z is None else flat(z))[0])
+    if r != r:
+        return nan3
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.shape[0], size=(samples, x.shape[0]))
+    pick = lambda a: a[idx].reshape(samples, -1)  # noqa: E731
+    boot = corr(pick(x), pick(y), None if z is None else pick(z))
+    boot = boot[~np.isnan(boot)]
+    if boot.size == 0:
+        return r, float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    return r, float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from rlhflab.config import DPOConfig
-from rlhflab.data.hh_rlhf import PreferencePair, policy_pairs
+from rlhflab.data.hh_rlhf import PreferencePair, policy_training_pairs
 from rlhflab.measure.kl import exact_kl_sum
 from rlhflab.models.hardware import hardware_description
 from rlhflab.models.loading import count_parameters
@@ -149,7 +149,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> Path:
     timer = Timer()
     torch.manual_seed(cfg.seed)
     # the policy side only: the judge trains on the other side and must not have seen a policy's data
-    train_set = policy_pairs(cfg.dataset, cfg.train_size, cfg.seed)  # a bad dataset stops here
+    train_set = policy_training_pairs(cfg.dataset, cfg.train_size, cfg.seed, cfg.judge_share)  # bad data stops here
     print(f"preference pairs: {len(train_set.pairs)}; skipped rows: {train_set.num_skipped} "
           f"({dict(train_set.skipped)})", flush=True)
     out = policy_output_dir("dpo", cfg.mode, cfg.output_dir)

@@ -24,6 +24,7 @@ from rlhflab.measure.overopt import keep_up_to as keep_probes_up_to
 from rlhflab.models.loading import load_reward_model
 from rlhflab.models.modes import evaluating
 from rlhflab.models.prompts import format_prompt
+from rlhflab.store.rollouts import copy_rollouts, record_step_rollouts
 from rlhflab.training.policy import is_stand_in, load_start_policy
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
@@ -188,7 +189,8 @@ def build_probe(cfg, accelerator, policy, reference, start: OnlineStart, log_pat
     use_reference = adapters_disabled(policy) if reference is None else holder(accelerator.unwrap_model(reference))
     return OverOptProbe(start.heldout[:cfg.probe_prompts], start.tokenizer, start.reward_model,
                         start.reward_tokenizer, log_path, temperature=cfg.temperature,
-                        max_new_tokens=cfg.max_response_length, reward_model_name=cfg.reward_model,
+                        max_new_tokens=cfg.probe_max_new_tokens or cfg.max_response_length,
+                        reward_model_name=cfg.reward_model,
                         judge_model=cfg.judge_model, max_prompt_tokens=cfg.max_prompt_length, batch_size=16,
                         device=accelerator.device, use_policy=holder(policy), use_reference=use_reference)
 
@@ -200,8 +202,17 @@ def trim_probes(work: Path, done_steps: int) -> None:
 
 
 def copy_probes(work: Path, folder: Path) -> None:
+    """The probes and every step's rollouts (rlhflab.store.rollouts), from the work folder into the checkpoint."""
     if (work / OVEROPT_FILE).is_file():
         (folder / OVEROPT_FILE).write_bytes((work / OVEROPT_FILE).read_bytes())
+    copy_rollouts(work, folder)
+
+
+def rollout_writer(cfg, start: OnlineStart, work: Path) -> Callable[[dict], None]:
+    """Each step's rollouts (prompt, response, score, exact KL, length, cut) into work/rollouts.jsonl, and to the
+    tracker as a table with --report-to (rlhflab.store.rollouts)."""
+    return lambda record: record_step_rollouts(work, record, start.tokenizer, start.train_prompts, start.queries,
+                                               cfg.max_response_length, cfg.report_to)
 
 
 def pass_of(step: int, steps_per_pass: int) -> int:
@@ -210,10 +221,14 @@ def pass_of(step: int, steps_per_pass: int) -> int:
 
 
 def after_each_step(cfg, steps: int, trl_estimator: str, probe: OverOptProbe | None,
-                    save: Callable[[dict], None] | None = None, on_step: Callable[[dict], None] | None = None):
-    """What follows each logged step, in order: one printed line, the probe when due, `save`, the caller's hook."""
+                    save: Callable[[dict], None] | None = None, on_step: Callable[[dict], None] | None = None,
+                    rollouts: Callable[[dict], None] | None = None):
+    """What follows each logged step, in order: the step's rollouts written (rollout_writer), one printed line, the
+    probe when due, `save`, the caller's hook."""
 
     def after_step(record: dict) -> None:
+        if rollouts is not None:
+            rollouts(record)
         exact_kl = record.get("kl_exact_per_token")
         exact_text = f"exact KL {exact_kl:.4f}, " if exact_kl is not None else ""
         print(f"step {record['step']}/{steps}: {exact_text}{trl_estimator} KL {record['kl_per_token']:.4f} nats/token "

@@ -225,18 +225,21 @@ def evaluate_reward_model(model, tokenizer, pairs: list[PreferencePair], max_len
 
 def reward_eval_markdown(ev: dict) -> str:
     acc, lw = ev["accuracy"], ev["longer_wins_accuracy"]
-    rows = [["accuracy (r_chosen > r_rejected, ties wrong)", stats.format_interval(*acc, 1, pct=True), ev["n_pairs"]],
-            ["'longer response wins' baseline", stats.format_interval(*lw, 1, pct=True), ev["n_pairs"]],
+    rows = [["accuracy (r_chosen > r_rejected, ties wrong; Wilson interval)", stats.format_interval(*acc, 1, pct=True),
+             ev["n_pairs"]],
+            ["'longer response wins' baseline (equal lengths count half; bootstrap interval over pairs)",
+             stats.format_interval(*lw, 1, pct=True), ev["n_pairs"]],
             ["chance", "50.0 %", "-"]]
     for name, part in ev["accuracy_by_length"].items():
-        label = "accuracy when chosen is longer" if name == "chosen_longer" else "accuracy when chosen is not longer"
+        label = ("accuracy when chosen is longer" if name == "chosen_longer" else "accuracy when chosen is not longer") \
+            + " (Wilson interval)"
         rows.append([label, stats.format_interval(*part["accuracy"], 1, pct=True) if part["accuracy"] else "n/a",
                      part["n"]])
     rows.append(["Pearson r(reward, response tokens)", f"{ev['reward_length_pearson_r']:.3f}", 2 * ev["n_pairs"]])
     c, r = np.array(ev["chosen_rewards"]), np.array(ev["rejected_rewards"])
     rows.append(["reward of chosen: mean ± sd", f"{c.mean():.3f} ± {c.std():.3f}", len(c)])
     rows.append(["reward of rejected: mean ± sd", f"{r.mean():.3f} ± {r.std():.3f}", len(r)])
-    return markdown_table(["metric (95 % Wilson interval)", "value", "n"], rows)
+    return markdown_table(["metric (95 % interval, method named per row)", "value", "n"], rows)
 
 
 def _training_value(folder: Path, key: str, default):
@@ -502,7 +505,12 @@ def _write_card(folder, cfg, ev, trainable, total, split, seconds):
     role = ("The independent **judge**: a reward model that scores policies and is never used to train one. It "
             "trained on the judge side of the data, which shares no prompt with the policy side (what the reward "
             "model, SFT and DPO train on), and has its own seed — the gold model of the reward over-optimisation "
-            "protocol, so a gain it confirms is not the policy exploiting the model it was optimised against."
+            "protocol, so a gain it confirms is not the policy exploiting the model it was optimised against. Its "
+            "recipe is its own (rlhflab.config.ROLE_OVERRIDES: in the demo every block trains, where the reward model "
+            "freezes its lower 24, with another loss and learning rate), and the evaluation report measures how much "
+            "it agrees with the reward model (\"Judge independence\"). Where a GPU is at hand, `--base-model` takes "
+            "any larger Hub model (e.g. `--base-model Qwen/Qwen2.5-1.5B-Instruct`) for a judge that shares not even "
+            "the base."
             if judge else
             "The **training reward model**: the reward the RL policies (PPO, GRPO, best-of-n) optimise. It trained on "
             "the policy side of the data (SFT and DPO draw from the same side); the independent judge trained on "

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rlhflab.config import SFTConfig
-from rlhflab.data.hh_rlhf import PreferencePair, policy_pairs
+from rlhflab.data.hh_rlhf import PreferencePair, policy_training_pairs
 from rlhflab.models.hardware import hardware_description
 from rlhflab.models.loading import count_parameters
 from rlhflab.models.prompts import format_prompt, format_response
@@ -75,7 +75,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> Path:
     timer = Timer()
     torch.manual_seed(cfg.seed)
     # the policy side only: the judge trains on the other side and must not have seen a policy's data
-    train_set = policy_pairs(cfg.dataset, cfg.train_size, cfg.seed)  # a bad dataset stops here
+    train_set = policy_training_pairs(cfg.dataset, cfg.train_size, cfg.seed, cfg.judge_share)  # bad data stops here
     print(f"SFT examples: {len(train_set.pairs)} chosen responses; skipped rows: {train_set.num_skipped} "
           f"({dict(train_set.skipped)})", flush=True)
     out = policy_output_dir("sft", cfg.mode, cfg.output_dir)

@@ -1,0 +1,67 @@
+"""The five-seed table's pooled intervals and Holm correction (bench/seeds.py; issue 25, item 4): known answers."""
+import numpy as np
+import pytest
+
+import seeds
+
+
+def _rows(means, half_width, key="judge_gain", method="m"):
+    return [{"method": method, "seed": i, key: [m, m - half_width, m + half_width]} for i, m in enumerate(means)]
+
+
+def test_seeds_that_agree_too_well_do_not_shrink_the_interval_below_their_own_error():
+    """DPO's case: five seeds at +0.12 whose spread is far below each seed's own error. The t-interval across seeds
+    excludes zero; pooled with each seed's error (SE 0.178 each) the interval is about ±1.96 · 0.178 / √5."""
+    means = [0.24, 0.05, 0.12, 0.10, 0.11]
+    g = seeds.pooled_gain(_rows(means, 0.35), "judge_gain")
+    se_each = 0.35 / 1.959963984540054
+    assert g["tau2"] == 0.0 and g["se"] == pytest.approx(se_each / np.sqrt(5))
+    assert g["mean"] == pytest.approx(np.mean(means)) and g["low"] < 0 < g["high"]
+    t_low = seeds.t_interval(means)[1]
+    assert t_low > 0, "the t-interval across seeds alone excludes zero"
+
+
+def test_spread_across_seeds_beyond_their_errors_widens_the_interval():
+    tight = seeds.pooled_gain(_rows([0.1, 0.1, 0.1, 0.1], 0.02), "judge_gain")
+    spread = seeds.pooled_gain(_rows([-0.5, 0.7, -0.3, 0.5], 0.02), "judge_gain")
+    assert spread["tau2"] > 0.1 and spread["high"] - spread["low"] > 10 * (tight["high"] - tight["low"])
+    assert spread["low"] < 0 < spread["high"]
+    assert seeds.pooled_gain(_rows([0.1], 0.02), "judge_gain") is None
+
+
+def test_holm_step_down():
+    adjusted = seeds.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    assert adjusted == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert seeds.holm({"x": 0.4, "y": 0.6}) == pytest.approx({"x": 0.8, "y": 0.8})
+
+
+def test_the_pooled_table_corrects_over_the_trained_methods_only():
+    records = (_rows([0.3, 0.32, 0.28, 0.31, 0.29], 0.1, method="good") + _rows([0.05] * 5, 0.3, method="flat")
+               + _rows([0.8] * 5, 0.1, method="best-of-4"))
+    for r in records:
+        r["rm_gain"] = r["judge_gain"]
+    text, real = seeds.pooled_table(records)
+    assert real == ["good"] and "Holm-significant" in text
+    assert "| best-of-4 | 5 |" in text and "not in the family" in text
+
+
+def test_training_and_evaluation_kls_are_compared_within_their_intervals():
+    agree = {"kl_training_last_exact": 0.060, "kl_training_last_exact_se": 0.005, "kl_exact_per_token": [0.055, 0.045, 0.065]}
+    apart = {"kl_training_last_exact": 0.100, "kl_training_last_exact_se": 0.005, "kl_exact_per_token": [0.055, 0.045, 0.065]}
+    assert seeds.kls_agree(agree) is True and seeds.kls_agree(apart) is False
+    assert seeds.kls_agree({"kl_training_last_exact": 0.1, "kl_exact_per_token": [0.1, 0.09, 0.11]}) is None, \
+        "records from before the training KL's interval was kept"
+    rows = [{"method": "ppo-full", "seed": s, **agree, "judge_gain": [0.1, 0.0, 0.2], "rm_gain": [0.1, 0.0, 0.2],
+             "kl_training_window": "last pass"} for s in range(2)]
+    text, _ = seeds.table(rows)
+    assert "agree with the evaluation's within intervals: 2/2" in text and "(last 3 steps)" not in text
+
+
+def test_one_named_window_in_the_seeds_table():
+    from rlhflab.measure.ppo_metrics import summarize_metrics
+
+    metrics = [{"step": i, "pass": 1 + (i > 3), "score": 0.0, "kl_per_token": 0.0, "kl_coef": 0.1,
+                "kl_exact_per_token": v} for i, v in enumerate([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07], 1)]
+    s = summarize_metrics(metrics)
+    assert s["kl_exact_per_token_last"] == pytest.approx(np.mean([0.04, 0.05, 0.06]))  # the last pass's 3 steps
+    assert s["kl_exact_per_token_last_se"] == pytest.approx(np.std([0.04, 0.05, 0.06], ddof=1) / np.sqrt(3))
