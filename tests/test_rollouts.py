@@ -51,15 +51,15 @@ def test_step_records_pair_scores_with_the_measured_sequences():
 
 
 def test_kl_sums_hands_each_sequence_its_own_exact_kl():
-    from rlhflab.measure.kl import ROLLOUT_ROWS, exact_kl_sum, kl_sums
+    from rlhflab.measure.kl import exact_kl_sum, kl_sums
 
     torch.manual_seed(0)
     p, q = torch.randn(3, 5, 11), torch.randn(3, 5, 11)
     tokens = torch.randint(0, 11, (3, 5))
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    ROLLOUT_ROWS.pop()
-    total = kl_sums(p, q, tokens, mask)
-    rows = ROLLOUT_ROWS.pop()
+    rows = []
+    total = kl_sums(p, q, tokens, mask, rows=rows)
+    assert kl_sums(p, q, tokens, mask).tolist() == total.tolist()  # without `rows` nothing is kept anywhere
     assert [ids for ids, _ in rows] == [tokens[i, :int(mask[i].sum())].tolist() for i in range(3)]
     for i, (_, kl) in enumerate(rows):
         alone, _ = exact_kl_sum(p[i], q[i], mask[i])

@@ -81,36 +81,15 @@ def _chunked_kl(p_sel: torch.Tensor, q_sel: torch.Tensor, temperature: float, ch
     return (total, picked, torch.cat(rows)) if per_position else (total, picked)
 
 
-class RolloutRows:
-    """The rollouts kl_sums has measured since the last `pop`, one entry per sequence: its response token ids (the
-    masked positions) and its exact KL summed over them. The trainers' exact KL of each step goes through kl_sums
-    (PPO's captured logits, GRPO/RLOO's extra forward), so the per-step rollout log (rlhflab.store.rollouts) reads
-    each sequence's KL here without another forward. Bounded: only the latest `limit` sequences are kept."""
-
-    def __init__(self, limit: int = 8192):
-        self.limit, self.rows = limit, []
-
-    def add(self, tokens: torch.Tensor, mask: torch.Tensor, per_row_kl: torch.Tensor) -> None:
-        for ids, m, kl in zip(tokens.tolist(), mask.bool().tolist(), per_row_kl.tolist()):
-            self.rows.append(([t for t, keep in zip(ids, m) if keep], float(kl)))
-        del self.rows[:-self.limit]
-
-    def pop(self) -> list[tuple[list[int], float]]:
-        rows, self.rows = self.rows, []
-        return rows
-
-
-ROLLOUT_ROWS = RolloutRows()
-
-
 def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens: torch.Tensor,
-            mask: torch.Tensor) -> torch.Tensor:
+            mask: torch.Tensor, rows: list | None = None) -> torch.Tensor:
     """fp64 tensor [Σ exact KL, Σ k1, Σ k3, positions] over the masked positions of a batch of sampled sequences.
 
     Logits (batch, length, vocab) are already at the sampling temperature (divided by it); `tokens` (batch, length)
     are the sampled tokens. With r = log q(token) − log p(token): k1 = −r (TRL's PPO and RLOO), k3 = e^r − 1 − r
-    (TRL's GRPO, Schulman's estimator); exact = Σ_v p log p/q. All three are per position, summed. Each sequence's
-    tokens and exact KL also go to ROLLOUT_ROWS (the per-step rollout log)."""
+    (TRL's GRPO, Schulman's estimator); exact = Σ_v p log p/q. All three are per position, summed. With `rows`, each
+    sequence's response tokens (the masked positions) and its exact KL summed over them are appended to it, as
+    (token ids, kl): the per-step rollout log reads them there without another forward."""
     m = mask.bool()
     n = m.sum()
     if not int(n):
@@ -119,7 +98,9 @@ def kl_sums(policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens:
                                                     per_position=True)
     per_row = torch.zeros(m.shape[0], dtype=torch.float64).index_add_(
         0, m.nonzero()[:, 0].cpu(), per_position.double().cpu())
-    ROLLOUT_ROWS.add(tokens.cpu(), m.cpu(), per_row)
+    if rows is not None:
+        for ids, keep, kl in zip(tokens.tolist(), m.tolist(), per_row.tolist()):
+            rows.append(([t for t, k in zip(ids, keep) if k], float(kl)))
     r = (logq - logp).double()
     return torch.stack([exact.double(), (-r).sum(), (r.exp() - 1 - r).sum(), n.double()]).cpu()
 

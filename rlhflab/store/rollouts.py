@@ -149,15 +149,14 @@ def report_rollouts(report_to: str | None, folder: str | Path, step: int, record
 
 
 def record_step_rollouts(folder: str | Path, record: dict, tokenizer, prompts: list[str], queries: list[list[int]],
-                         max_new_tokens: int | None = None, report_to: str | None = None) -> None:
+                         rows: list[tuple[list[int], float]], max_new_tokens: int | None = None,
+                         report_to: str | None = None) -> None:
     """The trainers' one call, where they write a step's metrics record: append that step's rollouts (prompt,
     response, score, exact KL, length, cut) to folder/rollouts.jsonl, and with `report_to` send them to the tracker
     as a table (report_rollouts). `prompts` and `queries` are the run's training prompts and their token ids (the
     rollout_prompts keys are rlhflab.training.online.prompt_key of those)."""
-    from rlhflab.measure.kl import ROLLOUT_ROWS
     from rlhflab.training.online import prompt_key
 
-    rows = ROLLOUT_ROWS.pop()
     stop = {tokenizer.eos_token_id}
     if "<|im_end|>" in tokenizer.get_vocab():
         stop.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))

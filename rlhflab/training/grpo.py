@@ -383,7 +383,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trainer_class: type | None = None)
     trainer.add_callback(trainer_metrics_callback(
         work / METRICS_FILE, step_record(cfg, trainer, reward, kl, plan, len(run.train_prompts) // cfg.batch_size),
         after_each_step(cfg, plan["steps"], KL_ESTIMATORS[method], probe, on_step=on_step,
-                        rollouts=rollout_writer(cfg, run, work))))
+                        rollouts=rollout_writer(cfg, run, work, lambda: trainer.exact_kl))))
     if amp_dtype is not None:
         trainer.add_callback(_clear_autocast_cache_callback())
     # Autocast (not TRL's bf16 flag) covers generation, the reference, scoring and the updates alike, as in PPO.

@@ -174,9 +174,18 @@ class ExactKLSums(KLAccumulator):
     """Exact, k1 and k3 KL sums over one step's rollout tokens (rlhflab.measure.kl.kl_sums), from policy and
     reference logits of the same tokens; `pop` gives the step's per-token values, reduced over processes."""
 
+    def __init__(self):
+        super().__init__()
+        self.rows: list[tuple[list[int], float]] = []  # this step's sequences: (response token ids, exact KL)
+
     def add_logits(self, policy_logits: torch.Tensor, reference_logits: torch.Tensor, tokens: torch.Tensor,
                    mask: torch.Tensor) -> None:
-        self.add(kl_sums(policy_logits, reference_logits, tokens, mask))
+        self.add(kl_sums(policy_logits, reference_logits, tokens, mask, rows=self.rows))
+
+    def pop_rows(self) -> list[tuple[list[int], float]]:
+        """The sequences measured since the last call (the step's rollouts, for rollouts.jsonl)."""
+        rows, self.rows = self.rows, []
+        return rows
 
 
 # ---------------------------------------------------------------- the probe and each step's end
@@ -208,11 +217,17 @@ def copy_probes(work: Path, folder: Path) -> None:
     copy_rollouts(work, folder)
 
 
-def rollout_writer(cfg, start: OnlineStart, work: Path) -> Callable[[dict], None]:
+def rollout_writer(cfg, start: OnlineStart, work: Path,
+                   exact_kl: Callable[[], ExactKLSums | None]) -> Callable[[dict], None]:
     """Each step's rollouts (prompt, response, score, exact KL, length, cut) into work/rollouts.jsonl, and to the
-    tracker as a table with --report-to (rlhflab.store.rollouts)."""
-    return lambda record: record_step_rollouts(work, record, start.tokenizer, start.train_prompts, start.queries,
-                                               cfg.max_response_length, cfg.report_to)
+    tracker as a table with --report-to (rlhflab.store.rollouts); `exact_kl()` is the trainer's ExactKLSums, whose
+    rows are the step's measured sequences."""
+    def write(record: dict) -> None:
+        sums = exact_kl()
+        record_step_rollouts(work, record, start.tokenizer, start.train_prompts, start.queries,
+                             sums.pop_rows() if sums is not None else [], cfg.max_response_length, cfg.report_to)
+
+    return write
 
 
 def pass_of(step: int, steps_per_pass: int) -> int:

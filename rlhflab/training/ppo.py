@@ -425,7 +425,7 @@ def train_ppo(cfg: PPOConfig, on_step=None, trainer_class: type | None = None) -
     probe = build_probe(cfg, trainer.accelerator, trainer.policy_model, trainer.ref_model, run,
                         work.folder / OVEROPT_FILE)
     after_step = after_each_step(cfg, plan["steps"], "k1", probe, work.saver(trainer, run.tokenizer, plan["steps"]),
-                                 on_step, rollouts=rollout_writer(cfg, run, work.folder))
+                                 on_step, rollouts=rollout_writer(cfg, run, work.folder, lambda: trainer.exact_kl))
     trainer.add_callback(ppo_step_log(trainer, work.log_path, kl, work.done_steps, work.done_episodes,
                                       len(run.train_prompts) // cfg.batch_size, after_step))
     if amp_dtype is not None:
