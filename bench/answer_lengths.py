@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import command, machine  # noqa: E402
+from common import command, machine
 
 BUDGETS = (32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 

@@ -36,8 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app, stop_app  # noqa: E402
+from bench_app import SETTINGS, _rss_mb, _wait_until_up, start_app, stop_app
 
 RESULTS = HERE / "results.json"
 PROMPTS = ["Give me one tip for sleeping better.", "What is a good name for a cat?", "How do I boil an egg?",
