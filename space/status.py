@@ -20,6 +20,15 @@ def _minutes(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _remaining_s(running: dict, now: float) -> float | None:
+    """A running step's seconds left: the pipeline's estimate, else (a status file without one) expected − elapsed."""
+    if running.get("remaining_s") is not None:
+        return running["remaining_s"]
+    if running.get("expected_s"):
+        return running["expected_s"] - (now - float(running.get("started", now)))
+    return None
+
+
 def pipeline_status_markdown(registry, now: float | None = None) -> str:
     """One line for the top of the page; empty when no pipeline runs (or it ended a while ago)."""
     path = status_path(registry)
@@ -43,9 +52,7 @@ def pipeline_status_markdown(registry, now: float | None = None) -> str:
     parts, left = [], 0.0
     for r in status.get("running", []):
         elapsed = now - float(r.get("started", now))
-        expected, remaining = r.get("expected_s"), r.get("remaining_s")
-        if remaining is None and expected:
-            remaining = expected - elapsed
+        remaining = _remaining_s(r, now)
         if remaining is not None:
             parts.append(f"**{r['name']}** ({_minutes(elapsed)} of ~{_minutes(elapsed + max(0.0, remaining))})")
             left = max(left, remaining)
@@ -77,9 +84,7 @@ def training_eta(status_file: Path, output: str, now: float | None = None) -> st
         return None
     for r in status.get("running", []):
         if r.get("output") == output:
-            remaining = r.get("remaining_s")
-            if remaining is None and r.get("expected_s"):
-                remaining = r["expected_s"] - (now - float(r.get("started", now)))
+            remaining = _remaining_s(r, now)
             return ("training now" + (f", about {max(1, round(remaining / 60))} min left" if remaining is not None
                                        else ""))
     for p in status.get("pending", []):
