@@ -42,6 +42,14 @@ PROBE_JUDGE_HELP = ("judge reward model the probe also scores with (never traine
                     "missing: the judge fields are null")
 
 
+# The demo's system message. SmolLM2-135M-Instruct's own answers run to a median of ~250 tokens (6 of 32 still going at
+# 512), so at any budget the CPU demo can pay most answers would be cut and every scorer would judge fragments; asked
+# for a short answer, it finished 27 of 32 within 128 tokens (BENCHMARKS.md, "Token budgets").
+DEMO_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly, in at most three sentences."
+SYSTEM_PROMPT_HELP = ("system message before every prompt, in training, rollouts, evaluation and the probe (none: the "
+                      "chat template's own default); the reward model and judge score the prompt as asked")
+
+
 def _f(default, help_text: str, **kw):
     return field(default=default, metadata={"help": help_text, **kw})
 
@@ -116,6 +124,7 @@ class PolicyConfig:
     bf16: bool = _f(True, "bf16 autocast where the hardware supports it")
     report_to: str = _f("none", REPORT_TO_HELP, choices=REPORT_TO)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (default: --epochs passes over the data)")
+    system_prompt: str | None = _f(None, SYSTEM_PROMPT_HELP)
 
 
 @dataclass
@@ -254,8 +263,9 @@ class EvalConfig:
                        "of the distribution actually sampled)")
     top_p: float = _f(1.0, "nucleus top-p (1.0 = off, the default, as the trainers)")
     repetition_penalty: float = _f(1.0, "repetition penalty")
-    max_new_tokens: int = _f(512, "tokens generated per response (512: the embedded base finished 26 of 32 held-out "
-                                  "answers within it, 12 within 192: bench/answer_lengths/)")
+    max_new_tokens: int = _f(512, "tokens generated per response (512: the embedded base, with its own system "
+                                  "message, finished 26 of 32 held-out answers within it: bench/answer_lengths/)")
+    system_prompt: str | None = _f(None, SYSTEM_PROMPT_HELP + "; the policies' own training one belongs here")
     batch_size: int = _f(16, "prompts per generation batch")
     bf16: bool = _f(True, "bf16 autocast for generation, scoring and KL where the hardware supports it")
     seed: int = _f(1234, "generation seed")
@@ -294,6 +304,13 @@ class GANEvalConfig:
                                   f"{CHECKPOINTS_DIR / 'eval' / 'dcgan_diagnostics.json'})")
 
 
+# The demo's token budgets, one decision for the evaluation, its rating items, the probe and the arena (answers) and
+# for the RL rollouts. Under DEMO_SYSTEM_PROMPT the base finished 27 of 32 held-out answers within 128 tokens and 14
+# within 64 (at 32, none: a policy trained on 32-token rollouts never saw an answer end). What the rollout budget costs
+# and buys: BENCHMARKS.md, "Token budgets".
+DEMO_ANSWER_TOKENS = 128
+DEMO_ROLLOUT_TOKENS = 64
+
 PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
     RewardConfig: {
         # 338 pairs: 64 shared test pairs; of the other 274, about 106 on the policy side (the reward model trains
@@ -310,10 +327,10 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         "demo": dict(base_model=DEMO_BASE_MODEL,
                      dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=48, num_heldout=50,
                      batch_size=8, mini_batch_size=8, ppo_epochs=1, epochs=2, max_prompt_length=96,
-                     max_response_length=32, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
+                     max_response_length=DEMO_ROLLOUT_TOKENS, optim="sgd", lr=1.5e-2, lora_optim="adamw_torch_fused",
                      lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
                      value_freeze_layers=24, value_head="zero", gae_lambda=1.0, probe_every=6, probe_prompts=16,
-                     probe_max_new_tokens=192),
+                     probe_max_new_tokens=DEMO_ANSWER_TOKENS, system_prompt=DEMO_SYSTEM_PROMPT),
     },
     # SFT, DPO and GRPO: sized so that each finishes in a few minutes on a 2-core CPU beside another step.
     SFTConfig: {
@@ -321,14 +338,14 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # LoRA gets a larger learning rate because at full SFT's it barely moves the loss.
         "demo": dict(base_model=DEMO_BASE_MODEL,
                      dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=32, epochs=2, batch_size=8, lr=2e-5,
-                     max_length=192, lora_lr=6e-4),
+                     max_length=192, lora_lr=6e-4, system_prompt=DEMO_SYSTEM_PROMPT),
     },
     DPOConfig: {
         # 6 steps at lr 1e-5: the demo must fit its time budget, and DPO's KL to the reference stays far inside
         # the band at this size. LoRA gets a larger learning rate because at full DPO's it barely moves the margin.
         "demo": dict(base_model=DEMO_BASE_MODEL,
                      dataset=str(DEMO_DATA_DIR / "hh_rlhf.jsonl"), train_size=48, batch_size=8, lr=1e-5,
-                     max_length=192, lora_lr=2e-4),
+                     max_length=192, lora_lr=2e-4, system_prompt=DEMO_SYSTEM_PROMPT),
     },
     GRPOConfig: {
         # The first 24 of PPO's 48 prompts (same seed and held-out set) x 2 passes = 12 steps of 4 prompts x 4
@@ -336,21 +353,20 @@ PROFILE_OVERRIDES: dict[type, dict[str, dict]] = {
         # chosen: BENCHMARKS.md, "Lab notes moved out of the code").
         "demo": dict(base_model=DEMO_BASE_MODEL,
                      dataset=str(DEMO_DATA_DIR / "oasst1.jsonl"), lang="en", num_prompts=24, num_heldout=50,
-                     batch_size=4, num_generations=4, epochs=2, max_prompt_length=96, max_response_length=32,
-                     lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16, probe_every=6, probe_prompts=16,
-                     probe_max_new_tokens=192),
+                     batch_size=4, num_generations=4, epochs=2, max_prompt_length=96,
+                     max_response_length=DEMO_ROLLOUT_TOKENS, lr=2e-5, lora_lr=1.5e-3, kl_coef=0.1, kl_horizon=16,
+                     probe_every=6, probe_prompts=16, probe_max_new_tokens=DEMO_ANSWER_TOKENS,
+                     system_prompt=DEMO_SYSTEM_PROMPT),
     },
     DCGANConfig: {
         "demo": dict(epochs=8, batch_size=128, sample_every=2, save_every=2, max_train_images=5000,
                      allow_phantom=True, download=False, generator_width=32, discriminator_width=32),
     },
     EvalConfig: {
-        # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once. 192 new
-        # tokens (was 48, which cut 92-96 % of answers): the base finished 12 of 32 held-out answers within 192
-        # tokens, 26 within 512 (bench/answer_lengths/), so 192 still cuts most and only ~512 meets the 20 % aim,
-        # at a cost the CPU demo cannot pay; see BENCHMARKS.md, "Token budgets".
+        # one generation batch for all 50 prompts: on a CPU each decode step streams the weights once.
         "demo": dict(base_model=DEMO_BASE_MODEL,
-                     num_prompts=50, max_new_tokens=192, bootstrap_samples=1000, batch_size=64, best_of_n="4"),
+                     num_prompts=50, max_new_tokens=DEMO_ANSWER_TOKENS, bootstrap_samples=1000, batch_size=64,
+                     best_of_n="4", system_prompt=DEMO_SYSTEM_PROMPT),
     },
 }
 

@@ -20,18 +20,23 @@ from datetime import datetime, timezone
 
 import gradio as gr
 
+from rlhflab.config import DEMO_ANSWER_TOKENS, DEMO_SYSTEM_PROMPT
 from rlhflab.errors import UserError
 from rlhflab.generation.sampling import GenerationSettings
 from rlhflab.measure.scoring import score_responses
+from rlhflab.models.prompts import with_system
 from rlhflab.store.votes import VOTE_LABELS, daily_cap, model_names_in
 from space.chat import STREAM_INTERVAL_S, generation_concurrency, side_stream
 from space.identity import login_button, oauth_required, request_identity
 from space.registry import Registry
 
-# A token budget where the base model finishes most answers (SPEC §9: judge complete answers); whether each answer
-# was cut at it is recorded with the battle and shown on the leaderboard.
+# The demo's answer budget and system message (rlhflab.config: the base finishes most answers within it, SPEC §9:
+# judge complete answers), as the policies were trained and evaluated; whether each answer was cut is recorded with
+# the battle and shown on the leaderboard.
 ARENA_SETTINGS = GenerationSettings(temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1,
-                                    no_repeat_ngram_size=0, max_new_tokens=192, seed=0, greedy=False, best_of_n=1)
+                                    no_repeat_ngram_size=0, max_new_tokens=DEMO_ANSWER_TOKENS, seed=0, greedy=False,
+                                    best_of_n=1)
+ARENA_SYSTEM_PROMPT = DEMO_SYSTEM_PROMPT
 MAX_PROMPT_CHARS = 4000
 METHOD_NAMES = ("SFT", "PPO", "DPO", "GRPO", "RLOO", "KTO", "LoRA")
 GENERIC_WORDS = {"base", "full", "lora", "model", "base model", "policy"}
@@ -139,7 +144,8 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
         gr.Markdown("Two policies, drawn at random, answer your prompt side by side as **A** and **B**. Vote for "
                     "the better answer; their names are shown only after your vote. Votes build the Leaderboard "
                     f"tab. Settings are fixed for every battle (temperature {ARENA_SETTINGS.temperature}, top-p "
-                    f"{ARENA_SETTINGS.top_p}, up to {ARENA_SETTINGS.max_new_tokens} new tokens). " + sync_text
+                    f"{ARENA_SETTINGS.top_p}, up to {ARENA_SETTINGS.max_new_tokens} new tokens; both are asked with "
+                    f"the system message \"{ARENA_SYSTEM_PROMPT}\", as the policies were trained). " + sync_text
                     + (" **Sign in with Hugging Face to vote.**" if need_sign_in else
                        " Outside a Space your vote is recorded under this browser session."))
         login_button(registry)
@@ -200,7 +206,7 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
         answers = ["…", "…"]
         yield (*[gr.Chatbot(value=chat_view(text, a), label=f"Model {s}") for a, s in zip(answers, "AB")], shown,
                None, None, *buttons(False), "", "")
-        messages = [{"role": "user", "content": text}]
+        messages = with_system(text, ARENA_SYSTEM_PROMPT)
         results: dict[str, dict] = {}
         last = 0.0
         for name, partial, result in stream_in_threads(registry, sides, messages, settings):
@@ -241,7 +247,7 @@ def build_arena_tab(registry: Registry, scheduler_cls=None) -> None:
     def judge_scores(text: str, answers: list[str]) -> list[float] | None:
         try:
             model, tok = registry.judge_model()
-            return score_responses(model, tok, [[{"role": "user", "content": text}]] * len(answers), answers)
+            return score_responses(model, tok, [with_system(text, ARENA_SYSTEM_PROMPT)] * len(answers), answers)
         except UserError:
             return None
         except Exception:  # a scoring failure costs the judge column, never the vote

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rlhflab.config import DEMO_ANSWER_TOKENS
 from test_app import FakeScheduler, make_client, running_app, text_of, write_reward, write_tiny_checkpoints
 
 LABELS = ("Base model", "Full PPO", "LoRA PPO")
@@ -75,7 +76,7 @@ def test_battle_streams_two_anonymous_answers_then_the_vote_reveals_names(arena_
     assert len(rows) == before + 1
     row = rows[-1]
     assert row["vote"] == "A" and row["voter_kind"] == "session" and row["voter"].startswith("session:")
-    assert row["settings"]["max_new_tokens"] == 192 and row["revision_a"] and row["prompt_source"] == "typed"
+    assert row["settings"]["max_new_tokens"] == DEMO_ANSWER_TOKENS and row["revision_a"] and row["prompt_source"] == "typed"
     text, wins, counts = c.predict(api_name="/leaderboard")
     assert "score (Elo)" in text and wins is not None and counts is not None
     # the record was handed to the Hub sync as well

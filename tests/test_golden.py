@@ -137,6 +137,11 @@ def paths(tmp_path, tiny_llama_dir, tiny_reward_dir, prompts_file):
             str(tmp_path): "<tmp>"}
 
 
+# The goldens pin the training arithmetic on the inputs they were recorded with, before the demo profile asked its
+# prompts with a system message (which changes every input token, not the arithmetic).
+NO_SYSTEM = None
+
+
 def _seeded():
     torch.manual_seed(0)
 
@@ -150,7 +155,8 @@ def test_sft_golden(tmp_path, monkeypatch, tiny_llama_dir, paths):
     data = str(write_jsonl(tmp_path / "pairs.jsonl", rows))
     paths[data] = "<pairs>"
     cfg = build_config(SFTConfig, "demo", mode="full", base_model=str(tiny_llama_dir), dataset=data, train_size=12,
-                       epochs=1, batch_size=4, lr=3e-3, max_length=64, bf16=False, output_dir=str(tmp_path / "sft"))
+                       epochs=1, batch_size=4, lr=3e-3, max_length=64, bf16=False, output_dir=str(tmp_path / "sft"),
+                       system_prompt=NO_SYSTEM)
     batches = SampledBatches(monkeypatch)
     _seeded()
     check_golden("sft", record_run(train_sft(cfg), batches, paths))
@@ -165,7 +171,8 @@ def test_dpo_golden(tmp_path, monkeypatch, tiny_llama_dir, paths):
     data = str(write_jsonl(tmp_path / "pairs.jsonl", rows))
     paths[data] = "<pairs>"
     cfg = build_config(DPOConfig, "demo", mode="full", base_model=str(tiny_llama_dir), dataset=data, train_size=12,
-                       epochs=1, batch_size=4, lr=1e-3, max_length=64, bf16=False, output_dir=str(tmp_path / "dpo"))
+                       epochs=1, batch_size=4, lr=1e-3, max_length=64, bf16=False, output_dir=str(tmp_path / "dpo"),
+                       system_prompt=NO_SYSTEM)
     batches = SampledBatches(monkeypatch)
     _seeded()
     check_golden("dpo", record_run(train_dpo(cfg), batches, paths))
@@ -174,7 +181,8 @@ def test_dpo_golden(tmp_path, monkeypatch, tiny_llama_dir, paths):
 def test_ppo_full_golden(tmp_path, monkeypatch, tiny_llama_dir, tiny_reward_dir, prompts_file, paths):
     from rlhflab.training.ppo import train_ppo
 
-    cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, probe_every=2, probe_prompts=2)
+    cfg = tiny_cfg(tmp_path, "full", tiny_llama_dir, tiny_reward_dir, prompts_file, probe_every=2, probe_prompts=2,
+                   system_prompt=NO_SYSTEM)
     batches = SampledBatches(monkeypatch)
     _seeded()
     check_golden("ppo_full", record_run(train_ppo(cfg), batches, paths))
@@ -189,7 +197,7 @@ def test_grpo_golden(tmp_path, monkeypatch, tiny_llama_dir, tiny_reward_dir, pro
                        num_heldout=4, batch_size=2, num_generations=2, epochs=1, max_prompt_length=64,
                        max_response_length=8, lr=1e-3, lora_lr=None, max_steps=2, bf16=False, kl_horizon=100,
                        probe_every=2, probe_prompts=2, output_dir=str(tmp_path / "grpo"), judge_model="",
-                       probe_max_new_tokens=None)
+                       probe_max_new_tokens=None, system_prompt=NO_SYSTEM)
     batches = SampledBatches(monkeypatch)
     _seeded()
     check_golden("grpo", record_run(train_grpo(cfg), batches, paths))

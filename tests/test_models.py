@@ -4,7 +4,7 @@ import pytest
 from rlhflab.errors import UserError
 from rlhflab.generation.sampling import GenerationSettings, generate_batch
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, lora_target_modules
-from rlhflab.models.prompts import format_prompt
+from rlhflab.models.prompts import format_prompt, with_system
 
 
 def test_prompt_format_chat_template_and_plain(tiny_llama_dir, tiny_gpt2_dir):
@@ -15,6 +15,17 @@ def test_prompt_format_chat_template_and_plain(tiny_llama_dir, tiny_gpt2_dir):
     history = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
                {"role": "user", "content": "Bye?"}]
     assert format_prompt(gpt2_tok, history) == "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: Bye?\n\nAssistant:"
+
+
+def test_a_system_message_replaces_the_templates_default_and_a_history_keeps_its_own(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
+    default = format_prompt(tok, "Hi?")
+    asked = format_prompt(tok, with_system("Hi?", "Be brief."))
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in asked and "Be brief." not in default
+    assert asked.count("<|im_start|>system") == 1  # replaces the template's default system message, not added to it
+    assert with_system("Hi?", None) == "Hi?"  # no system message: the prompt is unchanged
+    own = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi?"}]
+    assert with_system(own, "Be brief.") == own  # a history's own system message stands
 
 
 def test_padding_guard_left_side_and_pad_never_inside_prompts(tiny_model_dir):

@@ -240,7 +240,7 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
     from rlhflab.data.oasst1 import read_prompts
     from rlhflab.measure.kl import exact_kl_of_responses
     from rlhflab.measure.overopt import read_overopt
-    from rlhflab.models.prompts import format_prompt
+    from rlhflab.models.prompts import format_prompt, with_system
 
     rollouts = []
     sample = online.sample_responses
@@ -269,13 +269,13 @@ def test_exact_kl_logged_in_training_agrees_with_the_evaluation_function(tmp_pat
     assert abs(records[0]["kl_exact_per_token"]) < 1e-6 and abs(records[0]["kl_k3_per_token"]) < 1e-6
 
     _, tok = load_causal_lm(str(tiny_llama_dir))
-    by_ids = {tuple(tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]): p
-              for p in read_prompts(out / "train_prompts.jsonl")}
+    asked = [with_system(p, cfg.system_prompt) for p in read_prompts(out / "train_prompts.jsonl")]
+    by_ids = {tuple(tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"]): i for i, p in enumerate(asked)}
     assert [r[2].shape[0] for r in rollouts] == [cfg.batch_size] * 2  # one call per step: the whole rollout batch
     input_ids, attention_mask, responses = rollouts[1]
     step_prompts, response_ids = [], []
     for query, mask, row in zip(input_ids, attention_mask, responses):
-        step_prompts.append(by_ids[tuple(query[mask].tolist())])
+        step_prompts.append(asked[by_ids[tuple(query[mask].tolist())]])  # the rollouts were asked with the system
         response = []
         for t in row.tolist():  # TRL's mask: up to and including EOS, padding excluded
             if t == tok.pad_token_id:

@@ -12,7 +12,7 @@ from rlhflab.config import SFTConfig, build_config
 from rlhflab.data.hh_rlhf import load_pairs
 from rlhflab.errors import UserError
 from rlhflab.models.loading import load_policy, load_tokenizer
-from rlhflab.models.prompts import format_prompt
+from rlhflab.models.prompts import format_prompt, with_system
 from rlhflab.store.cards import read_policy_metadata
 from rlhflab.store.jsonio import read_jsonl
 from rlhflab.training.sft import build_sft_trainer, train_sft
@@ -89,14 +89,19 @@ def test_lora_checkpoint_holds_only_a_trained_adapter(sft_runs):
 
 
 def test_prompt_tokens_carry_no_loss(tmp_path, tiny_model_dir, sft_data):
-    """Labels are -100 on every prompt token and equal the input ids on the response, in the collated batch too."""
+    """Labels are -100 on every prompt token and equal the input ids on the response, in the collated batch too; the
+    prompt is asked with the profile's system message, as the evaluation asks it."""
     cfg = sft_cfg(tmp_path, tiny_model_dir, sft_data)
+    assert cfg.system_prompt
     trainer, _ = build_sft_trainer(cfg, load_pairs(sft_data).pairs[:4], tmp_path / "work")
     tok = trainer.processing_class
     assert tok.padding_side == "left"  # TRL pads its batches itself; the tokenizer saved stays as prepared
     pair = load_pairs(sft_data).pairs[0]
-    prompt_ids = tok(format_prompt(tok, pair.messages), add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(format_prompt(tok, with_system(pair.messages, cfg.system_prompt)),
+                     add_special_tokens=False)["input_ids"]
     row = trainer.train_dataset[0]
+    if getattr(tok, "chat_template", None):  # the plain Human:/Assistant: template has no place for a system message
+        assert cfg.system_prompt in tok.decode(row["input_ids"][:len(prompt_ids)])
     ids, labels = row["input_ids"], row["labels"]
     assert ids[:len(prompt_ids)] == prompt_ids
     assert all(label == -100 for label in labels[:len(prompt_ids)])

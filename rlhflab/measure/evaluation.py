@@ -26,6 +26,7 @@ from rlhflab.models.hardware import follow_thread_share
 from rlhflab.models.loading import load_reward_model
 from rlhflab.models.policies import PolicySet
 from rlhflab.models.precision import autocast, policy_dtype
+from rlhflab.models.prompts import with_system
 from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE, REPORT_FILE, RESULTS_FILE, resolve_checkpoint
 from rlhflab.store.jsonio import read_jsonl, write_json
@@ -154,15 +155,15 @@ def scorer_agreement(scores: dict[str, dict[str, np.ndarray]], names: list[str])
                                  np.concatenate([judge[b] for _, b in pairs]))
 
 
-def rater_agreement(store: RatingsStore, scorers: dict[str, tuple], batch_size: int) -> dict:
+def rater_agreement(store: RatingsStore, scorers: dict[str, tuple], batch_size: int, system: str | None = None) -> dict:
     """For each comparison a blind rater made (two responses to one prompt, one rated higher), does the reward
     model (and the judge) score the rater's preferred response higher? The rated texts are scored afresh, so
-    ratings of earlier evaluations' responses count too."""
+    ratings of earlier evaluations' responses count too, each prompt as the policies were asked it (`system`)."""
     pairs, ties = preference_pairs(store.ratings())
     out = {"comparisons": len(pairs), "rater_ties": ties}
     if not pairs:
         return out
-    prompts = [p["prompt"] for p in pairs]
+    prompts = [with_system(p["prompt"], system) for p in pairs]
     for key, (model, tok) in scorers.items():
         preferred = np.array(score_responses(model, tok, prompts, [p["preferred"] for p in pairs], batch_size))
         other = np.array(score_responses(model, tok, prompts, [p["other"] for p in pairs], batch_size))
@@ -187,6 +188,8 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     if bon and "base" not in names:
         raise UserError("--best-of-n samples from the base model: include base in --policies.")
     prompts, prompt_source = heldout_prompts(cfg, policy_dirs)
+    # every policy, scorer and KL sees the prompt as asked (the profile's system message); reports show `prompts`
+    asked = [with_system(p, cfg.system_prompt) for p in prompts]
     policies = PolicySet(cfg.base_model, {k: str(p) for k, p in policy_dirs.items()}, dtype=policy_dtype(cfg.bf16))
     reward_model, reward_tok = load_reward_model(cfg.reward_model)
     judge_model, judge_tok, judge = load_judge(cfg)
@@ -204,20 +207,20 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         t = Timer()
         follow_thread_share()  # under the pipeline, take a core freed by the step beside this one
         with policies.use(name) as (model, tok):
-            gens = generate_batch(model, tok, prompts, settings, batch_size=cfg.batch_size)
+            gens = generate_batch(model, tok, asked, settings, batch_size=cfg.batch_size)
             responses[name] = [g.text for g in gens]
             response_ids[name] = [g.token_ids or [] for g in gens]
             tokens[name] = [g.num_tokens for g in gens]
             finished[name] = [g.finished for g in gens]
             if name != "base":
-                logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
+                logps[name] = response_logprobs(model, tok, asked, responses[name], cfg.batch_size)
         progress(f"generated {len(prompts)} responses with {name} in {t.elapsed_s:.0f} s")
     base_logps = {}
     follow_thread_share()
     if "base" in names:
         with policies.use("base") as (model, tok):
             for name in logps:
-                base_logps[name] = response_logprobs(model, tok, prompts, responses[name], cfg.batch_size)
+                base_logps[name] = response_logprobs(model, tok, asked, responses[name], cfg.batch_size)
     exact: dict[str, tuple[list[float], list[int]]] = {}
     if "base" in names:
         with policies.use("base") as (_, tokenizer):
@@ -225,24 +228,24 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         for name in logps:
             follow_thread_share()
             exact[name] = exact_kl_of_responses(partial(_model_of, policies, name), partial(_model_of, policies, "base"),
-                                                tokenizer, prompts, response_ids[name], temperature=cfg.temperature,
+                                                tokenizer, asked, response_ids[name], temperature=cfg.temperature,
                                                 batch_size=cfg.batch_size)
     follow_thread_share()
-    rewards = {n: np.array(score_responses(reward_model, reward_tok, prompts, responses[n], cfg.batch_size))
+    rewards = {n: np.array(score_responses(reward_model, reward_tok, asked, responses[n], cfg.batch_size))
                for n in names}
     judged: dict[str, np.ndarray] = {}
     if judge_model is not None:
-        judged = {n: np.array(score_responses(judge_model, judge_tok, prompts, responses[n], cfg.batch_size))
+        judged = {n: np.array(score_responses(judge_model, judge_tok, asked, responses[n], cfg.batch_size))
                   for n in names}
     progress(f"scored {len(names) * len(prompts)} responses" + (" and judged them" if judged else ""))
     for n_samples in bon:  # n base samples per prompt (seeded apart from the base row's), the reward model's pick
         t = Timer()
         key = f"best-of-{n_samples}"
         with policies.use("base") as (model, tok):
-            samples = generate_batch(model, tok, [p for p in prompts for _ in range(n_samples)],
+            samples = generate_batch(model, tok, [p for p in asked for _ in range(n_samples)],
                                      GenerationSettings(**{**settings.as_dict(), "seed": settings.seed + n_samples}),
                                      batch_size=cfg.batch_size)
-        scores = np.array(score_responses(reward_model, reward_tok, [p for p in prompts for _ in range(n_samples)],
+        scores = np.array(score_responses(reward_model, reward_tok, [p for p in asked for _ in range(n_samples)],
                                           [g.text for g in samples], cfg.batch_size)).reshape(len(prompts), n_samples)
         pick = scores.argmax(1)
         chosen = [samples[i * n_samples + j] for i, j in enumerate(pick)]
@@ -250,7 +253,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
         finished[key] = [g.finished for g in chosen]
         rewards[key] = scores[np.arange(len(prompts)), pick]
         if judge_model is not None:  # the judge sees only the pick: it never chooses, so its gain is not selected for
-            judged[key] = np.array(score_responses(judge_model, judge_tok, prompts, responses[key], cfg.batch_size))
+            judged[key] = np.array(score_responses(judge_model, judge_tok, asked, responses[key], cfg.batch_size))
         names.append(key)
         progress(f"best-of-{n_samples} from the base: {n_samples * len(prompts)} samples in {t.elapsed_s:.0f} s")
 
@@ -324,7 +327,7 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                **({"judge": (judge_model, judge_tok)} if judge_model is not None else {})}
     results["agreement"] = {"reward_model_vs_judge": scorer_agreement(
                                 {"reward_model": rewards, **({"judge": judged} if judged else {})}, names),
-                            "raters": rater_agreement(store, scorers, cfg.batch_size)}
+                            "raters": rater_agreement(store, scorers, cfg.batch_size, cfg.system_prompt)}
     results["judge_independence"] = judge_independence(
         rewards, judged, tokens, names, b,
         heldout_pair_agreement(resolve_checkpoint(cfg.reward_model), resolve_checkpoint(cfg.judge_model))
@@ -345,8 +348,12 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
 
 
 def _write_figures(out: Path, policy_dirs: dict[str, Path], results: dict) -> None:
-    from rlhflab.measure.plots import (overoptimisation_figure, reward_comparison_figure, reward_kl_frontier_figure,
-                                       training_curves_figure)
+    from rlhflab.measure.plots import (
+        overoptimisation_figure,
+        reward_comparison_figure,
+        reward_kl_frontier_figure,
+        training_curves_figure,
+    )
 
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -500,6 +507,15 @@ def agreement_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def system_sentence(results: dict) -> str:
+    """How the prompts were asked: the system message every policy saw and every scorer scored with."""
+    system = (results.get("settings") or {}).get("system_prompt")
+    if not system:
+        return "No system message was added (each model's chat template applies its own default)."
+    return (f"Every prompt was asked with the system message \"{system}\", in training and here; the reward model and "
+            f"the judge score each answer with it.")
+
+
 def render_report(results: dict, store: RatingsStore | None = None) -> str:
     n = results["num_prompts"]
     pols = results["policies"]
@@ -509,7 +525,7 @@ def render_report(results: dict, store: RatingsStore | None = None) -> str:
              f"Held-out prompts: **{n}** from `{results['prompt_source']}` (never used in PPO training). "
              f"Generation: {'greedy' if g['greedy'] else 'sampling'}, temperature {g['temperature']}, top-k {g['top_k']}, "
              f"top-p {g['top_p']}, repetition penalty {g['repetition_penalty']}, max {g['max_new_tokens']} new tokens, "
-             f"seed {g['seed']} — identical for every policy.\n",
+             f"seed {g['seed']} — identical for every policy. " + system_sentence(results) + "\n",
              "Scored by:\n", scorers_markdown(results) + "\n",
              "Intervals are 95 % bootstrap intervals over prompts (paired for gains and win rates; a tie counts half). "
              "Reward = reward-model score (logit); the judge's scores are on its own scale, so compare its gains, not "

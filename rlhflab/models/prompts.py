@@ -27,6 +27,21 @@ def format_prompt(tokenizer, prompt: str | list[dict]) -> str:
     return text + PLAIN_TEMPLATE_ASSISTANT
 
 
+def with_system(prompt: str | list[dict], system: str | None) -> str | list[dict]:
+    """The prompt as a policy is asked it: `system` as the chat's system message before it (None: unchanged, so the
+    chat template's own default system message, if any, applies). A history that has a system message keeps it.
+
+    Every policy-side use of a prompt (training, rollouts, evaluation, probe, arena) goes through here, and the
+    reward model and judge score that same asked prompt, so a run's reward and its evaluation see one context.
+    """
+    if not system:
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if messages and messages[0].get("role") == "system":
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def format_response(tokenizer, response: str) -> str:
     """A response as it follows format_prompt's output (the plain template puts a space after 'Assistant:')."""
     return response if getattr(tokenizer, "chat_template", None) else " " + response.strip()

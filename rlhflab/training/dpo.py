@@ -15,7 +15,7 @@ from rlhflab.data.hh_rlhf import PreferencePair, policy_training_pairs
 from rlhflab.measure.kl import exact_kl_sum
 from rlhflab.models.hardware import hardware_description
 from rlhflab.models.loading import count_parameters
-from rlhflab.models.prompts import format_prompt, format_response
+from rlhflab.models.prompts import format_prompt, format_response, with_system
 from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl
@@ -38,13 +38,14 @@ from rlhflab.training.policy import (
 KL_ESTIMATOR = "exact"  # sum over the whole vocabulary of p log(p/q), not a sampled estimate
 
 
-def dpo_examples(pairs: list[PreferencePair], tokenizer) -> list[dict]:
+def dpo_examples(pairs: list[PreferencePair], tokenizer, system: str | None = None) -> list[dict]:
     """TRL preference examples: chat messages when the tokenizer has a chat template, else plain
     'Human:/Assistant:' text (rlhflab.models.prompts.format_prompt)."""
     if getattr(tokenizer, "chat_template", None):
-        return [{"prompt": p.messages, "chosen": [{"role": "assistant", "content": p.chosen}],
+        return [{"prompt": with_system(p.messages, system), "chosen": [{"role": "assistant", "content": p.chosen}],
                  "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
-    return [{"prompt": format_prompt(tokenizer, p.messages), "chosen": format_response(tokenizer, p.chosen),
+    return [{"prompt": format_prompt(tokenizer, with_system(p.messages, system)),
+             "chosen": format_response(tokenizer, p.chosen),
              "rejected": format_response(tokenizer, p.rejected)} for p in pairs]
 
 
@@ -115,7 +116,7 @@ def build_dpo_trainer(cfg: DPOConfig, pairs: list[PreferencePair], work: Path, c
         peft_config = lora_config(cfg, model)
     else:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    dataset = datasets.Dataset.from_list(dpo_examples(pairs, tokenizer))
+    dataset = datasets.Dataset.from_list(dpo_examples(pairs, tokenizer, cfg.system_prompt))
     args = TRLDPOConfig(beta=cfg.beta, **common_trainer_args(cfg, work))
     trainer = _trainer_class()(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)

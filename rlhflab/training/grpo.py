@@ -42,7 +42,7 @@ from rlhflab.models.hardware import best_device
 from rlhflab.models.loading import count_parameters
 from rlhflab.models.modes import evaluating
 from rlhflab.models.precision import autocast, autocast_dtype
-from rlhflab.models.prompts import format_prompt
+from rlhflab.models.prompts import format_prompt, with_system
 from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl, write_json
@@ -60,8 +60,8 @@ from rlhflab.training.online import (
     prompt_key,
     prompts_sentence,
     rollout_generator,
-    sample_rollouts,
     rollout_writer,
+    sample_rollouts,
     trim_probes,
     world_size,
 )
@@ -339,13 +339,15 @@ def resume(cfg: GRPOConfig, work: Path) -> tuple[Path | None, KLCoefficient]:
     return resume_from, KLCoefficient(cfg, json.loads(saved.read_text())["kl_coef"] if saved.is_file() else cfg.kl_coef)
 
 
-def prompt_dataset(run: OnlineStart):
-    """The training prompts as TRL's dataset: formatted for the policy, raw for the reward model, keyed as PPO's."""
+def prompt_dataset(run: OnlineStart, system: str | None = None):
+    """The training prompts as TRL's dataset: formatted for the policy, as asked (with `system`) for the reward model,
+    keyed as PPO's."""
     import datasets
 
+    asked = [with_system(p, system) for p in run.train_prompts]
     return datasets.Dataset.from_dict({
-        "prompt": [format_prompt(run.tokenizer, p) for p in run.train_prompts],
-        "query": run.train_prompts,  # the reward model formats the raw prompt itself (score_responses)
+        "prompt": [format_prompt(run.tokenizer, p) for p in asked],
+        "query": asked,  # the reward model formats the asked prompt itself (score_responses), as PPO's tokens hold it
         "prompt_key": [prompt_key(q) for q in run.queries]})
 
 
@@ -368,7 +370,7 @@ def train_grpo(cfg: GRPOConfig, on_step=None, trainer_class: type | None = None)
     reward = RewardModelScore(run.reward_model, run.tokenizer)
     trainer = (trainer_class or lab_grpo_trainer(method))(
         model=run.policy, reward_funcs=[reward], args=trl_grpo_args(cfg, plan, work),
-        train_dataset=prompt_dataset(run), processing_class=run.tokenizer,
+        train_dataset=prompt_dataset(run, cfg.system_prompt), processing_class=run.tokenizer,
         peft_config=lora_config(cfg, run.policy) if cfg.mode == "lora" else None)
     run.reward_model.to(trainer.accelerator.device)
     if reference is not None:

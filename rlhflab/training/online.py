@@ -23,7 +23,7 @@ from rlhflab.measure.overopt import OVEROPT_FILE, OverOptProbe, adapters_disable
 from rlhflab.measure.overopt import keep_up_to as keep_probes_up_to
 from rlhflab.models.loading import load_reward_model
 from rlhflab.models.modes import evaluating
-from rlhflab.models.prompts import format_prompt
+from rlhflab.models.prompts import format_prompt, with_system
 from rlhflab.store.rollouts import copy_rollouts, record_step_rollouts
 from rlhflab.training.policy import is_stand_in, load_start_policy
 
@@ -92,7 +92,8 @@ def prepare_prompts(cfg, tokenizer, prompts: list[str] | None = None) -> tuple[l
                                    cfg.seed if cfg.data_seed is None else cfg.data_seed)
     kept, queries = [], []
     for p in train:
-        ids = tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+        asked = format_prompt(tokenizer, with_system(p, cfg.system_prompt))
+        ids = tokenizer(asked, add_special_tokens=False)["input_ids"]
         if len(ids) <= cfg.max_prompt_length:
             kept.append(p)
             queries.append(ids)
@@ -196,7 +197,8 @@ def build_probe(cfg, accelerator, policy, reference, start: OnlineStart, log_pat
         return None
     policy = accelerator.unwrap_model(policy)
     use_reference = adapters_disabled(policy) if reference is None else holder(accelerator.unwrap_model(reference))
-    return OverOptProbe(start.heldout[:cfg.probe_prompts], start.tokenizer, start.reward_model,
+    asked = [with_system(p, cfg.system_prompt) for p in start.heldout[:cfg.probe_prompts]]
+    return OverOptProbe(asked, start.tokenizer, start.reward_model,
                         start.reward_tokenizer, log_path, temperature=cfg.temperature,
                         max_new_tokens=cfg.probe_max_new_tokens or cfg.max_response_length,
                         reward_model_name=cfg.reward_model,

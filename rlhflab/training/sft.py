@@ -12,7 +12,7 @@ from rlhflab.config import SFTConfig
 from rlhflab.data.hh_rlhf import PreferencePair, policy_training_pairs
 from rlhflab.models.hardware import hardware_description
 from rlhflab.models.loading import count_parameters
-from rlhflab.models.prompts import format_prompt, format_response
+from rlhflab.models.prompts import format_prompt, format_response, with_system
 from rlhflab.store.cards import Timer, command_line, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl
@@ -33,13 +33,14 @@ from rlhflab.training.policy import (
 )
 
 
-def sft_examples(pairs: list[PreferencePair], tokenizer) -> list[dict]:
+def sft_examples(pairs: list[PreferencePair], tokenizer, system: str | None = None) -> list[dict]:
     """TRL prompt/completion examples: chat messages when the tokenizer has a chat template (TRL renders
     them), else the plain 'Human:/Assistant:' text the policy is prompted with (rlhflab.models.prompts.format_prompt)."""
     if getattr(tokenizer, "chat_template", None):
-        return [{"prompt": p.messages, "completion": [{"role": "assistant", "content": p.chosen}]} for p in pairs]
-    return [{"prompt": format_prompt(tokenizer, p.messages), "completion": format_response(tokenizer, p.chosen)}
-            for p in pairs]
+        return [{"prompt": with_system(p.messages, system),
+                 "completion": [{"role": "assistant", "content": p.chosen}]} for p in pairs]
+    return [{"prompt": format_prompt(tokenizer, with_system(p.messages, system)),
+             "completion": format_response(tokenizer, p.chosen)} for p in pairs]
 
 
 def _to_record(logs: dict, state) -> dict:
@@ -58,7 +59,7 @@ def build_sft_trainer(cfg: SFTConfig, pairs: list[PreferencePair], work: Path, c
     from trl import SFTTrainer
 
     model, tokenizer, start = load_start_policy(cfg.base_model, None)
-    dataset = datasets.Dataset.from_list(sft_examples(pairs, tokenizer))
+    dataset = datasets.Dataset.from_list(sft_examples(pairs, tokenizer, cfg.system_prompt))
     peft_config = lora_config(cfg, model) if cfg.mode == "lora" else None
     args = TRLSFTConfig(completion_only_loss=True, **common_trainer_args(cfg, work))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
