@@ -1,6 +1,7 @@
 """Where a PPO step spends its time: wall seconds per phase of TRL's PPO loop, summed over a run.
 
-`python bench/ppo_phases.py [--mode full|lora] [--steps 2] [--ppo-epochs N] [--no-bf16]` — times the hooks of
+`python bench/ppo_phases.py [--mode full|lora] [--steps 2] [--ppo-epochs N] [--no-bf16] [--max-response-length N]`
+— times the hooks of
 train_ppo's trainer (forward passes, reward/value scoring) through a subclass, and the rollout sampler, work-state
 saves, backward and optimizer step; everything else is "other". Needs checkpoints/reward.
 """
@@ -75,7 +76,8 @@ def run(steps: int = 2, mode: str = "full", ppo_epochs: int | None = None, bf16:
     step_s = sum(r["seconds_per_step"] for r in records)
     phases = {k: round(v / len(records), 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     phases["other"] = round(step_s / len(records) - sum(phases.values()), 2)
-    result = {"benchmark": f"PPO step phases ({mode}, demo batch, ppo_epochs={cfg.ppo_epochs}, bf16={bf16})",
+    result = {"benchmark": f"PPO step phases ({mode}, demo batch, ppo_epochs={cfg.ppo_epochs}, bf16={bf16}, "
+                           f"rollouts of up to {cfg.max_response_length} tokens)",
               "seconds_per_step": round(step_s / len(records), 2), "phases_s_per_step": phases,
               "machine": machine(), "command": command()}
     print(json.dumps(result, indent=2))
@@ -88,5 +90,7 @@ if __name__ == "__main__":
     parser.add_argument("--mode", default="full", choices=("full", "lora"))
     parser.add_argument("--ppo-epochs", type=int)
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
+    parser.add_argument("--max-response-length", type=int, help="rollout tokens (default: the demo profile's)")
     args = parser.parse_args()
-    run(args.steps, args.mode, args.ppo_epochs, args.bf16)
+    extra = {} if args.max_response_length is None else {"max_response_length": args.max_response_length}
+    run(args.steps, args.mode, args.ppo_epochs, args.bf16, **extra)
