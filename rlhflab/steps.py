@@ -46,26 +46,27 @@ _SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
 # In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
 # runs wait for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads
 # it). The DCGAN needs nothing and goes last, beside the evaluation. demo_s: each step's time beside one other
-# step in the demo profile, as `make demo` measured it (BENCHMARKS.md).
+# step in the demo profile, as `make demo` run 10 measured it (Intel Xeon with AMX, 2026-12-06, the budgets of
+# issue 25: bench/make_demo/run10/demo.log); the pipeline rescales them by the host's measured speed.
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=_SPLIT_STAND_IN, demo_s=90),
+         stand_in=_SPLIT_STAND_IN, demo_s=86),
     Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
-         stand_in=_SPLIT_STAND_IN, demo_s=170),  # every block trains (issue 25): ~1.4x the old 120 s, estimated
-    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=120,
+         stand_in=_SPLIT_STAND_IN, demo_s=185),
+    Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=76,
          method="sft"),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=280, key="full", method="ppo"),
+         stand_in=_OASST_STAND_IN, demo_s=281, key="full", method="ppo"),
     Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=270, key="lora", method="ppo"),
+         stand_in=_OASST_STAND_IN, demo_s=273, key="lora", method="ppo"),
     Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
-         demo_s=190, method="grpo"),
-    Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=180,
+         demo_s=320, method="grpo"),
+    Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=106,
          method="dpo"),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=50, takes_base_model=False),
+         stand_in=["--allow-phantom", "--no-download"], demo_s=63, takes_base_model=False),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=210),
+         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=312),
 ]
 
 

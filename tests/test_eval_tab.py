@@ -54,3 +54,5 @@ def test_local_paths_become_store_names_or_repository_paths(monkeypatch, tmp_pat
             f"https://huggingface.co/a/b and figures/kl.html")
     assert strip_local_paths(text) == ("model `ppo-full` from prompts.jsonl; 0.1 nats / token, n/a, W/T/L 1/2/3, "
                                        "https://huggingface.co/a/b and figures/kl.html")
+    # arithmetic is not a path: the best-of-n bound kept its "/n" (the report once printed "log n − (n−1)n")
+    assert strip_local_paths("bound: log n − (n−1)/n = 0.636") == "bound: log n − (n−1)/n = 0.636"

@@ -739,7 +739,8 @@ def one_kl_sentence(generation: dict) -> str:
 
 
 # ---------------------------------------------------------------- names, not local paths
-_LOCAL_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+=-]+/)*[\w.@+=-]+/?")
+# two parts at least: a lone "/n" is arithmetic ("(n−1)/n" in the best-of-n bound), not a local path
+_LOCAL_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+=-]+/)+[\w.@+=-]+/?")
 
 
 def display_name(value):
