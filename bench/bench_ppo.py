@@ -131,12 +131,13 @@ def _start_rollouts(prompts: int, sample_in_bf16: bool | None, **cfg_overrides):
     from rlhflab.measure.kl import response_batch
     from rlhflab.models.loading import load_causal_lm
     from rlhflab.models.precision import autocast
+    from rlhflab.models.prompts import with_system
 
     cfg = build_config(PPOConfig, "demo", **cfg_overrides)
     model, tok = load_causal_lm(cfg.base_model)
     model.eval()
     train, _ = split_prompts(load_prompts(cfg.dataset, cfg.lang), cfg.num_prompts, cfg.num_heldout, cfg.seed)
-    texts = train[:prompts]
+    texts = [with_system(p, cfg.system_prompt) for p in train[:prompts]]  # asked as train_ppo asks them
     settings = GenerationSettings(temperature=cfg.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
                                   max_new_tokens=cfg.max_response_length, seed=cfg.seed)
     with autocast(cfg.bf16 if sample_in_bf16 is None else sample_in_bf16):

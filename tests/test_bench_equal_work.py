@@ -76,6 +76,22 @@ def test_plain_trl_and_train_ppo_time_the_same_steps_on_a_tiny_model(tiny_llama_
     assert abs(e["ours_results"]["kl_exact_per_token"][0]) < 1e-5  # step 1 rolls out before any update (fp32 rounding)
 
 
+def test_plain_trl_grpo_and_train_grpo_time_the_same_steps_on_a_tiny_model(tiny_llama_dir, tiny_reward_dir,
+                                                                          prompts_file):
+    import bench_grpo
+
+    overrides = dict(base_model=str(tiny_llama_dir), reward_model=str(tiny_reward_dir), dataset=prompts_file, lang=None,
+                     num_prompts=16, num_heldout=4, batch_size=2, num_generations=2, max_response_length=8,
+                     judge_model="", bf16=False)
+    result = bench_grpo.run(steps=2, overrides=overrides)
+    e = result["equal_work"]
+    for side in ("baseline_steps", "ours_steps"):
+        assert e[side]["n"] == 1 and len(e[side]["all_s"]) == 2  # one warm-up step, one timed
+    assert abs(e["speedup"] - e["baseline_steps"]["median"] / e["ours_steps"]["median"]) < 1e-12
+    assert result["precision"] == "fp32" and "2 prompts x 2 responses x 8 tokens" in result["benchmark"]
+    assert len(e["ours_scores"]) == 2 and all(isinstance(s, float) for s in e["ours_scores"])
+
+
 def test_rollouts_row_samples_with_generate_and_measures_the_engine_against_the_forward(tiny_llama_dir,
                                                                                          tiny_reward_dir, prompts_file):
     """The one factor of the "rollouts" row: inside generate_rollouts train_ppo samples with generate() (never the
