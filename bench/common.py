@@ -15,6 +15,23 @@ def machine() -> str:
     return hardware_description()
 
 
+def host_class() -> str:
+    """The precision class a bench's figures belong to: "bf16" on a CPU with native bf16 (AMX, AVX512-BF16) or a GPU,
+    "fp32" elsewhere (an AVX2 laptop runs every path in fp32). run_all keeps one record per bench and class, so an
+    AVX2 run adds its rows beside the bf16 host's instead of replacing them."""
+    import torch
+
+    from rlhflab.models.hardware import cpu_bf16_fast
+
+    return "bf16" if torch.cuda.is_available() or cpu_bf16_fast() else "fp32"
+
+
+def results_key(name: str, cls: str | None = None) -> str:
+    """results.json's key for a bench on a host class: the bare name for bf16 (every earlier record), name@fp32 else."""
+    cls = cls or host_class()
+    return name if cls == "bf16" else f"{name}@{cls}"
+
+
 def command() -> str:
     return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 

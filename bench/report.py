@@ -69,6 +69,8 @@ def _rows(results: dict) -> list[list[str]]:
         rows.append([p["benchmark"] + " (s/step)", f"{p['baseline']}: {p['baseline_s_per_step']:.1f}",
                      f"{ours}: {p['ours_s_per_step']:.1f}", _x(p["speedup"]),
                      f"2×: {'met' if p['speedup'] >= 2 else '**not met**'}", _where(p)])
+    if (g := results.get("grpo")) and "equal_work" in g:
+        rows.extend(_equal_work_rows(g, "GRPO step", "s/step", _ppo_side))
     if (r := results.get("reward")) and "equal_work" in r:
         rows.extend(_equal_work_rows(r, "reward-model training", "s/step", _reward_side))
     elif (r := results.get("reward")) and "speedup" in r:
@@ -131,7 +133,7 @@ def _int8_row(q: dict) -> list[str]:
     sp, ql = q["speed"], q["quality"]
     lo, hi = ql["kl_ci"]
     dlo, dhi = ql["reward_diff_ci"]
-    return [f"chat decode with int8 weights (`use_int8_decode`), batch 1, greedy (tokens/s); not adopted",
+    return ["chat decode with int8 weights (`use_int8_decode`), batch 1, greedy (tokens/s); not adopted",
             f"`generate()` bf16: {sp['generate_tok_s']:.1f}; engine bf16: {sp['bf16_tok_s']:.1f}",
             f"engine int8: {sp['int8_tok_s']:.1f} ({sp['int8_over_bf16_engine']:.2f}× the bf16 engine; "
             f"{sp['int8_fraction_of_limit'] * 100:.0f} % of its bandwidth limit at {sp['int8_bytes_per_token_mb']:.0f} "
@@ -207,10 +209,18 @@ def _equal_work_rows(r: dict, what: str, unit: str, side) -> list[list[str]]:
     return rows
 
 
+def _all_rows(results: dict) -> list[list[str]]:
+    """The bf16 host's rows, then the same figures measured on a host without native bf16 (keys name@fp32, written
+    by run_all there), each marked so: a ratio is read within its own host, never across the two."""
+    bf16 = {k: v for k, v in results.items() if "@" not in k}
+    fp32 = {k.split("@", 1)[0]: v for k, v in results.items() if k.endswith("@fp32")}
+    return _rows(bf16) + [[f"**no native bf16 (fp32 host):** {row[0]}", *row[1:]] for row in _rows(fp32)]
+
+
 def render_table(results: dict) -> str:
     from rlhflab.store.cards import markdown_table
 
-    return markdown_table(HEADER, [[c.replace("|", "\\|") for c in row] for row in _rows(results)])
+    return markdown_table(HEADER, [[c.replace("|", "\\|") for c in row] for row in _all_rows(results)])
 
 
 def write_benchmarks_md(results: dict | None = None, path: Path = BENCHMARKS_MD) -> bool:

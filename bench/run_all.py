@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-from common import command, machine
+from common import command, machine, results_key
 from report import BENCHMARKS_MD, RESULTS, write_benchmarks_md
 
-BENCHES = {"generation": "bench_generation", "int8": "bench_int8", "ppo": "bench_ppo", "reward": "bench_reward",
+BENCHES = {"generation": "bench_generation", "int8": "bench_int8", "ppo": "bench_ppo", "grpo": "bench_grpo",
+           "reward": "bench_reward",
            "dcgan": "bench_dcgan", "app": "bench_app", "matmul": "bench_matmul", "load": "bench_load",
            "pipeline": "bench_pipeline"}
 
@@ -26,17 +27,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default=",".join(BENCHES))
     args = parser.parse_args()
+    unknown = sorted(set(args.only.split(",")) - set(BENCHES))
+    if unknown:
+        parser.error(f"unknown bench(es) {unknown}; choose from {', '.join(BENCHES)}")
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in args.only.split(","):
-        print(f"== {name}", flush=True)
+        key = results_key(name)
+        print(f"== {key}", flush=True)
         try:
-            results[name] = importlib.import_module(BENCHES[name]).run()
-            results[name].setdefault("command", command())  # the table names the command of every row
-            results[name].setdefault("machine", machine())
-            results[name]["measured"] = datetime.now(timezone.utc).isoformat(timespec="minutes")
+            results[key] = importlib.import_module(BENCHES[name]).run()
+            results[key].setdefault("command", command())  # the table names the command of every row
+            results[key].setdefault("machine", machine())
+            results[key]["measured"] = datetime.now(timezone.utc).isoformat(timespec="minutes")
         except Exception as exc:  # one failing bench must not lose the others
             traceback.print_exc()
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[key] = {"error": f"{type(exc).__name__}: {exc}"}
         RESULTS.write_text(json.dumps(results, indent=2, default=str))
         write_benchmarks_md(results)
     print(f"results in {RESULTS}; the measured-figures table of {BENCHMARKS_MD.name} is rewritten from them.")

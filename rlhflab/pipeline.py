@@ -45,13 +45,52 @@ def progress_fraction(log_tail: str) -> float | None:
     return k / n if 0 < k < n else None  # a finished bar belongs to a phase that is over: it says nothing of the rest
 
 
-def host_speed_factor(observed: list[tuple[float, float]]) -> float:
+# Before any step has shown this host's speed: a CPU without native bf16 runs every step in fp32. On the AVX2 host
+# of issue 27 the demo's steps took 2.5-3.5x (median 3.2x) as long as on the AVX512-BF16 host of run 9.
+FP32_HOST_PRIOR = 3.2
+
+
+def prior_speed_factor() -> float:
+    """The host factor assumed until the first steps have measured one: FP32_HOST_PRIOR on a CPU-only machine
+    without native bf16, 1.0 elsewhere (the profile's times are from a bf16 CPU; a GPU is faster still)."""
+    import torch
+
+    from rlhflab.models.hardware import cpu_bf16_fast
+
+    return 1.0 if torch.cuda.is_available() or cpu_bf16_fast() else FP32_HOST_PRIOR
+
+
+def host_speed_factor(observed: list[tuple[float, float]], prior: float = 1.0) -> float:
     """How many times the profile's expected seconds this host takes: the median of actual / expected over the
-    steps seen so far (finished ones, and running ones projected from their progress); 1.0 before any. The
+    steps seen so far (finished ones, and running ones projected from their progress); `prior` before any. The
     profile's times were measured on one host, and another CPU (an AVX2 laptop runs fp32) can be several times
     slower, so the remaining time follows what this host has shown rather than a constant."""
     ratios = sorted(actual / expected for actual, expected in observed if expected and actual > 0)
-    return statistics.median(ratios) if ratios else 1.0
+    return statistics.median(ratios) if ratios else prior
+
+
+def simulated_remaining_s(running: list[tuple[str, float]], pending: list[tuple[str, list[str], float | None]],
+                          jobs: int) -> float | None:
+    """Seconds until the last step ends if the scheduler goes on as it does: whenever a slot is free, the first
+    pending steps (in priority order) whose dependencies have ended take it, at most `jobs` at a time, each for its
+    expected seconds. `running`: (output, seconds left) of each running step; `pending`: (output, outputs it waits
+    for, expected seconds). A dependency outside the run counts as met, as in run_pipeline. None when a time is
+    unknown. Dividing the pending seconds by the jobs instead promised a third too little: the evaluation waits for
+    every policy and runs alone at the end."""
+    if any(left is None for _, left in running) or any(s is None for _, _, s in pending):
+        return None
+    t, active, waiting = 0.0, [(left, out) for out, left in running], list(pending)
+    while True:
+        unfinished = {out for _, out in active} | {out for out, _, _ in waiting}
+        for step in [w for w in waiting if not set(w[1]) & unfinished]:
+            if len(active) >= max(1, jobs):
+                break
+            waiting.remove(step)
+            active.append((t + step[2], step[0]))
+        if not active:
+            return t  # nothing runs and nothing can start: the rest waits on a step that failed
+        active.sort()
+        t, _ = active.pop(0)
 
 
 def _projected_total(r, now: float) -> float | None:
@@ -62,7 +101,7 @@ def _projected_total(r, now: float) -> float | None:
 
 
 def write_status(path: Path, profile: str, running: list, pending: list, finished: list[str], failed: list[str],
-                 t0: float, observed: list[tuple[float, float]] | None = None) -> None:
+                 t0: float, observed: list[tuple[float, float]] | None = None, jobs: int = 1) -> None:
     """What the app's status line reads: each running step with its start, expected duration and remaining time,
     what waits, and how fast this host is against the profile's times (`observed`: (actual, expected) seconds of
     the finished steps)."""
@@ -73,16 +112,24 @@ def write_status(path: Path, profile: str, running: list, pending: list, finishe
 
     projected = {id(r): _projected_total(r, now) for r in running}
     seen = list(observed or []) + [(projected[id(r)], expected(r.step)) for r in running if projected[id(r)]]
-    factor = host_speed_factor(seen)
+    factor = host_speed_factor(seen, prior_speed_factor() if profile == "demo" else 1.0)
 
     def scaled(step) -> float | None:
         return expected(step) * factor if expected(step) else None
 
     def remaining(r) -> float | None:
-        total = projected[id(r)] or scaled(r.step)
-        return max(0.0, total - (now - r.wall_start)) if total else None
+        # The profile's time at this host's speed, which the median over every step keeps steady; a step's own bar
+        # can belong to a sub-phase (the probe's prompts, one policy's answers) and swings by 2x as phases
+        # change. Its projection is used only for a step that has run past its expected time.
+        elapsed, total = now - r.wall_start, scaled(r.step)
+        if total is None or total < elapsed:
+            total = projected[id(r)] or total
+        return max(0.0, total - elapsed) if total else None
 
+    left = simulated_remaining_s([(r.step.output, remaining(r)) for r in running],
+                                 [(s.output, s.after, scaled(s)) for s in pending], jobs)
     status = {"profile": profile, "updated": now, "started": t0, "speed_factor": round(factor, 2),
+              "remaining_total_s": left, "jobs": jobs,
               "slower_than_profile": factor >= SLOWER_THAN_PROFILE,
               "running": [{"name": r.step.name, "output": r.step.output, "started": r.wall_start,
                            "expected_s": scaled(r.step), "remaining_s": remaining(r)} for r in running],
@@ -194,7 +241,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
 
     def save_status():
         write_status(status_path, profile, running, pending, sorted(finished), [f[0].step.output for f in failed],
-                     wall_t0, observed)
+                     wall_t0, observed, jobs)
 
     def ready(step: Step) -> bool:
         # a dependency that is not part of this run (reused, or left out by --only) counts as met:

@@ -59,8 +59,10 @@ def pipeline_status_markdown(registry, now: float | None = None) -> str:
         else:
             parts.append(f"**{r['name']}** ({_minutes(elapsed)} so far)")
     pending = status.get("pending", [])
-    jobs = max(1, len(status.get("running", [])))
-    left += sum(p.get("expected_s") or 0 for p in pending) / jobs
+    if status.get("remaining_total_s") is not None:  # the pipeline's simulation of its own schedule
+        left = float(status["remaining_total_s"]) - max(0.0, now - float(status.get("updated", now)))
+    else:  # a status file from before it wrote one
+        left += sum(p.get("expected_s") or 0 for p in pending) / max(1, len(status.get("running", [])))
     text = "⏳ Training in the background: " + (", ".join(parts) or "starting")
     if pending:
         text += "; waiting: " + ", ".join(p["name"] for p in pending)

@@ -189,6 +189,10 @@ def test_status_line_follows_the_background_pipeline(tmp_path, tiny_llama_dir):
     text = pipeline_status_markdown(registry, now=1000.0)
     assert "**PPO (full)** (2:00 of ~5:00)" in text and "**GRPO** (1:00 so far)" in text
     assert "waiting: evaluation" in text and "about 5 min left" in text  # 180 s + 240 s / 2 jobs
+    # the pipeline's own simulation of its schedule, when the file has it, counted from when it was written
+    path.write_text(json.dumps({**status, "remaining_total_s": 900.0}))
+    assert "about 14 min left" in pipeline_status_markdown(registry, now=1060.0)  # 900 s - 60 s
+    path.write_text(json.dumps(status))
     assert pipeline_status_markdown(registry, now=1000.0 + 600) == ""  # a pipeline that stopped writing is gone
     path.write_text(json.dumps({**status, "done": True, "running": [], "pending": [], "failed": ["dpo"]}))
     assert "dpo" in pipeline_status_markdown(registry, now=1001.0) and "failures" in pipeline_status_markdown(

@@ -49,3 +49,19 @@ def test_the_repository_benchmarks_md_has_the_markers():
     text = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert text.count(START) == 1 and text.count(END) == 1
     json.loads((ROOT / "bench" / "results.json").read_text())
+
+
+def test_a_host_without_native_bf16_adds_its_rows_beside_the_bf16_ones(monkeypatch):
+    import common
+
+    monkeypatch.setattr(common, "host_class", lambda: "fp32")
+    assert common.results_key("ppo") == "ppo@fp32" and common.results_key("ppo", "bf16") == "ppo"
+    fp32 = {**RESULTS["ppo"], "baseline_s_per_step": 60.0, "ours_s_per_step": 40.0, "speedup": 1.5,
+            "machine": "AMD EPYC [AVX2], 2 cores"}
+    table = render_table({**RESULTS, "ppo@fp32": fp32, "dcgan@fp32": {"error": "OSError: no data"}}).splitlines()
+    ppo_rows = [line for line in table if "PPO step" in line]
+    assert len(ppo_rows) == 2  # neither record replaces the other
+    assert ppo_rows[0].startswith("| PPO step") and "**2.50×**" in ppo_rows[0]
+    assert ppo_rows[1].startswith("| **no native bf16 (fp32 host):** PPO step")
+    assert "60.0" in ppo_rows[1] and "**1.50×**" in ppo_rows[1] and "AMD EPYC [AVX2]" in ppo_rows[1]
+    assert any("no native bf16" in line and "failed: OSError: no data" in line for line in table)

@@ -8,7 +8,8 @@ Each run records, in tests/golden/<trainer>.json:
 - two fingerprints of the saved weights (sum and sum of squares over every parameter).
 
 Tolerance: floats are equal up to rtol 1e-4, atol 1e-6 (enough for the order of a reduction changing with the
-thread count, far below any change in what is computed); ints, strings and token ids are equal exactly.
+thread count or the CPU's vector width, far below any change in what is computed; ATOL_BY_KEY widens it for a value
+that is zero up to rounding); ints, strings and token ids are equal exactly.
 Regenerate (only when a change of behaviour is intended): RLHFLAB_REGENERATE_GOLDEN=1 pytest tests/test_golden.py
 """
 from __future__ import annotations
@@ -26,6 +27,10 @@ from conftest import hh_row, tiny_cfg, write_jsonl
 GOLDEN_DIR = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("RLHFLAB_REGENERATE_GOLDEN") == "1"
 RTOL, ATOL = 1e-4, 1e-6
+# PPO's policy loss at a pass's first minibatch is minus the mean of whitened advantages: zero up to rounding, so its
+# recorded value is the rounding of the CPU that ran it (4.5e-7 on an AVX-512 host, 3.6e-6 on an AVX2 one). An
+# absolute tolerance at the scale of that rounding of O(1) terms keeps the check without tying it to one ISA.
+ATOL_BY_KEY = {"policy_loss": 1e-5}
 TIMING_KEYS = {"seconds_per_step", "seconds"}
 
 
@@ -105,7 +110,8 @@ def assert_close(got, want, where: str = "") -> None:
         if math.isnan(want):
             assert math.isnan(got), f"{where}: {got} != nan"
             return
-        assert got == pytest.approx(want, rel=RTOL, abs=ATOL), f"{where}: {got} != {want}"
+        atol = ATOL_BY_KEY.get(where.rsplit(".", 1)[-1], ATOL)
+        assert got == pytest.approx(want, rel=RTOL, abs=atol), f"{where}: {got} != {want}"
     elif isinstance(want, dict):
         assert isinstance(got, dict) and set(got) == set(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
         for key in want:

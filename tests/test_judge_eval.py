@@ -127,10 +127,13 @@ def test_evaluation_reports_gains_under_the_judge(tmp_path, tiny_llama_dir, tiny
         assert e["length_controlled_gain_vs_base"] == e["length_controlled"]["judge"]["gain"]
     # the judge's column holds the judge model's scores of the very responses (not the reward model's)
     from rlhflab.models.precision import autocast
+    from rlhflab.models.prompts import with_system
 
+    assert cfg.system_prompt  # the demo asks with a system message, and the judge scores the prompt as asked
     judge_model, judge_tok = load_reward_model(str(tiny_judge_dir))
     with autocast(cfg.bf16):
-        rescored = score_responses(judge_model, judge_tok, [ex["prompt"] for ex in results["examples"]],
+        rescored = score_responses(judge_model, judge_tok,
+                                   [with_system(ex["prompt"], cfg.system_prompt) for ex in results["examples"]],
                                    [ex["base"] for ex in results["examples"]])
     assert per_prompt["base"]["judge"][:len(rescored)] == pytest.approx(rescored, abs=2e-3)
     assert [ex["base_judge"] for ex in results["examples"]] == pytest.approx(rescored, abs=2e-3)

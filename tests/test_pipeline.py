@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +147,8 @@ def test_stand_in_data_points_each_training_step_at_the_embedded_data(tmp_path):
             assert Path(cfg.dataset).is_file() and cfg.lang == "en" and cfg.batch_size == 64
 
 
-def test_status_file_says_what_runs_and_what_waits(tmp_path):
+def test_status_file_says_what_runs_and_what_waits(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512_bf16")  # the profile's own kind of host
     import json
 
     steps = _steps(tmp_path)
@@ -161,6 +163,36 @@ def test_status_file_says_what_runs_and_what_waits(tmp_path):
     status = json.loads((tmp_path / "s.json").read_text())
     assert status["running"][0]["name"] == steps[0].name and status["running"][0]["expected_s"] == 42
     assert [p["name"] for p in status["pending"]] == [s.name for s in steps[1:]] and not status["done"]
+
+
+def test_remaining_time_follows_the_schedule_not_the_sum_over_jobs():
+    """The evaluation waits for every policy: with two slots the rest of the demo is the longest chain through the
+    schedule (350 s here), not the running step plus the pending seconds halved (10 + 450 / 2 = 235 s)."""
+    pending = [("ppo", ["reward"], 100.0), ("grpo", ["reward"], 100.0), ("dpo", [], 50.0),
+               ("eval", ["ppo", "grpo", "dpo"], 200.0)]
+    # t=0 reward (10 s left) and dpo run; t=10 ppo starts; t=50 grpo starts; t=150 eval starts, ends at 350
+    assert pipeline.simulated_remaining_s([("reward", 10.0)], pending, jobs=2) == 350.0
+    assert pipeline.simulated_remaining_s([("reward", 10.0)], pending, jobs=1) == 460.0  # one at a time: the sum
+    assert pipeline.simulated_remaining_s([("reward", 10.0)], pending, jobs=4) == 310.0  # 10 + 100 + 200
+    # a dependency outside the run (reused, or --only) is met; an unknown time gives no estimate
+    assert pipeline.simulated_remaining_s([], [("ppo", ["reward"], 100.0)], jobs=2) == 100.0
+    assert pipeline.simulated_remaining_s([("reward", None)], pending, jobs=2) is None
+    assert pipeline.simulated_remaining_s([], [], jobs=2) == 0.0
+
+
+def test_the_status_file_carries_the_simulated_remaining_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512_bf16")  # the profile's own kind of host
+    import json
+
+    steps = _steps(tmp_path)
+    for s in steps:
+        s.demo_s = 100
+    steps[-1].after = [s.output for s in steps[:-1]]
+    running = [pipeline._Running(steps[0], None, [], tmp_path, 0.0, 1, wall_start=time.time())]
+    pipeline.write_status(tmp_path / "s.json", "demo", running, steps[1:], [], [], 0.0, jobs=2)
+    status = json.loads((tmp_path / "s.json").read_text())
+    # steps[0] has ~100 s left; steps[1] and steps[2] share the slots; the last waits for all: ~300 s
+    assert abs(status["remaining_total_s"] - 300) < 2 and status["jobs"] == 2
 
 
 def test_stand_in_flags_reach_the_step_only_when_asked(tmp_path):
@@ -202,14 +234,31 @@ def test_the_judge_is_built_beside_the_reward_model_and_before_the_evaluation():
         assert (cfg.dataset, cfg.test_size, cfg.judge_share) == (reward.dataset, reward.test_size, reward.judge_share)
 
 
-def test_remaining_time_follows_the_hosts_measured_speed(tmp_path):
+def test_before_any_step_ends_a_cpu_without_native_bf16_is_expected_to_be_slower(tmp_path, monkeypatch):
+    """The first promise on an AVX2 laptop is the profile's times times the prior (fp32 everywhere), not the bf16
+    host's; on a bf16 CPU it is the profile's times."""
+    import json
+
+    steps = _steps(tmp_path)
+    for s in steps:
+        s.demo_s = 100
+    for flags, factor in (("sse4_2 avx avx2 fma", pipeline.FP32_HOST_PRIOR), ("avx2 avx512f avx512_bf16", 1.0)):
+        monkeypatch.setenv("RLHFLAB_CPU_FLAGS", flags)
+        pipeline.write_status(tmp_path / "s.json", "demo", [], steps, [], [], 0.0, jobs=2)
+        status = json.loads((tmp_path / "s.json").read_text())
+        assert status["speed_factor"] == round(factor, 2)
+        assert abs(status["remaining_total_s"] - 300 * factor) < 1e-6  # reward, then both PPOs, then eval
+
+
+def test_remaining_time_follows_the_hosts_measured_speed(tmp_path, monkeypatch):
     """A host that ran the finished steps 3x as long as the profile says (an AVX2 laptop in fp32) gets 3x the
-    profile's time for what waits, a running step's remaining time comes from its own progress bar, and the status
-    says the host is slower than the profile."""
+    profile's time for what waits and for a running step (its own progress bar only once it runs past that), and
+    the status says the host is slower than the profile."""
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512_bf16")  # the profile's own kind of host
     import json
     import time
 
-    assert pipeline.host_speed_factor([]) == 1.0
+    assert pipeline.host_speed_factor([]) == 1.0 and pipeline.host_speed_factor([], prior=3.2) == 3.2
     assert pipeline.host_speed_factor([(300, 100), (330, 100), (90, 30)]) == 3.0
     assert pipeline.progress_fraction("loading\r 40%|####  | 4/10 [00:08<00:12, 2.0s/it]") == 0.4
     assert pipeline.progress_fraction("done 10/10 [00:20<00:00]") is None  # a finished bar says nothing of what follows
@@ -224,7 +273,13 @@ def test_remaining_time_follows_the_hosts_measured_speed(tmp_path):
                           observed=[(300.0, 100.0), (290.0, 100.0)])
     status = json.loads((tmp_path / "s.json").read_text())
     assert status["slower_than_profile"] and 2.5 < status["speed_factor"] <= 3.0
-    assert abs(status["running"][0]["remaining_s"] - 180) < 5  # 60 s for a quarter: 180 s to go
+    # factor: median of 3.0, 2.9 and the running step's 2.4 (60 s for a quarter) = 2.9: 290 s, 60 s gone
+    assert abs(status["running"][0]["remaining_s"] - 230) < 5
+    log.write_text(" 80%|##  | 16/20 [06:40<01:40, 25.0s/it]")  # past its 290 s: its own bar says 100 s to go
+    running[0].wall_start = time.time() - 400
+    pipeline.write_status(tmp_path / "s.json", "demo", running, steps[1:], [], [], 0.0,
+                          observed=[(300.0, 100.0), (290.0, 100.0)])
+    assert abs(json.loads((tmp_path / "s.json").read_text())["running"][0]["remaining_s"] - 100) < 5
     assert all(abs(p["expected_s"] - 100 * status["speed_factor"]) < 1e-6 for p in status["pending"])
     pipeline.write_status(tmp_path / "s.json", "demo", [], steps[1:], [], [], 0.0, observed=[(95.0, 100.0)])
     assert not json.loads((tmp_path / "s.json").read_text())["slower_than_profile"]
