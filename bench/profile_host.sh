@@ -17,8 +17,8 @@ run() {  # name, then the command: stdout to OUTDIR/name.txt, the rest of the ou
   "$@" > "$out/$name.txt" 2> "$out/$name.log"
   echo "   $((SECONDS - t0)) s"
 }
+run decode_speed "$py" bench/bench_decode_cpu.py --part speed
 run ppo_phases "$py" bench/ppo_phases.py --steps 4
 run grpo_phases "$py" bench/step_phases.py --step grpo --max-steps 4
 run dpo_phases "$py" bench/step_phases.py --step dpo
 run reward_phases "$py" bench/step_phases.py --step reward
-run decode_speed "$py" bench/bench_decode_cpu.py --part speed

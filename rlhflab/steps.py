@@ -20,10 +20,17 @@ class Step:
     hub_suffix: str | None = None
     after: list[str] = field(default_factory=list)  # outputs of the steps this one needs
     stand_in: list[str] = field(default_factory=list)  # flags that point the step at the embedded stand-in data
-    demo_s: float | None = None  # expected seconds in the demo profile on a 2-core CPU (for the status line)
+    demo_s: float | None = None  # expected seconds in the demo profile on a 2-core CPU with native bf16
+    demo_s_fp32: float | None = None  # the same on a 2-core CPU without it (every step fp32; for the status line)
     key: str | None = None  # the app's name for the checkpoint (default: the folder name)
     method: str | None = None  # the policy method when the step trains a policy
     takes_base_model: bool = True  # its script has --base-model (every step but the DCGAN's)
+
+    def expected_s(self, profile: str, fp32_host: bool) -> float | None:
+        """The profile's expected seconds for this step on this kind of host (None outside the demo profile)."""
+        if profile != "demo":
+            return None
+        return self.demo_s_fp32 if fp32_host and self.demo_s_fp32 else self.demo_s
 
     def command(self, profile: str, extra: list[str]) -> list[str]:
         return [sys.executable, str(REPO_ROOT / self.script), "--profile", profile, *self.args, *extra]
@@ -43,30 +50,35 @@ _HH_STAND_IN = ["--dataset", str(DEMO_DATA_DIR / "hh_rlhf.jsonl")]  # the prefer
 # The reward model and the judge must share one test part: the same size, whatever the profile.
 _SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
 
-# In priority order: with two jobs, the first two ready steps start; the reward model comes first since the RL
-# runs wait for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads
-# it). The DCGAN needs nothing and goes last, beside the evaluation. demo_s: each step's time beside one other
+# The scheduler offers free cores to the ready step with the longest chain of expected time to the end
+# (rlhflab.pipeline.critical_path_first: the reward model, then GRPO and the PPO runs that wait for it); this order
+# breaks ties and holds where no times are known (the spec profile): the reward model first since the RL runs wait
+# for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads it), the
+# DCGAN last, beside the evaluation. demo_s: each step's time beside one other
 # step in the demo profile, as `make demo` run 10 measured it (Intel Xeon with AMX, 2026-12-06, the budgets of
-# issue 25: bench/make_demo/run10/demo.log); the pipeline rescales them by the host's measured speed.
+# issue 25: bench/make_demo/run10/demo.log); demo_s_fp32: the same work on a CPU without native bf16, run 11 (AMD
+# EPYC with AVX2 only, 2026-12-07: bench/make_demo/run11/demo.log). Their ratio is not one constant (SFT 2.3x,
+# GRPO 3.8x, the evaluation 4.7x: decoding loses more than training without bf16), so one speed factor cannot map
+# one table onto the other host; the pipeline rescales its host's table by the speed it measures.
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=_SPLIT_STAND_IN, demo_s=86),
+         stand_in=_SPLIT_STAND_IN, demo_s=86, demo_s_fp32=285),
     Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
-         stand_in=_SPLIT_STAND_IN, demo_s=185),
+         stand_in=_SPLIT_STAND_IN, demo_s=185, demo_s_fp32=573),
     Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=76,
-         method="sft"),
+         demo_s_fp32=174, method="sft"),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=281, key="full", method="ppo"),
+         stand_in=_OASST_STAND_IN, demo_s=281, demo_s_fp32=823, key="full", method="ppo"),
     Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=273, key="lora", method="ppo"),
+         stand_in=_OASST_STAND_IN, demo_s=273, demo_s_fp32=747, key="lora", method="ppo"),
     Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
-         demo_s=320, method="grpo"),
+         demo_s=320, demo_s_fp32=1203, method="grpo"),
     Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=106,
-         method="dpo"),
+         demo_s_fp32=436, method="dpo"),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=63, takes_base_model=False),
+         stand_in=["--allow-phantom", "--no-download"], demo_s=63, demo_s_fp32=110, takes_base_model=False),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=312),
+         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=312, demo_s_fp32=1452),
 ]
 
 

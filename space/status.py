@@ -21,8 +21,9 @@ def _minutes(seconds: float) -> str:
 
 
 def _remaining_s(running: dict, now: float) -> float | None:
-    """A running step's seconds left: the pipeline's estimate, else (a status file without one) expected − elapsed."""
-    if running.get("remaining_s") is not None:
+    """A running step's seconds left: the pipeline's estimate (None where it has none), else (a status file without
+    the field) expected − elapsed."""
+    if "remaining_s" in running:  # None: past its expected time with no progress to project from
         return running["remaining_s"]
     if running.get("expected_s"):
         return running["expected_s"] - (now - float(running.get("started", now)))
@@ -56,11 +57,16 @@ def pipeline_status_markdown(registry, now: float | None = None) -> str:
         if remaining is not None:
             parts.append(f"**{r['name']}** ({_minutes(elapsed)} of ~{_minutes(elapsed + max(0.0, remaining))})")
             left = max(left, remaining)
+        elif r.get("expected_s"):
+            expected = _minutes(r["expected_s"])
+            parts.append(f"**{r['name']}** ({_minutes(elapsed)}, longer than the ~{expected} expected)")
         else:
             parts.append(f"**{r['name']}** ({_minutes(elapsed)} so far)")
     pending = status.get("pending", [])
     if status.get("remaining_total_s") is not None:  # the pipeline's simulation of its own schedule
         left = float(status["remaining_total_s"]) - max(0.0, now - float(status.get("updated", now)))
+    elif "remaining_total_s" in status:  # a step runs past its expected time and shows no progress to project from
+        left = 0.0
     else:  # a status file from before it wrote one
         left += sum(p.get("expected_s") or 0 for p in pending) / max(1, len(status.get("running", [])))
     text = "⏳ Training in the background: " + (", ".join(parts) or "starting")

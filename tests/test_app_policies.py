@@ -192,6 +192,11 @@ def test_status_line_follows_the_background_pipeline(tmp_path, tiny_llama_dir):
     # the pipeline's own simulation of its schedule, when the file has it, counted from when it was written
     path.write_text(json.dumps({**status, "remaining_total_s": 900.0}))
     assert "about 14 min left" in pipeline_status_markdown(registry, now=1060.0)  # 900 s - 60 s
+    late = {**status, "remaining_total_s": None, "pending": [],
+            "running": [{"name": "evaluation", "started": 0.0, "expected_s": 940.0, "remaining_s": None}]}
+    path.write_text(json.dumps(late))  # past its expected time, no progress to project from: no invented minutes
+    text = pipeline_status_markdown(registry, now=1000.0)
+    assert "**evaluation** (16:40, longer than the ~15:40 expected)" in text and "min left" not in text
     path.write_text(json.dumps(status))
     assert pipeline_status_markdown(registry, now=1000.0 + 600) == ""  # a pipeline that stopped writing is gone
     path.write_text(json.dumps({**status, "done": True, "running": [], "pending": [], "failed": ["dpo"]}))

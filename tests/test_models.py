@@ -178,3 +178,20 @@ def test_the_hardware_line_names_the_vector_features_and_an_emulated_host(monkey
     assert "[AVX2 (emulated)]" in hardware_description()
     monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512bw avx512vl avx512dq avx512_bf16")
     assert "[AVX-512 + AVX512-BF16 (emulated)]" in hardware_description()
+
+
+def test_a_card_names_the_precision_actually_used_not_the_flag(monkeypatch):
+    """On a CPU without native bf16 a run asked for bf16 runs fp32, and its card says so (with the vector features)."""
+    import torch
+
+    from rlhflab.store.cards import how_it_was_made
+
+    if torch.cuda.is_available():
+        pytest.skip("the precision follows the GPU here, not the CPU's flags")
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx avx2 fma")
+    line = how_it_was_made(12.3, bf16_asked=True)
+    assert "in 12 s on" in line and "[AVX2 (emulated)]" in line
+    assert line.endswith("precision: fp32 (bf16 was asked for; this machine has no fast bf16).")
+    assert how_it_was_made(1, bf16_asked=False).endswith("precision: fp32.")
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512bw avx512vl avx512dq avx512_bf16 amx_bf16")
+    assert how_it_was_made(1, bf16_asked=True).endswith("precision: bf16 autocast.")

@@ -180,6 +180,26 @@ def test_remaining_time_follows_the_schedule_not_the_sum_over_jobs():
     assert pipeline.simulated_remaining_s([], [], jobs=2) == 0.0
 
 
+def test_the_longest_chain_to_the_end_gets_a_free_core_first():
+    """GRPO (the longest RL step) starts right after the reward model it needs, before the shorter PPO runs and the
+    judge, on either host kind's times; without times the STEPS order holds. The demo's simulated total falls."""
+    def order(fp32, profile="demo"):
+        return [s.output for s in pipeline.critical_path_first(list(pipeline.STEPS),
+                                                                 lambda s: s.expected_s(profile, fp32))]
+
+    def total(steps, fp32):
+        return pipeline.simulated_remaining_s([], [(s.output, s.after, s.expected_s("demo", fp32)) for s in steps], 2)
+
+    for fp32 in (False, True):
+        assert order(fp32)[:4] == ["reward", "grpo", "ppo-full", "ppo-lora"]
+        ranked = pipeline.critical_path_first(list(pipeline.STEPS), lambda s: s.expected_s("demo", fp32))
+        assert total(ranked, fp32) < 0.95 * total(pipeline.STEPS, fp32)
+    assert order(True, profile="spec") == [s.output for s in pipeline.STEPS]
+    # a step always comes before the steps that wait for it
+    ranked = order(False)
+    assert all(ranked.index(d) < ranked.index(s.output) for s in pipeline.STEPS for d in s.after)
+
+
 def test_the_status_file_carries_the_simulated_remaining_time(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512_bf16")  # the profile's own kind of host
     import json
@@ -234,20 +254,22 @@ def test_the_judge_is_built_beside_the_reward_model_and_before_the_evaluation():
         assert (cfg.dataset, cfg.test_size, cfg.judge_share) == (reward.dataset, reward.test_size, reward.judge_share)
 
 
-def test_before_any_step_ends_a_cpu_without_native_bf16_is_expected_to_be_slower(tmp_path, monkeypatch):
-    """The first promise on an AVX2 laptop is the profile's times times the prior (fp32 everywhere), not the bf16
-    host's; on a bf16 CPU it is the profile's times."""
+def test_a_cpu_without_native_bf16_is_compared_with_the_fp32_hosts_times(tmp_path, monkeypatch):
+    """Before any step ends, an AVX2 laptop is promised the times of the profile's fp32 host (run 11), a bf16 CPU
+    those of the bf16 host (run 10): the first promise is the host kind's, and the measured speed refines it."""
     import json
 
     steps = _steps(tmp_path)
     for s in steps:
-        s.demo_s = 100
-    for flags, factor in (("sse4_2 avx avx2 fma", pipeline.FP32_HOST_PRIOR), ("avx2 avx512f avx512_bf16", 1.0)):
+        s.demo_s, s.demo_s_fp32 = 100, 300
+    for flags, expected in (("sse4_2 avx avx2 fma", 300), ("avx2 avx512f avx512_bf16", 100)):
         monkeypatch.setenv("RLHFLAB_CPU_FLAGS", flags)
         pipeline.write_status(tmp_path / "s.json", "demo", [], steps, [], [], 0.0, jobs=2)
         status = json.loads((tmp_path / "s.json").read_text())
-        assert status["speed_factor"] == round(factor, 2)
-        assert abs(status["remaining_total_s"] - 300 * factor) < 1e-6  # reward, then both PPOs, then eval
+        assert status["speed_factor"] == 1.0 and [p["expected_s"] for p in status["pending"]] == [expected] * 4
+        assert status["remaining_total_s"] == 3 * expected  # reward, then both PPOs side by side, then eval
+    assert pipeline.STEPS[0].expected_s("spec", True) is None  # only the demo profile has expected times
+    assert all(s.demo_s and s.demo_s_fp32 for s in pipeline.STEPS)
 
 
 def test_remaining_time_follows_the_hosts_measured_speed(tmp_path, monkeypatch):
@@ -258,7 +280,7 @@ def test_remaining_time_follows_the_hosts_measured_speed(tmp_path, monkeypatch):
     import json
     import time
 
-    assert pipeline.host_speed_factor([]) == 1.0 and pipeline.host_speed_factor([], prior=3.2) == 3.2
+    assert pipeline.host_speed_factor([]) == 1.0
     assert pipeline.host_speed_factor([(300, 100), (330, 100), (90, 30)]) == 3.0
     assert pipeline.progress_fraction("loading\r 40%|####  | 4/10 [00:08<00:12, 2.0s/it]") == 0.4
     assert pipeline.progress_fraction("done 10/10 [00:20<00:00]") is None  # a finished bar says nothing of what follows
@@ -280,6 +302,11 @@ def test_remaining_time_follows_the_hosts_measured_speed(tmp_path, monkeypatch):
     pipeline.write_status(tmp_path / "s.json", "demo", running, steps[1:], [], [], 0.0,
                           observed=[(300.0, 100.0), (290.0, 100.0)])
     assert abs(json.loads((tmp_path / "s.json").read_text())["running"][0]["remaining_s"] - 100) < 5
+    log.write_text("scoring the answers")  # past its time with no bar: no estimate rather than "0 s left"
+    pipeline.write_status(tmp_path / "s.json", "demo", running, [], [], [], 0.0,
+                          observed=[(300.0, 100.0), (290.0, 100.0)])
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert status["running"][0]["remaining_s"] is None and status["remaining_total_s"] is None
     assert all(abs(p["expected_s"] - 100 * status["speed_factor"]) < 1e-6 for p in status["pending"])
     pipeline.write_status(tmp_path / "s.json", "demo", [], steps[1:], [], [], 0.0, observed=[(95.0, 100.0)])
     assert not json.loads((tmp_path / "s.json").read_text())["slower_than_profile"]

@@ -37,6 +37,22 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 
 
+def how_it_was_made(seconds: float, bf16_asked: bool) -> str:
+    """A card's "How it was made" line: the command, its time, the machine (CPU model with its vector features, the
+    GPU if any) and the precision the run actually used: on a CPU without native bf16 that is fp32 whatever the
+    config asked, and the card says so rather than repeating the flag."""
+    from rlhflab.models.hardware import best_device, hardware_description
+    from rlhflab.models.precision import autocast_dtype
+
+    if autocast_dtype(bf16_asked, best_device()) is not None:
+        precision = "bf16 autocast"
+    elif bf16_asked:
+        precision = "fp32 (bf16 was asked for; this machine has no fast bf16)"
+    else:
+        precision = "fp32"
+    return f"`{command_line()}` in {seconds:.0f} s on {hardware_description()}; precision: {precision}."
+
+
 def render_model_card(metadata: dict, title: str, sections: dict[str, str]) -> str:
     """README.md with YAML front matter (the Hub reads it) and Markdown sections."""
     import yaml

@@ -13,10 +13,9 @@ import torch
 from rlhflab.config import DPOConfig
 from rlhflab.data.hh_rlhf import PreferencePair, policy_training_pairs
 from rlhflab.measure.kl import exact_kl_sum
-from rlhflab.models.hardware import hardware_description
 from rlhflab.models.loading import count_parameters
 from rlhflab.models.prompts import format_prompt, format_response, with_system
-from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.cards import Timer, how_it_was_made, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl
 from rlhflab.training.policy import (
@@ -200,8 +199,7 @@ def _save(cfg: DPOConfig, trainer, start: str, train_set, log_path: Path, out: P
                             f"as wrong). Per-step metrics: `{METRICS_FILE}` (its KL is Σ_v p log(p/q) over the "
                             f"vocabulary at each chosen-response token, total KL over total tokens)."),
         "Hyperparameters": hyperparameter_table(cfg),
-        "How it was made": (f"`{command_line()}` in {timer.elapsed_s:.0f} s on {hardware_description()}; "
-                            f"bf16 autocast: {args.bf16}."),
+        "How it was made": how_it_was_made(timer.elapsed_s, cfg.bf16),
         "Use": "```python\nfrom rlhflab.models.loading import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```",
     }
     return save_policy_checkpoint(out, policy, trainer.processing_class, cfg, method="dpo", start=start, info=info,

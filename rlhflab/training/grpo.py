@@ -43,7 +43,7 @@ from rlhflab.models.loading import count_parameters
 from rlhflab.models.modes import evaluating
 from rlhflab.models.precision import autocast, autocast_dtype
 from rlhflab.models.prompts import format_prompt, with_system
-from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.cards import Timer, how_it_was_made, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl, write_json
 from rlhflab.training.online import (
@@ -468,5 +468,5 @@ def card_sections(cfg: GRPOConfig, method: str, start: str, info: dict) -> dict[
                             + probe_card_sentence(cfg, info["heldout_prompts"])),
         "Hyperparameters": markdown_table(["hyperparameter", "value"],
                                           [[k, v] for k, v in vars(cfg).items() if k != "push_to_hub"]),
-        "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",
+        "How it was made": how_it_was_made(info["seconds"], cfg.bf16),
     }

@@ -26,7 +26,7 @@ from rlhflab.measure.ppo_metrics import KL_BAND, band_kl, format_gain, run_summa
 from rlhflab.models.hardware import best_device, follow_thread_share
 from rlhflab.models.loading import count_parameters, freeze_lower_layers, load_causal_lm, model_path
 from rlhflab.models.precision import autocast, autocast_dtype, clear_autocast_cache_after_steps
-from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.cards import Timer, how_it_was_made, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE, recover_interrupted_save, save_atomically
 from rlhflab.store.jsonio import append_jsonl, read_jsonl, write_json
 from rlhflab.training.online import (
@@ -519,5 +519,5 @@ def card_sections(cfg: PPOConfig, info: dict) -> dict[str, str]:
                             + probe_card_sentence(cfg, info["heldout_prompts"])),
         "Hyperparameters": markdown_table(["hyperparameter", "value"],
                                           [[k, v] for k, v in asdict(cfg).items() if k != "push_to_hub"]),
-        "How it was made": f"`{command_line()}` in {info['seconds']:.0f} s; bf16 autocast: {info['bf16']}.",
+        "How it was made": how_it_was_made(info["seconds"], cfg.bf16),
     }

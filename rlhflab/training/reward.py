@@ -18,10 +18,10 @@ from rlhflab.data.hh_rlhf import SPLIT_FILE, PreferencePair, pairs_by_id, prefer
 from rlhflab.errors import UserError
 from rlhflab.measure import stats
 from rlhflab.measure.scoring import encode_for_reward, left_pad, reward_forward, score_responses
-from rlhflab.models.hardware import best_device, hardware_description
+from rlhflab.models.hardware import best_device
 from rlhflab.models.loading import count_parameters, freeze_lower_layers, load_reward_model, load_tokenizer, model_path
 from rlhflab.models.precision import autocast, autocast_dtype
-from rlhflab.store.cards import Timer, command_line, markdown_table, write_model_card
+from rlhflab.store.cards import Timer, how_it_was_made, markdown_table, write_model_card
 from rlhflab.store.checkpoints import resolve_checkpoint, save_atomically
 from rlhflab.store.hub import report_push
 from rlhflab.store.jsonio import write_json
@@ -538,7 +538,7 @@ def _write_card(folder, cfg, ev, trainable, total, split, seconds):
                                 f"{100 * lw[0]:.1f} % and chance 50 %.\n\n" + reward_eval_markdown(ev)),
         "Parameters": f"trainable {trainable:,} of {total:,}",
         "Hyperparameters": hp,
-        "How it was made": f"`{command_line()}` in {seconds:.0f} s on {hardware_description()}.",
+        "How it was made": how_it_was_made(seconds, cfg.bf16),
         "Use": ("```python\nfrom rlhflab.models.loading import load_reward_model\nfrom rlhflab.measure.scoring import score_responses\n"
                 "model, tok = load_reward_model('PATH_OR_REPO')\nscore_responses(model, tok, ['Hi'], ['Hello!'])\n```"),
     }

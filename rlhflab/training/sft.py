@@ -10,10 +10,9 @@ import torch
 
 from rlhflab.config import SFTConfig
 from rlhflab.data.hh_rlhf import PreferencePair, policy_training_pairs
-from rlhflab.models.hardware import hardware_description
 from rlhflab.models.loading import count_parameters
 from rlhflab.models.prompts import format_prompt, format_response, with_system
-from rlhflab.store.cards import Timer, command_line, markdown_table
+from rlhflab.store.cards import Timer, how_it_was_made, markdown_table
 from rlhflab.store.checkpoints import METRICS_FILE
 from rlhflab.store.jsonio import read_jsonl
 from rlhflab.training.policy import (
@@ -118,8 +117,7 @@ def _save(cfg: SFTConfig, trainer, start: str, train_set, log_path: Path, out: P
         "Training result": (f"{info['steps']} optimizer steps of {cfg.batch_size} examples:\n\n{result}\n\n"
                             f"Per-step metrics: `{METRICS_FILE}`."),
         "Hyperparameters": hyperparameter_table(cfg),
-        "How it was made": (f"`{command_line()}` in {timer.elapsed_s:.0f} s on {hardware_description()}; "
-                            f"bf16 autocast: {args.bf16}."),
+        "How it was made": how_it_was_made(timer.elapsed_s, cfg.bf16),
         "Use": ("```python\nfrom rlhflab.models.loading import load_policy\nmodel, tok = load_policy('PATH_OR_REPO')\n```\n"
                 "Start DPO, PPO or GRPO from it with `--init-from sft`."),
     }
