@@ -41,8 +41,7 @@ def _config(steps: int, **overrides):
 
 def ours(steps: int, **overrides) -> dict:
     """rlhflab's train_grpo (demo profile + overrides, probe off) for `steps` steps: each step's seconds."""
-    from rlhflab.models.hardware import best_device
-    from rlhflab.models.precision import autocast_dtype
+    from rlhflab.models.precision import runs_bf16
     from rlhflab.training.grpo import train_grpo
 
     records = []
@@ -51,7 +50,7 @@ def ours(steps: int, **overrides) -> dict:
         train_grpo(cfg, on_step=records.append)
     return {"steps": _timed_steps([r["seconds_per_step"] for r in records]),
             "scores": [r.get("score") for r in records],
-            "bf16": autocast_dtype(cfg.bf16, best_device()) is not None}  # what ran, not what was asked
+            "bf16": runs_bf16(cfg.bf16)}  # what ran, not what was asked
 
 
 def plain_trl(steps: int, **overrides) -> dict:

@@ -19,11 +19,9 @@ def host_class() -> str:
     """The precision class a bench's figures belong to: "bf16" on a CPU with native bf16 (AMX, AVX512-BF16) or a GPU,
     "fp32" elsewhere (an AVX2 laptop runs every path in fp32). run_all keeps one record per bench and class, so an
     AVX2 run adds its rows beside the bf16 host's instead of replacing them."""
-    import torch
+    from rlhflab.models.precision import runs_bf16
 
-    from rlhflab.models.hardware import cpu_bf16_fast
-
-    return "bf16" if torch.cuda.is_available() or cpu_bf16_fast() else "fp32"
+    return "bf16" if runs_bf16() else "fp32"
 
 
 def results_key(name: str, cls: str | None = None) -> str:

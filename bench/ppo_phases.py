@@ -76,11 +76,10 @@ def run(steps: int = 2, mode: str = "full", ppo_epochs: int | None = None, bf16:
     step_s = sum(r["seconds_per_step"] for r in records)
     phases = {k: round(v / len(records), 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     phases["other"] = round(step_s / len(records) - sum(phases.values()), 2)
-    from rlhflab.models.hardware import best_device
-    from rlhflab.models.precision import autocast_dtype
+    from rlhflab.models.precision import runs_bf16
 
-    ran_bf16 = autocast_dtype(bf16, best_device()) is not None  # what ran: fp32 on a CPU without native bf16
-    result = {"benchmark": f"PPO step phases ({mode}, demo batch, ppo_epochs={cfg.ppo_epochs}, bf16={ran_bf16}, "
+    result = {"benchmark": f"PPO step phases ({mode}, demo batch, ppo_epochs={cfg.ppo_epochs}, "
+                           f"bf16={runs_bf16(bf16)}, "  # what ran: fp32 on a CPU without native bf16
                            f"rollouts of up to {cfg.max_response_length} tokens)",
               "seconds_per_step": round(step_s / len(records), 2), "phases_s_per_step": phases,
               "machine": machine(), "command": command()}

@@ -45,15 +45,6 @@ def progress_fraction(log_tail: str) -> float | None:
     return k / n if 0 < k < n else None  # a finished bar belongs to a phase that is over: it says nothing of the rest
 
 
-def fp32_host() -> bool:
-    """Whether this machine runs the demo in fp32: a CPU-only machine without native bf16 (AMX or AVX512-BF16)."""
-    import torch
-
-    from rlhflab.models.hardware import cpu_bf16_fast
-
-    return not torch.cuda.is_available() and not cpu_bf16_fast()
-
-
 def host_speed_factor(observed: list[tuple[float, float]]) -> float:
     """How many times the profile's expected seconds this host takes: the median of actual / expected over the
     steps seen so far (finished ones, and running ones projected from their progress); 1.0 before any. The
@@ -114,13 +105,17 @@ def _projected_total(r, now: float) -> float | None:
 
 
 def write_status(path: Path, profile: str, running: list, pending: list, finished: list[str], failed: list[str],
-                 t0: float, observed: list[tuple[float, float]] | None = None, jobs: int = 1) -> None:
+                 t0: float, observed: list[tuple[float, float]] | None = None, jobs: int = 1,
+                 fp32: bool | None = None) -> None:
     """What the app's status line reads: each running step with its start, expected duration and remaining time,
     what waits, and how fast this host is against the profile's times (`observed`: (actual, expected) seconds of
     the finished steps)."""
     now = time.time()
 
-    fp32 = fp32_host()
+    if fp32 is None:  # which of the profile's expected-time tables applies (run_pipeline passes its own)
+        from rlhflab.models.precision import runs_bf16
+
+        fp32 = not runs_bf16()
 
     def expected(step) -> float | None:
         return step.expected_s(profile, fp32)
@@ -235,7 +230,9 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
     for s in steps:  # a checkpoint whose save was killed between its renames is put back first
         if note := recover_interrupted_save(checkpoints / s.output):
             print(note)
-    fp32 = fp32_host()  # which of the profile's expected times this host is compared with
+    from rlhflab.models.precision import runs_bf16  # torch only once steps are to run
+
+    fp32 = not runs_bf16()  # which of the profile's expected-time tables this host is compared with
     todo = critical_path_first([s for s in steps if not is_done(s, checkpoints)],
                                lambda step: step.expected_s(profile, fp32))
     for s in steps:
@@ -258,7 +255,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
 
     def save_status():
         write_status(status_path, profile, running, pending, sorted(finished), [f[0].step.output for f in failed],
-                     wall_t0, observed, jobs)
+                     wall_t0, observed, jobs, fp32)
 
     def ready(step: Step) -> bool:
         # a dependency that is not part of this run (reused, or left out by --only) counts as met:

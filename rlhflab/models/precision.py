@@ -16,6 +16,12 @@ def autocast_dtype(want_bf16: bool, device: torch.device | str = "cpu") -> torch
     return torch.bfloat16 if cpu_bf16_fast() else None
 
 
+def runs_bf16(want_bf16: bool = True) -> bool:
+    """Whether a run asking for bf16 (`want_bf16`) gets bf16 autocast on this machine's best device: what ran, as
+    cards, benchmarks and the pipeline's expected times name it; False on a CPU without native bf16."""
+    return autocast_dtype(want_bf16, best_device()) is not None
+
+
 def policy_dtype(want_bf16: bool, device: torch.device | str | None = None) -> torch.dtype:
     """Weights dtype for a policy that only generates (app, evaluation): bf16 where bf16 is fast here
     (`autocast_dtype`), since its matmuls would run in bf16 anyway; fp32 otherwise. Half the memory, no

@@ -41,10 +41,10 @@ def how_it_was_made(seconds: float, bf16_asked: bool) -> str:
     """A card's "How it was made" line: the command, its time, the machine (CPU model with its vector features, the
     GPU if any) and the precision the run actually used: on a CPU without native bf16 that is fp32 whatever the
     config asked, and the card says so rather than repeating the flag."""
-    from rlhflab.models.hardware import best_device, hardware_description
-    from rlhflab.models.precision import autocast_dtype
+    from rlhflab.models.hardware import hardware_description
+    from rlhflab.models.precision import runs_bf16
 
-    if autocast_dtype(bf16_asked, best_device()) is not None:
+    if runs_bf16(bf16_asked):
         precision = "bf16 autocast"
     elif bf16_asked:
         precision = "fp32 (bf16 was asked for; this machine has no fast bf16)"

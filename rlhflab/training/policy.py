@@ -23,8 +23,7 @@ import torch
 
 from rlhflab.config import CHECKPOINTS_DIR
 from rlhflab.errors import UserError
-from rlhflab.models.hardware import best_device
-from rlhflab.models.precision import autocast_dtype
+from rlhflab.models.precision import runs_bf16
 from rlhflab.store.cards import (
     CARD_KEY,
     POLICY_INFO_FILE,
@@ -216,11 +215,10 @@ SAVES_PER_RUN = 4
 
 def trainer_precision(want_bf16: bool) -> dict:
     """TrainingArguments precision flags: the Trainer's own bf16 (an autocast entered per forward pass) where
-    rlhflab.models.precision.autocast_dtype allows it. Not an autocast around the whole run: autocast caches the bf16
+    rlhflab.models.precision.runs_bf16 allows it. Not an autocast around the whole run: autocast caches the bf16
     copy of each trainable weight until the outermost context exits, so forwards would keep seeing the first step's
     weights."""
-    bf16 = autocast_dtype(want_bf16, best_device()) is not None
-    return {"bf16": bf16, "fp16": False, "use_cpu": not torch.cuda.is_available()}
+    return {"bf16": runs_bf16(want_bf16), "fp16": False, "use_cpu": not torch.cuda.is_available()}
 
 
 def common_trainer_args(cfg, work: Path) -> dict:
