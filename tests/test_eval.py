@@ -42,13 +42,16 @@ def test_one_interval_format_for_reports_cards_and_the_app():
     assert format_gain(gain) == "+0.280 [+0.050, +0.510] (n = 48 prompts)"
 
 
-def test_k1_of_two_policies_is_the_mean_log_ratio_of_each_response_scored_alone(tiny_llama_dir):
-    """response_logprobs batches left-padded prompts with right-padded responses; each response's log-probs must be
-    those of the prompt + response scored alone (a shifted position or a pad token read as context would change
-    them), and kl_per_token the mean log-ratio of two different models on them (not 0)."""
+def test_kl_of_responses_is_each_response_scored_alone_in_the_given_order(tiny_llama_dir):
+    """exact_kl_of_responses batches by length (left-padded prompts, right-padded responses, the LM head only at
+    response positions) and returns each response's exact KL, token count and k1 in the order given: each must be
+    that of the prompt + response scored alone at the temperature (a shifted position, a pad read as context or a
+    row put back in the wrong place would change them), and two different models' k1 is not 0."""
+    import contextlib
+
     import torch
 
-    from rlhflab.measure.kl import kl_per_token, response_logprobs
+    from rlhflab.measure.kl import exact_kl_of_responses
     from rlhflab.models.loading import load_causal_lm
     from rlhflab.models.prompts import format_prompt
     model, tok = load_causal_lm(str(tiny_llama_dir))
@@ -57,23 +60,26 @@ def test_k1_of_two_policies_is_the_mean_log_ratio_of_each_response_scored_alone(
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    prompts, responses = ["Hi there", "Tell me a long story about a cat"], ["Hello, friend.", "Once upon a time"]
-    lp, lq = (response_logprobs(m, tok, prompts, responses) for m in (model, other))
+    prompts = ["Tell me a long story about a cat", "Hi there", "Why?"]
+    responses = ["Once upon a time", "Hello, friend. How are you doing on this fine day?", "Because."]
+    ids = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
+    t = 0.7
+    sums, counts, k1 = exact_kl_of_responses(lambda: contextlib.nullcontext(model),
+                                             lambda: contextlib.nullcontext(other), tok, prompts, ids,
+                                             temperature=t, batch_size=2, with_k1=True)
 
-    def alone(m, prompt, response):  # one unpadded sequence, log-softmax read by hand
+    def alone(m, prompt, resp):  # one unpadded sequence, log-softmax read by hand
         ctx = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
-        resp = tok(response, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = m(input_ids=torch.tensor([ctx + resp])).logits[0].float()
-        logp = torch.log_softmax(logits[len(ctx) - 1:-1], -1)
-        return logp[torch.arange(len(resp)), torch.tensor(resp)]
+        return torch.log_softmax(logits[len(ctx) - 1:-1] / t, -1)
 
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        assert np.allclose(lp[i].numpy(), alone(model, p, r).numpy(), atol=1e-4)
-        assert np.allclose(lq[i].numpy(), alone(other, p, r).numpy(), atol=1e-4)
-    k1 = kl_per_token(lp, lq)
-    expected = [float((alone(model, p, r) - alone(other, p, r)).mean()) for p, r in zip(prompts, responses)]
-    assert k1 == pytest.approx(expected, abs=1e-4) and all(abs(x) > 1e-3 for x in k1)
+    for i, (p, r) in enumerate(zip(prompts, ids)):
+        lp, lq = alone(model, p, r), alone(other, p, r)
+        picked = torch.arange(len(r)), torch.tensor(r)
+        assert counts[i] == len(r)
+        assert sums[i] == pytest.approx(float((lp.exp() * (lp - lq)).sum()), abs=1e-4)
+        assert k1[i] == pytest.approx(float((lp[picked] - lq[picked]).sum()), abs=1e-4) and abs(k1[i]) > 1e-3
 
 
 def test_rating_aggregate_matches_hand_computed_means(tmp_path):

@@ -55,6 +55,38 @@ def test_each_row_stops_at_its_own_stop_token(tiny_llama_dir):
         greedy=True, max_new_tokens=6), batch_size=1)]
 
 
+@pytest.mark.parametrize("kw", [dict(temperature=2.0, top_k=0, top_p=1.0, repetition_penalty=1.0),
+                                dict(temperature=1.5, top_k=50, top_p=0.95, repetition_penalty=1.3)],
+                         ids=["plain", "processors"])
+def test_finished_rows_are_dropped_without_changing_any_row(tiny_model_dir, monkeypatch, kw):
+    """Once most of a batch has stopped, decode_batch goes on with the running rows only (their cache, mask and
+    positions; the uniform numbers of each row's draw unchanged): every row's tokens are those of the batch decoded
+    whole, and the later steps feed fewer rows."""
+    from rlhflab.generation import engine, sampling
+
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    prompts = [*PROMPTS, "What is the capital of France?", "Name three colours."]
+    batch, _ = encode_prompts(tok, prompts, 256)
+    settings = GenerationSettings(max_new_tokens=12, seed=3, **kw)
+    free = _engine_ids(model, batch, settings, stop_ids=[], pad_id=tok.pad_token_id).tolist()
+    # stop tokens that end some rows early and leave at least one running to the end
+    stops = sorted({t for row in free[:-1] for t in row[1:6]} - set(free[-1]))
+    assert stops, "the tiny model's rows should differ"
+    widths = []
+    forward = engine._DecodeState.forward
+    monkeypatch.setattr(engine._DecodeState, "forward", lambda self, t: widths.append(t.shape[0]) or forward(self, t))
+    monkeypatch.setattr(sampling, "COMPACT_AT", 0.0)  # never drop: the batch decoded whole
+    whole = _engine_ids(model, batch, settings, stop_ids=stops, pad_id=tok.pad_token_id).tolist()
+    assert set(widths) == {len(prompts)}
+    widths.clear()
+    monkeypatch.setattr(sampling, "COMPACT_AT", 0.75)
+    dropped = _engine_ids(model, batch, settings, stop_ids=stops, pad_id=tok.pad_token_id).tolist()
+    assert dropped == whole
+    assert min(widths) < len(prompts)  # some steps ran on fewer rows
+    ended = [next((j for j, t in enumerate(r) if t in stops), None) for r in whole]
+    assert any(e is not None and e < len(whole[0]) - 2 for e in ended)  # rows really stopped early
+
+
 def test_cache_grows_past_its_preallocated_length(tiny_llama_dir):
     model, tok = load_causal_lm(str(tiny_llama_dir))
     batch, expected = _generate_ids(model, tok, PROMPTS[:2], 8, min_new_tokens=8)

@@ -114,6 +114,10 @@ def test_saved_model_is_a_trl_compatible_reward_model(trained_reward):
     assert score.shape == (1,)
     scores = score_responses(model, tok, ["Q?", "Q?"], [GOOD[0], BAD[0]])
     assert scores[0] > scores[1]
+    # batched by length, returned in the order given: each score is the pair's scored alone
+    prompts, answers = ["Q?", "A longer question, with more words in it?", "Hm?", "Q?"], [*GOOD[:2], *BAD[:2]]
+    alone = [score_responses(model, tok, [p], [a])[0] for p, a in zip(prompts, answers)]
+    assert score_responses(model, tok, prompts, answers, batch_size=2) == pytest.approx(alone, abs=1e-4)
 
 
 def test_resume_continues_from_saved_step(tmp_path, tiny_llama_dir, toy_dataset):

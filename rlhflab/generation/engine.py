@@ -272,6 +272,19 @@ class _DecodeState:
             n_layers = engine.config.get_text_config(decoder=True).num_hidden_layers
             self.cache = Cache(layers=[_PreallocatedLayer(self.capacity) for _ in range(n_layers)])
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Go on decoding only these rows (indices into the current batch): their cache, mask and positions."""
+        self.mask = self.mask[rows]
+        self.padded = not bool(self.mask.all())
+        if self.engine.kind != "transformers":
+            self.k = [t[rows] for t in self.k]
+            self.v = [t[rows] for t in self.v]
+            return
+        for layer in self.cache.layers:
+            if layer.is_initialized:
+                layer._k, layer._v = layer._k[rows], layer._v[rows]
+                layer.keys, layer.values = layer._k[..., :layer._n, :], layer._v[..., :layer._n, :]
+
     def positions(self, new: int) -> torch.Tensor:
         """Position ids of the last `new` tokens as generate() numbers them: real tokens count from 0."""
         pos = self.mask.long().cumsum(-1) - 1

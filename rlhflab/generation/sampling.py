@@ -211,14 +211,27 @@ def logits_processors(settings: GenerationSettings):
     return procs
 
 
-def sample_tokens(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def sample_tokens(scores: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
+                  batch: int | None = None) -> torch.Tensor:
     """One token per row drawn from softmax(scores): argmax of p / E with E = -log U ~ Exponential(1) per entry, an
     exact draw from p (the exponential race), chosen over torch.multinomial and exponential_ because uniform numbers
     and a log cost a fraction of either on a CPU (BENCHMARKS.md, "Lab notes moved out of the code"). U < 1, so
-    E > 0; entries with p = 0 are never drawn."""
+    E > 0; entries with p = 0 are never drawn.
+
+    With `rows` (the batch rows that `scores` are of, out of `batch`), the uniform numbers are drawn for the whole
+    batch and each row reads its own: a row draws the same numbers whether or not finished rows were dropped."""
     probs = torch.softmax(scores.float(), -1).cpu()
-    race = torch.rand(probs.shape, generator=generator).log_().neg_()
-    return probs.div_(race).argmax(-1)
+    if rows is None:
+        race = torch.rand(probs.shape, generator=generator)
+    else:
+        race = torch.rand((batch, probs.shape[-1]), generator=generator)[rows.cpu()]
+    return probs.div_(race.log_().neg_()).argmax(-1)
+
+
+# Drop finished rows from a decoding batch once at most this share of it is still running: each drop copies the
+# running rows' KV cache, so dropping by a fixed share bounds the copies to a few per batch, while the steps after
+# it skip the finished rows' matmuls and attention (most of an evaluation batch ends well before the token budget).
+COMPACT_AT = 0.75
 
 
 @torch.inference_mode()
@@ -235,7 +248,9 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, s
     device = input_ids.device
     state = start_decode(model, attention_mask.to(device), input_ids.shape[1] + settings.max_new_tokens)
     stops = torch.tensor(stop_ids, device=device, dtype=torch.long)
-    running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=device)
+    batch = input_ids.shape[0]
+    rows = torch.arange(batch, device=device)  # the batch row of each row still decoded
+    running = torch.ones(batch, dtype=torch.bool, device=device)
     seq = input_ids
     logits = state.forward(input_ids)
     for step in range(settings.max_new_tokens):
@@ -243,13 +258,19 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, s
         if settings.greedy:
             token = scores.argmax(-1)
         else:
-            token = sample_tokens(scores, generator).to(device)
+            token = sample_tokens(scores, generator, rows, batch).to(device)
         token = torch.where(running, token, torch.full_like(token, pad_id))
-        yield token
+        out = torch.full((batch,), pad_id, dtype=token.dtype, device=device)
+        yield out.index_copy_(0, rows, token)
         running = running & ~torch.isin(token, stops)
-        if not bool(running.any()) or step + 1 == settings.max_new_tokens:
+        left = int(running.sum())
+        if not left or step + 1 == settings.max_new_tokens:
             return
         seq = torch.cat([seq, token[:, None]], dim=1)
+        if left <= COMPACT_AT * len(rows):
+            keep = running.nonzero()[:, 0]
+            state.keep_rows(keep)
+            rows, running, seq, token = rows[keep], running[keep], seq[keep], token[keep]
         logits = state.forward(token[:, None])
 
 

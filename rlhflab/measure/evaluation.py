@@ -18,7 +18,7 @@ from rlhflab.data.oasst1 import read_prompts
 from rlhflab.errors import UserError
 from rlhflab.generation.sampling import GenerationSettings, generate_batch
 from rlhflab.measure import overopt, stats
-from rlhflab.measure.kl import exact_kl_of_responses, kl_per_token, response_logprobs
+from rlhflab.measure.kl import exact_kl_of_responses
 from rlhflab.measure.overopt import JUDGE_COMMAND, read_overopt
 from rlhflab.measure.ppo_metrics import run_summary_table, summarize_metrics
 from rlhflab.measure.scoring import score_responses
@@ -202,7 +202,6 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     response_ids: dict[str, list[list[int]]] = {}
     tokens: dict[str, list[int]] = {}
     finished: dict[str, list[bool]] = {}
-    logps: dict[str, list[torch.Tensor]] = {}
     for name in names:
         t = Timer()
         follow_thread_share()  # under the pipeline, take a core freed by the step beside this one
@@ -212,30 +211,23 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
             response_ids[name] = [g.token_ids or [] for g in gens]
             tokens[name] = [g.num_tokens for g in gens]
             finished[name] = [g.finished for g in gens]
-            if name != "base":
-                logps[name] = response_logprobs(model, tok, asked, responses[name], cfg.batch_size)
         progress(f"generated {len(prompts)} responses with {name} in {t.elapsed_s:.0f} s")
-    base_logps = {}
-    follow_thread_share()
-    if "base" in names:
-        with policies.use("base") as (model, tok):
-            for name in logps:
-                base_logps[name] = response_logprobs(model, tok, asked, responses[name], cfg.batch_size)
-    exact: dict[str, tuple[list[float], list[int]]] = {}
+    # one pass of each policy and of the base over each policy's own tokens gives the exact KL and k1 both
+    exact: dict[str, tuple[list[float], list[int], list[float]]] = {}
     if "base" in names:
         with policies.use("base") as (_, tokenizer):
             pass
-        for name in logps:
+        for name in (n for n in names if n != "base"):
             follow_thread_share()
             exact[name] = exact_kl_of_responses(partial(_model_of, policies, name), partial(_model_of, policies, "base"),
                                                 tokenizer, asked, response_ids[name], temperature=cfg.temperature,
-                                                batch_size=cfg.batch_size)
+                                                with_k1=True)
     follow_thread_share()
-    rewards = {n: np.array(score_responses(reward_model, reward_tok, asked, responses[n], cfg.batch_size))
+    rewards = {n: np.array(score_responses(reward_model, reward_tok, asked, responses[n]))
                for n in names}
     judged: dict[str, np.ndarray] = {}
     if judge_model is not None:
-        judged = {n: np.array(score_responses(judge_model, judge_tok, asked, responses[n], cfg.batch_size))
+        judged = {n: np.array(score_responses(judge_model, judge_tok, asked, responses[n]))
                   for n in names}
     progress(f"scored {len(names) * len(prompts)} responses" + (" and judged them" if judged else ""))
     for n_samples in bon:  # n base samples per prompt (seeded apart from the base row's), the reward model's pick
@@ -246,14 +238,14 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                                      GenerationSettings(**{**settings.as_dict(), "seed": settings.seed + n_samples}),
                                      batch_size=cfg.batch_size)
         scores = np.array(score_responses(reward_model, reward_tok, [p for p in asked for _ in range(n_samples)],
-                                          [g.text for g in samples], cfg.batch_size)).reshape(len(prompts), n_samples)
+                                          [g.text for g in samples])).reshape(len(prompts), n_samples)
         pick = scores.argmax(1)
         chosen = [samples[i * n_samples + j] for i, j in enumerate(pick)]
         responses[key], tokens[key] = [g.text for g in chosen], [g.num_tokens for g in chosen]
         finished[key] = [g.finished for g in chosen]
         rewards[key] = scores[np.arange(len(prompts)), pick]
         if judge_model is not None:  # the judge sees only the pick: it never chooses, so its gain is not selected for
-            judged[key] = np.array(score_responses(judge_model, judge_tok, asked, responses[key], cfg.batch_size))
+            judged[key] = np.array(score_responses(judge_model, judge_tok, asked, responses[key]))
         names.append(key)
         progress(f"best-of-{n_samples} from the base: {n_samples * len(prompts)} samples in {t.elapsed_s:.0f} s")
 
@@ -300,11 +292,12 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                 # Exact KL over the vocabulary on the tokens the policy generated (end-of-turn included), with both
                 # models' next-token distributions at the sampling temperature (softmax(logits / T), as PPO's KL is
                 # computed; top-k/top-p left out), as total KL / total tokens with a bootstrap over prompts.
-                entry["kl_per_token_to_base"] = list(stats.ratio_bootstrap_ci(*exact[n], samples=b, seed=4))
+                kl_sums, counts, k1_sums = exact[n]
+                entry["kl_per_token_to_base"] = list(stats.ratio_bootstrap_ci(kl_sums, counts, samples=b, seed=4))
                 entry["kl_estimator"] = f"exact, softmax(logits / {cfg.temperature}), total KL / total tokens"
-                entry["kl_per_sequence_to_base"] = float(np.mean(exact[n][0]))
-                k1 = kl_per_token(logps[n], base_logps[n])  # the earlier estimate, on re-tokenised text, for comparison
-                entry["kl_k1_per_token_to_base"] = list(stats.bootstrap_ci(k1, samples=b, seed=4))
+                entry["kl_per_sequence_to_base"] = float(np.mean(kl_sums))
+                # the sampled estimate TRL's PPO logs, on the same tokens at the same temperature, for comparison
+                entry["kl_k1_per_token_to_base"] = list(stats.ratio_bootstrap_ci(k1_sums, counts, samples=b, seed=4))
                 records = read_jsonl(Path(policy_dirs[n]) / METRICS_FILE) if n in policy_dirs else []
                 if records and "kl_coef" in records[0]:  # an RL run's own log of the same quantity, set beside it
                     entry["kl_exact_per_token_training_last"] = summarize_metrics(records).get("kl_exact_per_token_last")

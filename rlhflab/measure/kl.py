@@ -1,47 +1,10 @@
 """KL between policies: the exact per-token KL over the vocabulary (the reference, SPEC §9) where both models'
-logits are at hand, and the k1 estimate from per-token log-probabilities of given responses."""
+logits are at hand, and the sampled estimates (k1, k3) from the log-probabilities of the sampled tokens."""
 from __future__ import annotations
 
 import torch
 
 from rlhflab.generation.sampling import encode_prompts
-
-
-@torch.no_grad()
-def response_logprobs(model, tokenizer, prompts: list, responses: list[str], batch_size: int = 16,
-                      max_prompt_tokens: int = 1024) -> list[torch.Tensor]:
-    """Log-probability of each response token given its prompt (one 1-D tensor per response)."""
-    device = next(model.parameters()).device
-    out: list[torch.Tensor] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk_p, chunk_r = prompts[start:start + batch_size], responses[start:start + batch_size]
-        batch, _ = encode_prompts(tokenizer, chunk_p, max_prompt_tokens)
-        resp_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id] for r in chunk_r]
-        width = max(len(r) for r in resp_ids)
-        n = len(chunk_p)
-        resp = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
-        resp_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(resp_ids):  # right-pad responses after the left-padded prompts
-            resp[i, :len(r)] = torch.tensor(r)
-            resp_mask[i, :len(r)] = 1
-        ids = torch.cat([batch["input_ids"], resp], 1).to(device)
-        mask = torch.cat([batch["attention_mask"], resp_mask], 1).to(device)
-        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
-        ctx = batch["input_ids"].shape[1]
-        logp = torch.log_softmax(logits[:, ctx - 1:-1], dim=-1).gather(-1, resp.to(device).unsqueeze(-1)).squeeze(-1)
-        for i, r in enumerate(resp_ids):
-            out.append(logp[i, :len(r)].cpu())
-    return out
-
-
-def kl_per_token(policy_logprobs: list[torch.Tensor], reference_logprobs: list[torch.Tensor]) -> list[float]:
-    """Per-response KL estimate in nats per token: mean over the response's tokens of log p - log q.
-
-    On samples drawn from the policy this is the k1 (unbiased) Monte-Carlo estimate of
-    KL(policy || reference) per token — the same estimator TRL's PPO logs.
-    """
-    return [float((p - q).mean()) if p.numel() else 0.0 for p, q in zip(policy_logprobs, reference_logprobs)]
 
 
 def exact_kl_sum(policy_logits: torch.Tensor, reference_logits: torch.Tensor, mask: torch.Tensor,
@@ -130,8 +93,6 @@ class KLAccumulator:
 
 def response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int):
     """Left-padded prompts followed by right-padded response token ids (as generated: no re-tokenising)."""
-    from rlhflab.generation.sampling import encode_prompts
-
     batch, _ = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     width = max(1, max(len(r) for r in response_ids))
     n = len(prompts)
@@ -148,33 +109,49 @@ def response_batch(tokenizer, prompts: list, response_ids: list[list[int]], max_
 
 @torch.no_grad()
 def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
-    """The logits that predict each response position (fp32, on the CPU)."""
+    """The logits that predict each response position (fp32, on the CPU). The LM head runs at those positions only
+    (logits_to_keep): over a 49k vocabulary it is a fifth of a small model's work per position, and the prompt's
+    positions predict nothing that is measured."""
     device = next(model.parameters()).device
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                   position_ids=position_ids.to(device)).logits
-    return logits[:, context - 1:-1].float().cpu()
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
+                   logits_to_keep=ids.shape[1] - context + 1).logits
+    return logits[:, :-1].float().cpu()
+
+
+def length_order(tokenizer, prompts: list, response_ids: list[list[int]], max_prompt_tokens: int) -> list[int]:
+    """Indices of the (prompt, response) pairs from shortest to longest in tokens: batches of neighbours in this
+    order pad little (a batch is as wide as its longest prompt plus its longest response)."""
+    batch, _ = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    prompt_len = batch["attention_mask"].sum(1).tolist()
+    return sorted(range(len(prompts)), key=lambda i: prompt_len[i] + len(response_ids[i]))
 
 
 def exact_kl_of_responses(use_policy, use_reference, tokenizer, prompts: list, response_ids: list[list[int]],
-                          temperature: float = 1.0, batch_size: int = 16,
-                          max_prompt_tokens: int = 1024) -> tuple[list[float], list[int]]:
+                          temperature: float = 1.0, batch_size: int = 16, max_prompt_tokens: int = 1024,
+                          with_k1: bool = False):
     """Per response: (Σ exact KL(policy ‖ reference) over its tokens, its token count), on the tokens the policy
-    generated (end-of-turn token included). `use_policy` / `use_reference` are context managers yielding a model
+    generated (end-of-turn token included); with `with_k1`, also Σ k1 = log p − log q of those tokens, from the same
+    log-softmax at the same temperature. `use_policy` / `use_reference` are context managers yielding a model
     (e.g. PolicySet.use bound to a name): each chunk enters one then the other, so two policies that share weights
-    (an adapter and its base) never need to be held at once."""
-    sums: list[float] = []
-    counts: list[int] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = response_ids[start:start + batch_size]
-        ids, mask, resp_mask, ctx = response_batch(tokenizer, prompts[start:start + batch_size], chunk,
-                                                    max_prompt_tokens)
+    (an adapter and its base) never need to be held at once. Chunks are formed by length (length_order); the
+    results come back in the given order."""
+    n = len(prompts)
+    sums, counts, k1 = [0.0] * n, [0] * n, [0.0] * n
+    order = length_order(tokenizer, prompts, response_ids, max_prompt_tokens) if n > batch_size else list(range(n))
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        ids, mask, resp_mask, ctx = response_batch(tokenizer, [prompts[i] for i in rows],
+                                                    [response_ids[i] for i in rows], max_prompt_tokens)
         with use_policy() as model:
             p_logits = response_logits(model, ids, mask, ctx)
         with use_reference() as model:
             q_logits = response_logits(model, ids, mask, ctx)
-        for i in range(len(chunk)):
-            kl, n = exact_kl_sum(p_logits[i], q_logits[i], resp_mask[i], temperature)
-            sums.append(float(kl))
-            counts.append(int(n))
-    return sums, counts
+        tokens = ids[:, ctx:]
+        for j, i in enumerate(rows):
+            m = resp_mask[j].bool()
+            if not bool(m.any()):
+                continue
+            kl, (logp, logq) = _chunked_kl(p_logits[j][m], q_logits[j][m], temperature, 512, tokens[j][m])
+            sums[i], counts[i], k1[i] = float(kl), int(m.sum()), float((logp - logq).sum())
+    return (sums, counts, k1) if with_k1 else (sums, counts)

@@ -54,12 +54,15 @@ def score_responses(model, tokenizer, prompts: list, responses: list[str], batch
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses must have the same length")
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        seqs = [encode_for_reward(tokenizer, p, r, max_length)
-                for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-        ids, mask = left_pad(seqs, tokenizer.pad_token_id)
-        scores.extend(reward_forward(model, ids.to(device), mask.to(device)).tolist())
+    seqs = [encode_for_reward(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    # batches of neighbours in length pad little; the scores come back in the given order
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    scores = [0.0] * len(seqs)
+    for start in range(0, len(seqs), batch_size):
+        rows = order[start:start + batch_size]
+        ids, mask = left_pad([seqs[i] for i in rows], tokenizer.pad_token_id)
+        for i, score in zip(rows, reward_forward(model, ids.to(device), mask.to(device)).tolist()):
+            scores[i] = score
     return scores
 
 
