@@ -47,7 +47,7 @@ def progress_fraction(log_tail: str) -> float | None:
 
 def host_speed_factor(observed: list[tuple[float, float]]) -> float:
     """How many times the profile's expected seconds this host takes: the median of actual / expected over the
-    steps seen so far (finished ones, and running ones projected from their progress); 1.0 before any. The
+    steps seen so far (finished ones, and running ones past their expected time); 1.0 before any. The
     expected times were measured on one host of each kind (native bf16, or fp32 only), and another CPU of that kind
     can be faster or slower, so the remaining time follows what this host has shown."""
     ratios = sorted(actual / expected for actual, expected in observed if expected and actual > 0)
@@ -121,8 +121,13 @@ def write_status(path: Path, profile: str, running: list, pending: list, finishe
         return step.expected_s(profile, fp32)
 
     projected = {id(r): _projected_total(r, now) for r in running}
-    seen = list(observed or []) + [(projected[id(r)], expected(r.step)) for r in running if projected[id(r)]]
-    factor = host_speed_factor(seen)
+    # The host's speed from what it has shown for whole steps: the finished ones, and a running one already past its
+    # expected time (at least that slow). A running step's progress bar is no measure of the step: it is often a
+    # sub-phase's (the reward model's test pairs, the probe's prompts): in run 12 one such bar moved the promise
+    # from 48 to 76 min and back within a minute (BENCHMARKS.md, run 12).
+    overdue = [(now - r.wall_start, expected(r.step)) for r in running
+               if expected(r.step) and now - r.wall_start > expected(r.step)]
+    factor = host_speed_factor(list(observed or []) + overdue)
 
     def scaled(step) -> float | None:
         return expected(step) * factor if expected(step) else None
@@ -303,7 +308,9 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
             finished.add(r.step.output)
             if expected := r.step.expected_s(profile, fp32):
                 observed.append((seconds, expected))
-            if running and not (pending and not failed):  # nothing will take the freed cores: the others grow
+            # nothing can take the freed cores now (what waits, waits for a running step): the others grow. Run 12
+            # left a core idle for 5 minutes while PPO LoRA ran alone and the evaluation waited for it.
+            if running and (failed or not any(ready(s) for s in pending)):
                 for other in running:  # (the step reads its share at its next phase: rlhflab.models.hardware.follow_thread_share)
                     other.threads = max(1, cores // len(running))
                     _share_file(logs, other.step).write_text(str(other.threads))

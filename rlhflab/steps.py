@@ -56,32 +56,31 @@ _SPLIT_STAND_IN = [*_HH_STAND_IN, "--test-size", "64", "--dev-size", "20"]
 # for it, the judge beside it (it trains on the other side of the pairs and only the evaluation reads it), the
 # DCGAN last, beside the evaluation. demo_s: each step's time beside one other
 # step in the demo profile, as `make demo` run 10 measured it (Intel Xeon with AMX, 2026-12-06, the budgets of
-# issue 25: bench/make_demo/run10/demo.log); demo_s_fp32: the same work on a CPU without native bf16, run 11 (AMD
-# EPYC with AVX2 only, 2026-12-07: bench/make_demo/run11/demo.log). Their ratio is not one constant (SFT 2.3x,
-# GRPO 3.8x, the evaluation 4.7x: decoding loses more than training without bf16), so one speed factor cannot map
-# one table onto the other host; the pipeline rescales its host's table by the speed it measures. The evaluation's
-# fp32 time is run 11's parts scaled by what bench/bench_eval_passes.py measured on that host when its passes stopped
-# doing unread work (generation 0.64x, KL passes 0.22x, scoring 0.67x: 1452 -> ~770 s); its bf16 time is run 10's,
-# not yet re-measured.
+# issue 25: bench/make_demo/run10/demo.log); demo_s_fp32: the same work on a CPU without native bf16, run 12 (AMD
+# EPYC with AVX2 only, 2026-12-07, the evaluation's passes without unread work: bench/make_demo/run12/demo.log).
+# Their ratio is not one constant (SFT 2.4x, GRPO 3.8x, DPO 3.3x: decoding loses more than training without bf16),
+# so one speed factor cannot map one table onto the other host; the pipeline rescales its host's table by the speed
+# it measures. The evaluation's bf16 time is run 10's, from before its passes stopped doing unread work (on the AVX2
+# host they went from 1,452 s to 719 s); not yet re-measured on a bf16 host.
 STEPS = [
     Step("reward model", "training/reward.py", [], "reward", "reward_eval.json", "reward",
-         stand_in=_SPLIT_STAND_IN, demo_s=86, demo_s_fp32=285),
+         stand_in=_SPLIT_STAND_IN, demo_s=86, demo_s_fp32=269),
     Step("judge", "training/reward.py", ["--role", "judge"], "judge", "reward_eval.json", "judge",
-         stand_in=_SPLIT_STAND_IN, demo_s=185, demo_s_fp32=573),
+         stand_in=_SPLIT_STAND_IN, demo_s=185, demo_s_fp32=613),
     Step("SFT", "training/sft.py", [], "sft", "policy_info.json", "sft", stand_in=_HH_STAND_IN, demo_s=76,
-         demo_s_fp32=174, method="sft"),
+         demo_s_fp32=181, method="sft"),
     Step("PPO (full)", "training/ppo.py", ["--mode", "full"], "ppo-full", "ppo_info.json", "ppo-full", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=281, demo_s_fp32=823, key="full", method="ppo"),
+         stand_in=_OASST_STAND_IN, demo_s=281, demo_s_fp32=879, key="full", method="ppo"),
     Step("PPO (LoRA)", "training/ppo.py", ["--mode", "lora"], "ppo-lora", "ppo_info.json", "ppo-lora", ["reward"],
-         stand_in=_OASST_STAND_IN, demo_s=273, demo_s_fp32=747, key="lora", method="ppo"),
+         stand_in=_OASST_STAND_IN, demo_s=273, demo_s_fp32=737, key="lora", method="ppo"),
     Step("GRPO", "training/grpo.py", [], "grpo", "policy_info.json", "grpo", ["reward"], stand_in=_OASST_STAND_IN,
-         demo_s=320, demo_s_fp32=1203, method="grpo"),
+         demo_s=320, demo_s_fp32=1214, method="grpo"),
     Step("DPO", "training/dpo.py", [], "dpo", "policy_info.json", "dpo", stand_in=_HH_STAND_IN, demo_s=106,
-         demo_s_fp32=436, method="dpo"),
+         demo_s_fp32=352, method="dpo"),
     Step("DCGAN", "training/dcgan.py", [], "dcgan", "config.json", "dcgan", ["reward"],
-         stand_in=["--allow-phantom", "--no-download"], demo_s=63, demo_s_fp32=110, takes_base_model=False),
+         stand_in=["--allow-phantom", "--no-download"], demo_s=63, demo_s_fp32=108, takes_base_model=False),
     Step("evaluation", "eval/evaluate.py", [], "eval", "report.md", None,
-         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=312, demo_s_fp32=770),
+         ["reward", "judge", "sft", "ppo-full", "ppo-lora", "grpo", "dpo"], demo_s=312, demo_s_fp32=719),
 ]
 
 

@@ -101,6 +101,19 @@ def test_a_step_that_outlives_its_neighbour_gets_the_freed_core(tmp_path):
     assert l["share_at_end"] == "2"  # the pipeline handed it the second core when the short one ended
 
 
+def test_a_core_freed_while_the_rest_waits_for_a_running_step_goes_to_that_step(tmp_path):
+    """The evaluation waits for both PPO runs: when the short one ends, nothing can start, so the long one takes the
+    freed core (not left idle until it ends); the evaluation then starts with both."""
+    steps = _steps(tmp_path)
+    full, lora = steps[1], steps[2]
+    full.args[full.args.index("--sleep") + 1] = "0.2"
+    lora.args[lora.args.index("--sleep") + 1] = "3"
+    assert pipeline.run_pipeline("demo", tmp_path / "store", jobs=2, steps=steps, cores=2)
+    f, l, ev = (_record(tmp_path, n) for n in ("ppo-full", "ppo-lora", "eval"))
+    assert f["threads"] == l["threads"] == "1" and l["start"] < f["end"]
+    assert l["share_at_end"] == "2" and ev["threads"] == "2"
+
+
 def test_follow_thread_share_adopts_the_pipelines_share(tmp_path, monkeypatch):
     import torch
 
@@ -274,8 +287,9 @@ def test_a_cpu_without_native_bf16_is_compared_with_the_fp32_hosts_times(tmp_pat
 
 def test_remaining_time_follows_the_hosts_measured_speed(tmp_path, monkeypatch):
     """A host that ran the finished steps 3x as long as the profile says (an AVX2 laptop in fp32) gets 3x the
-    profile's time for what waits and for a running step (its own progress bar only once it runs past that), and
-    the status says the host is slower than the profile."""
+    profile's time for what waits and for a running step (its own progress bar only once it runs past that; a bar
+    never sets the host's speed, a step past its expected time does), and the status says the host is slower than
+    the profile."""
     monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx2 avx512f avx512_bf16")  # the profile's own kind of host
     import json
     import time
@@ -295,13 +309,16 @@ def test_remaining_time_follows_the_hosts_measured_speed(tmp_path, monkeypatch):
                           observed=[(300.0, 100.0), (290.0, 100.0)])
     status = json.loads((tmp_path / "s.json").read_text())
     assert status["slower_than_profile"] and 2.5 < status["speed_factor"] <= 3.0
-    # factor: median of 3.0, 2.9 and the running step's 2.4 (60 s for a quarter) = 2.9: 290 s, 60 s gone
-    assert abs(status["running"][0]["remaining_s"] - 230) < 5
+    # factor: median of the finished steps' 3.0 and 2.9 = 2.95; the running step's bar (60 s for a quarter, 2.4x)
+    # is no measure of the step and does not count: 295 s, 60 s gone
+    assert abs(status["speed_factor"] - 2.95) < 0.01 and abs(status["running"][0]["remaining_s"] - 235) < 2
     log.write_text(" 80%|##  | 16/20 [06:40<01:40, 25.0s/it]")  # past its 290 s: its own bar says 100 s to go
     running[0].wall_start = time.time() - 400
     pipeline.write_status(tmp_path / "s.json", "demo", running, steps[1:], [], [], 0.0,
                           observed=[(300.0, 100.0), (290.0, 100.0)])
-    assert abs(json.loads((tmp_path / "s.json").read_text())["running"][0]["remaining_s"] - 100) < 5
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert abs(status["running"][0]["remaining_s"] - 100) < 5
+    assert abs(status["speed_factor"] - 3.0) < 0.01  # a step past its time counts, at least 4x: median(3.0, 2.9, 4.0)
     log.write_text("scoring the answers")  # past its time with no bar: no estimate rather than "0 s left"
     pipeline.write_status(tmp_path / "s.json", "demo", running, [], [], [], 0.0,
                           observed=[(300.0, 100.0), (290.0, 100.0)])

@@ -118,6 +118,9 @@ def test_saved_model_is_a_trl_compatible_reward_model(trained_reward):
     prompts, answers = ["Q?", "A longer question, with more words in it?", "Hm?", "Q?"], [*GOOD[:2], *BAD[:2]]
     alone = [score_responses(model, tok, [p], [a])[0] for p, a in zip(prompts, answers)]
     assert score_responses(model, tok, prompts, answers, batch_size=2) == pytest.approx(alone, abs=1e-4)
+    # the same answer to the same prompt, wherever it sits among others, scores exactly the same: a tie stays a tie
+    scores = score_responses(model, tok, [*prompts, "Q?"], [*answers, GOOD[0]], batch_size=2)
+    assert scores[0] == scores[-1]
 
 
 def test_resume_continues_from_saved_step(tmp_path, tiny_llama_dir, toy_dataset):

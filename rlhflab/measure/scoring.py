@@ -54,16 +54,17 @@ def score_responses(model, tokenizer, prompts: list, responses: list[str], batch
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses must have the same length")
     device = next(model.parameters()).device
-    seqs = [encode_for_reward(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    # batches of neighbours in length pad little; the scores come back in the given order
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    scores = [0.0] * len(seqs)
-    for start in range(0, len(seqs), batch_size):
-        rows = order[start:start + batch_size]
-        ids, mask = left_pad([seqs[i] for i in rows], tokenizer.pad_token_id)
-        for i, score in zip(rows, reward_forward(model, ids.to(device), mask.to(device)).tolist()):
-            scores[i] = score
-    return scores
+    seqs = [tuple(encode_for_reward(tokenizer, p, r, max_length)) for p, r in zip(prompts, responses)]
+    # Each distinct sequence is scored once, so two policies that gave the same answer to a prompt tie exactly (in
+    # different batches their padding would make the scores differ in the last bits and turn the tie into a win or a
+    # loss); batches of neighbours in length pad little; the scores come back in the given order.
+    unique = sorted(set(seqs), key=len)
+    score_of: dict[tuple, float] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start:start + batch_size]
+        ids, mask = left_pad([list(s) for s in chunk], tokenizer.pad_token_id)
+        score_of.update(zip(chunk, reward_forward(model, ids.to(device), mask.to(device)).tolist()))
+    return [score_of[s] for s in seqs]
 
 
 def preference_probability(reward_a: float, reward_b: float) -> float:
