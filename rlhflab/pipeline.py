@@ -123,8 +123,8 @@ def write_status(path: Path, profile: str, running: list, pending: list, finishe
     projected = {id(r): _projected_total(r, now) for r in running}
     # The host's speed from what it has shown for whole steps: the finished ones, and a running one already past its
     # expected time (at least that slow). A running step's progress bar is no measure of the step: it is often a
-    # sub-phase's (the reward model's test pairs, the probe's prompts): in run 12 one such bar moved the promise
-    # from 48 to 76 min and back within a minute (BENCHMARKS.md, run 12).
+    # sub-phase's (the reward model's test pairs, the probe's prompts): in run 12 such bars moved the promise from
+    # 45 to 90 min for about a minute, twice (BENCHMARKS.md, run 12).
     overdue = [(now - r.wall_start, expected(r.step)) for r in running
                if expected(r.step) and now - r.wall_start > expected(r.step)]
     factor = host_speed_factor(list(observed or []) + overdue)
@@ -309,7 +309,7 @@ def run_pipeline(profile: str, checkpoints: Path = CHECKPOINTS_DIR, push_prefix:
             if expected := r.step.expected_s(profile, fp32):
                 observed.append((seconds, expected))
             # nothing can take the freed cores now (what waits, waits for a running step): the others grow. Run 12
-            # left a core idle for 5 minutes while PPO LoRA ran alone and the evaluation waited for it.
+            # left a core idle for 87 s while PPO LoRA ran alone and the evaluation waited for it.
             if running and (failed or not any(ready(s) for s in pending)):
                 for other in running:  # (the step reads its share at its next phase: rlhflab.models.hardware.follow_thread_share)
                     other.threads = max(1, cores // len(running))

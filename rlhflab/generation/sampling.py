@@ -240,7 +240,8 @@ def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, s
     """Yield the next token of every row, (batch,) per step, for a left-padded batch of prompts.
 
     A row that produced a stop id gets `pad_id` from then on (as generate() pads it); decoding ends when
-    every row has stopped or after settings.max_new_tokens steps. Logits go through `logits_processors`.
+    every row has stopped or after settings.max_new_tokens steps. Logits go through `logits_processors`. Stopped
+    rows leave the decoded batch once at most COMPACT_AT of it still runs; what each row yields does not change.
     """
     procs = logits_processors(settings)
     if generator is None:
