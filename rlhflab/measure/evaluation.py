@@ -223,12 +223,15 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
                                                 tokenizer, asked, response_ids[name], temperature=cfg.temperature,
                                                 with_k1=True)
     follow_thread_share()
-    rewards = {n: np.array(score_responses(reward_model, reward_tok, asked, responses[n]))
-               for n in names}
+    def score_all(model, tok) -> dict[str, np.ndarray]:
+        # every policy's answers in one call: an answer two policies share is scored once and ties exactly
+        flat = score_responses(model, tok, asked * len(names), [r for n in names for r in responses[n]])
+        return {n: np.array(flat[i * len(asked):(i + 1) * len(asked)]) for i, n in enumerate(names)}
+
+    rewards = score_all(reward_model, reward_tok)
     judged: dict[str, np.ndarray] = {}
     if judge_model is not None:
-        judged = {n: np.array(score_responses(judge_model, judge_tok, asked, responses[n]))
-                  for n in names}
+        judged = score_all(judge_model, judge_tok)
     progress(f"scored {len(names) * len(prompts)} responses" + (" and judged them" if judged else ""))
     for n_samples in bon:  # n base samples per prompt (seeded apart from the base row's), the reward model's pick
         t = Timer()
