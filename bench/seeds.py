@@ -2,7 +2,7 @@
 evaluated against the base by the training reward model and by the independent judge, and per method the judge's
 held-out gain with a 95 % t-interval across seeds and the exact KL per token at the end of each seed.
 
-    python bench/seeds.py [--seeds 0,1,2,3,4] [--methods sft,dpo,ppo-full,ppo-lora,grpo] [--store DIR]
+    python bench/seeds.py [--seeds 0,1,2,3,4] [--methods sft,dpo,ppo-full,ppo-lora,grpo] [--store DIR] [--jobs 2]
 
 Needs the demo reward model and judge (checkpoints/reward, checkpoints/judge: `make demo`, or
 `python training/reward.py --profile demo` and `... --role judge`). Per seed it builds a store DIR/seed<S> beside
@@ -10,7 +10,9 @@ links to those two, trains each method there with `--seed S` (the prompt split s
 then runs `eval/evaluate.py --profile demo --seed 1000+S` on that store, so base and policies are sampled afresh
 per seed and the variation across seeds includes sampling. One record per (seed, method) is appended to
 bench/seeds.jsonl; the table is printed from every record of the chosen methods and seeds (a rerun with the
-same seeds replaces nothing: use --fresh to start the jsonl over).
+same seeds replaces nothing: use --fresh to start the jsonl over). The runs go `--jobs` at a time (default 2 on
+a multi-core CPU, one thread each, as the demo pipeline runs its steps), a seed's evaluation as soon as its
+methods are trained; each seed's records are written when its evaluation ends, so an interrupted run keeps them.
 
 The bar: some method's judge gain interval (across seeds) excludes zero while its exact KL to the base ends in
 0.02-0.1 nats/token in at least 4 of 5 seeds.
@@ -23,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,13 +45,60 @@ METHODS = {
 }
 
 
-def run(cmd: list[str], env: dict, log: Path) -> float:
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        rc = subprocess.call(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if rc:
-        sys.exit(f"failed (exit {rc}): {' '.join(cmd)}; log: {log}")
-    return time.perf_counter() - t0
+@dataclass
+class Job:
+    key: tuple  # (seed, method) or (seed, "eval")
+    cmd: list[str]
+    env: dict
+    log: Path
+    after: list = field(default_factory=list)  # keys this job waits for
+    seconds: float | None = None
+
+
+def run_jobs(jobs: list[Job], workers: int, cores: int, on_done=None) -> None:
+    """Run the jobs at most `workers` at a time, in list order as their dependencies allow, the cores split between
+    the running ones as the demo pipeline splits them (one thread each side by side is 1.32-1.43x the throughput of
+    one run after the other with both threads: BENCHMARKS.md); a job left alone with nothing ready to start beside
+    it is given the freed cores at its next phase (rlhflab.models.hardware.follow_thread_share). `on_done(job)` is
+    called as each job ends. Stops at the first failure, naming its log."""
+    from rlhflab.pipeline import _step_env
+
+    pending, running, finished = list(jobs), [], set()
+
+    def share_file(job):
+        return job.log.with_suffix(".threads")
+
+    while pending or running:
+        ready = [j for j in pending if all(a in finished for a in j.after)]
+        batch = ready[: max(0, workers - len(running))]
+        for job in batch:
+            threads = max(1, cores // (len(running) + len(batch)))
+            pending.remove(job)
+            share_file(job).write_text(str(threads))
+            print(f"seed {job.key[0]}: {job.key[1]} ({threads} thread{'s' * (threads > 1)}), log: {job.log}",
+                  flush=True)
+            with job.log.open("w") as fh:
+                proc = subprocess.Popen(job.cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                        env={**_step_env(threads, share_file(job)), **job.env})
+            running.append((job, proc, time.perf_counter()))
+        time.sleep(1.0)
+        for item in list(running):
+            job, proc, t0 = item
+            rc = proc.poll()
+            if rc is None:
+                continue
+            running.remove(item)
+            if rc:
+                for other, p, _ in running:
+                    p.terminate()
+                sys.exit(f"failed (exit {rc}): {' '.join(job.cmd)}; log: {job.log}")
+            job.seconds = time.perf_counter() - t0
+            finished.add(job.key)
+            if running and not any(all(a in finished for a in j.after) for j in pending):
+                for other, _, _ in running:
+                    share_file(other).write_text(str(max(1, cores // len(running))))
+            if on_done:
+                on_done(job)
 
 
 def last_training_kl(folder: Path) -> float | None:
@@ -84,23 +134,26 @@ def kls_agree(record: dict) -> bool | None:
     return abs(train - ev[0]) <= Z95 * (se_t ** 2 + se_e ** 2) ** 0.5
 
 
-def seed_records(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[dict]:
+def seed_jobs(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[Job]:
+    """One seed's jobs: its store DIR/seed<S> (links to the reward model and judge), each method's training, then
+    the evaluation of base and every method on that store."""
     store.mkdir(parents=True, exist_ok=True)
     for name, target in (("reward", reward), ("judge", judge)):
         link = store / name
         if not link.exists():
             link.symlink_to(target.resolve())
-    env = dict(os.environ, RLHFLAB_CHECKPOINTS=str(store))
-    seconds = {}
-    for m in methods:
-        script, flags, _ = METHODS[m]
-        print(f"seed {seed}: training {m}", flush=True)
-        seconds[m] = run([sys.executable, script, "--profile", "demo", *flags, "--seed", str(seed)], env,
-                         store / f"{m}.log")
-    print(f"seed {seed}: evaluating", flush=True)
+    env = {"RLHFLAB_CHECKPOINTS": str(store)}
+    jobs = [Job((seed, m), [sys.executable, METHODS[m][0], "--profile", "demo", *METHODS[m][1], "--seed", str(seed)],
+                env, store / f"{m}.log") for m in methods]
     keys = ",".join(["base", *(METHODS[m][2] for m in methods)])
-    eval_s = run([sys.executable, "eval/evaluate.py", "--profile", "demo", "--policies", keys, "--seed",
-                  str(1000 + seed), "--best-of-n", "4"], env, store / "eval.log")
+    jobs.append(Job((seed, "eval"), [sys.executable, "eval/evaluate.py", "--profile", "demo", "--policies", keys,
+                                     "--seed", str(1000 + seed), "--best-of-n", "4"], env, store / "eval.log",
+                    after=[(seed, m) for m in methods]))
+    return jobs
+
+
+def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval_s: float) -> list[dict]:
+    """The seed's records from its evaluation's results.json and each method's training log."""
     results = json.loads((store / "eval" / "results.json").read_text())
     out = []
     for m in methods:
@@ -251,6 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--reward-model", default=str(ROOT / "checkpoints" / "reward"))
     p.add_argument("--judge-model", default=str(ROOT / "checkpoints" / "judge"))
     p.add_argument("--fresh", action="store_true", help="start bench/seeds.jsonl over")
+    p.add_argument("--jobs", type=int, default=2 if (os.cpu_count() or 1) > 1 else 1,
+                   help="runs side by side, the cores split between them (the demo pipeline's CPU default: 2)")
     p.add_argument("--report-only", action="store_true", help="print the table from bench/seeds.jsonl, run nothing")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -264,13 +319,22 @@ def main(argv=None) -> int:
                 sys.exit(f"{path} is not a reward-model checkpoint; build the demo's reward model and judge first.")
         if args.fresh:
             RESULTS.unlink(missing_ok=True)
-        for seed in seeds:
-            records = seed_records(seed, methods, Path(args.store) / f"seed{seed}", Path(args.reward_model),
-                                   Path(args.judge_model))
+        jobs = [j for seed in seeds for j in seed_jobs(seed, methods, Path(args.store) / f"seed{seed}",
+                                                         Path(args.reward_model), Path(args.judge_model))]
+        by_key = {j.key: j for j in jobs}
+
+        def seed_done(job: Job) -> None:  # each seed's records are kept as soon as it is evaluated
+            seed = job.key[0]
+            if job.key[1] != "eval":
+                return
+            records = seed_records(seed, methods, Path(args.store) / f"seed{seed}",
+                                   {m: by_key[(seed, m)].seconds for m in methods}, job.seconds)
             with RESULTS.open("a") as f:
                 for r in records:
-                    f.write(json.dumps({**r, "command": command(), "machine": machine(),
+                    f.write(json.dumps({**r, "command": command(), "machine": machine(), "jobs": args.jobs,
                                         "time": time.strftime("%Y-%m-%dT%H:%M%z")}) + "\n")
+
+        run_jobs(jobs, args.jobs, os.cpu_count() or 1, seed_done)
     records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     records = [r for r in records if r["seed"] in seeds and (r["method"] in methods or r["method"] == "best-of-4")]
     text, passing = table(records)

@@ -65,3 +65,35 @@ def test_one_named_window_in_the_seeds_table():
     s = summarize_metrics(metrics)
     assert s["kl_exact_per_token_last"] == pytest.approx(np.mean([0.04, 0.05, 0.06]))  # the last pass's 3 steps
     assert s["kl_exact_per_token_last_se"] == pytest.approx(np.std([0.04, 0.05, 0.06], ddof=1) / np.sqrt(3))
+
+
+def _job(tmp_path, name, body="", after=(), seconds=0.3):
+    """A job that records when it ran and the thread count it was started with."""
+    import sys
+
+    code = (f"import os, time, json; t0 = time.time(); time.sleep({seconds}); {body}\n"
+            f"open({str(tmp_path / (name + '.json'))!r}, 'w').write(json.dumps("
+            f"[t0, time.time(), os.environ['OMP_NUM_THREADS']]))")
+    return seeds.Job((0, name), [sys.executable, "-c", code], {}, tmp_path / f"{name}.log", after=list(after))
+
+
+def test_seed_jobs_run_side_by_side_and_the_evaluation_waits_for_its_methods(tmp_path):
+    import json
+
+    jobs = [_job(tmp_path, "a"), _job(tmp_path, "b", seconds=0.6), _job(tmp_path, "eval", after=[(0, "a"), (0, "b")])]
+    done = []
+    seeds.run_jobs(jobs, workers=2, cores=2, on_done=lambda j: done.append(j.key[1]))
+    ran = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b", "eval")}
+    assert ran["a"][0] < ran["b"][1] and ran["b"][0] < ran["a"][1], "a and b ran side by side"
+    assert ran["a"][2] == ran["b"][2] == "1", "side by side, one thread each"
+    assert ran["eval"][0] >= max(ran["a"][1], ran["b"][1]), "the evaluation waited for both"
+    assert ran["eval"][2] == "2", "alone, it gets both cores"
+    assert done[-1] == "eval" and sorted(done) == ["a", "b", "eval"]
+    assert all(j.seconds is not None and j.seconds >= 0.3 for j in jobs)
+
+
+def test_a_failed_seed_job_stops_the_run_and_names_its_log(tmp_path):
+    jobs = [_job(tmp_path, "bad", body="raise SystemExit(3)"), _job(tmp_path, "next", after=[(0, "bad")])]
+    with pytest.raises(SystemExit, match="bad.log"):
+        seeds.run_jobs(jobs, workers=2, cores=2)
+    assert not (tmp_path / "next.json").exists()
