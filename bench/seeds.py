@@ -10,9 +10,10 @@ links to those two, trains each method there with `--seed S` (the prompt split s
 then runs `eval/evaluate.py --profile demo --seed 1000+S` on that store, so base and policies are sampled afresh
 per seed and the variation across seeds includes sampling. One record per (seed, method) is appended to
 bench/seeds.jsonl; the table is printed from every record of the chosen methods and seeds (a rerun with the
-same seeds replaces nothing: use --fresh to start the jsonl over). The runs go `--jobs` at a time (default 2 on
+same seeds replaces nothing: use --fresh to start over). The runs go `--jobs` at a time (default 2 on
 a multi-core CPU, one thread each, as the demo pipeline runs its steps), a seed's evaluation as soon as its
-methods are trained; each seed's records are written when its evaluation ends, so an interrupted run keeps them.
+methods are trained; each seed's records are written when its evaluation ends. Without --fresh a run goes on where
+an interrupted one stopped: complete checkpoints (and an evaluation newer than all of them) are not made again.
 
 The bar: some method's judge gain interval (across seeds) excludes zero while its exact KL to the base ends in
 0.02-0.1 nats/token in at least 4 of 5 seeds.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +55,7 @@ class Job:
     log: Path
     after: list = field(default_factory=list)  # keys this job waits for
     seconds: float | None = None
+    done: bool = False  # its output is already complete (an earlier, interrupted run): not run again
 
 
 def run_jobs(jobs: list[Job], workers: int, cores: int, on_done=None) -> None:
@@ -63,7 +66,8 @@ def run_jobs(jobs: list[Job], workers: int, cores: int, on_done=None) -> None:
     called as each job ends. Stops at the first failure, naming its log."""
     from rlhflab.pipeline import _step_env
 
-    pending, running, finished = list(jobs), [], set()
+    pending, running = [j for j in jobs if not j.done], []
+    finished = {j.key for j in jobs if j.done}
 
     def share_file(job):
         return job.log.with_suffix(".threads")
@@ -101,15 +105,20 @@ def run_jobs(jobs: list[Job], workers: int, cores: int, on_done=None) -> None:
                 on_done(job)
 
 
+def _online_rl_metrics(folder: Path) -> list[dict]:
+    """The run's metrics.jsonl where it is an online-RL log (PPO, GRPO: scores and the exact KL to the reference per
+    step); SFT and DPO log their losses there, with no KL to summarise: []."""
+    path = folder / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return records if records and all("score" in r for r in records) else []
+
+
 def last_training_kl(folder: Path) -> float | None:
     """The run's own exact KL over its last pass over the training prompts (metrics.jsonl; the window the evaluation
     and ppo_metrics.summarize_metrics call "last pass"), where it logged one."""
     from rlhflab.measure.ppo_metrics import summarize_metrics
 
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = _online_rl_metrics(folder)
     return summarize_metrics(records).get("kl_exact_per_token_last") if records else None
 
 
@@ -117,8 +126,7 @@ def last_training_kl_se(folder: Path) -> float | None:
     """The standard error (over the last pass's steps) of last_training_kl."""
     from rlhflab.measure.ppo_metrics import summarize_metrics
 
-    path = folder / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = _online_rl_metrics(folder)
     return summarize_metrics(records).get("kl_exact_per_token_last_se") if records else None
 
 
@@ -142,13 +150,19 @@ def seed_jobs(seed: int, methods: list[str], store: Path, reward: Path, judge: P
         link = store / name
         if not link.exists():
             link.symlink_to(target.resolve())
+    from rlhflab.pipeline import is_done
+    from rlhflab.steps import step_making
+
     env = {"RLHFLAB_CHECKPOINTS": str(store)}
+    # a method's folder is named like the method (METHODS' keys are the pipeline's output folders)
     jobs = [Job((seed, m), [sys.executable, METHODS[m][0], "--profile", "demo", *METHODS[m][1], "--seed", str(seed)],
-                env, store / f"{m}.log") for m in methods]
+                env, store / f"{m}.log", done=is_done(step_making(m), store)) for m in methods]
     keys = ",".join(["base", *(METHODS[m][2] for m in methods)])
+    # the evaluation is current only if it ran after every policy it reads: none of them is trained in this run
+    evaluated = (store / "eval" / "results.json").is_file() and all(j.done for j in jobs)
     jobs.append(Job((seed, "eval"), [sys.executable, "eval/evaluate.py", "--profile", "demo", "--policies", keys,
                                      "--seed", str(1000 + seed), "--best-of-n", "4"], env, store / "eval.log",
-                    after=[(seed, m) for m in methods]))
+                    after=[(seed, m) for m in methods], done=evaluated))
     return jobs
 
 
@@ -158,7 +172,7 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
     out = []
     for m in methods:
         e = results["policies"][METHODS[m][2]]
-        out.append({"seed": seed, "method": m, "train_seconds": round(seconds[m], 1), "eval_seconds": round(eval_s, 1),
+        out.append({"seed": seed, "method": m, "eval_seconds": None if eval_s is None else round(eval_s, 1),
                     "judge_gain": e.get("judge_gain_vs_base"), "rm_gain": e.get("gain_vs_base"),
                     "length_controlled_judge_gain": (e.get("length_controlled") or {}).get("judge", {}).get("gain"),
                     "kl_exact_per_token": e.get("kl_per_token_to_base"),
@@ -166,12 +180,13 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
                     "kl_training_window": "last pass",
                     "kl_training_last_exact_se": last_training_kl_se(store / m),
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
+                    "train_seconds": None if seconds[m] is None else round(seconds[m], 1),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
     bon = results["policies"].get("best-of-4")
     if bon:
         out.append({"seed": seed, "method": "best-of-4", "judge_gain": bon.get("judge_gain_vs_base"),
                     "rm_gain": bon.get("gain_vs_base"), "kl_bound_per_token": bon.get("kl_bound_per_token"),
-                    "n_prompts": bon.get("n"), "eval_seconds": round(eval_s, 1)})
+                    "n_prompts": bon.get("n"), "eval_seconds": None if eval_s is None else round(eval_s, 1)})
     return out
 
 
@@ -296,6 +311,10 @@ def pooled_table(records: list[dict], alpha: float = 0.05) -> tuple[str, list[st
     return "\n".join(lines), real
 
 
+def read_records() -> list[dict]:
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.is_file() else []
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2,3,4")
@@ -303,7 +322,9 @@ def main(argv=None) -> int:
     p.add_argument("--store", default="/tmp/rlhflab-seeds", help="folder for the per-seed checkpoint stores")
     p.add_argument("--reward-model", default=str(ROOT / "checkpoints" / "reward"))
     p.add_argument("--judge-model", default=str(ROOT / "checkpoints" / "judge"))
-    p.add_argument("--fresh", action="store_true", help="start bench/seeds.jsonl over")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: remove bench/seeds.jsonl and the chosen seeds' stores (without it, a run goes on "
+                        "where an interrupted one stopped: complete checkpoints and evaluations are kept)")
     p.add_argument("--jobs", type=int, default=2 if (os.cpu_count() or 1) > 1 else 1,
                    help="runs side by side, the cores split between them (the demo pipeline's CPU default: 2)")
     p.add_argument("--report-only", action="store_true", help="print the table from bench/seeds.jsonl, run nothing")
@@ -319,6 +340,8 @@ def main(argv=None) -> int:
                 sys.exit(f"{path} is not a reward-model checkpoint; build the demo's reward model and judge first.")
         if args.fresh:
             RESULTS.unlink(missing_ok=True)
+            for seed in seeds:
+                shutil.rmtree(Path(args.store) / f"seed{seed}", ignore_errors=True)
         jobs = [j for seed in seeds for j in seed_jobs(seed, methods, Path(args.store) / f"seed{seed}",
                                                          Path(args.reward_model), Path(args.judge_model))]
         by_key = {j.key: j for j in jobs}
@@ -334,9 +357,12 @@ def main(argv=None) -> int:
                     f.write(json.dumps({**r, "command": command(), "machine": machine(), "jobs": args.jobs,
                                         "time": time.strftime("%Y-%m-%dT%H:%M%z")}) + "\n")
 
+        kept = {r["seed"] for r in read_records()}
+        for job in jobs:  # a seed evaluated by an interrupted run: its records, if they were not written then
+            if job.key[1] == "eval" and job.done and job.key[0] not in kept:
+                seed_done(job)
         run_jobs(jobs, args.jobs, os.cpu_count() or 1, seed_done)
-    records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r["seed"] in seeds and (r["method"] in methods or r["method"] == "best-of-4")]
+    records = [r for r in read_records() if r["seed"] in seeds and (r["method"] in methods or r["method"] == "best-of-4")]
     text, passing = table(records)
     print(text)
     print(f"\nbar (judge-gain interval excludes 0 and exact KL in {KL_BAND[0]}–{KL_BAND[1]} in at least 4 of 5 "
