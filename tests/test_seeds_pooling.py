@@ -97,3 +97,48 @@ def test_a_failed_seed_job_stops_the_run_and_names_its_log(tmp_path):
     with pytest.raises(SystemExit, match="bad.log"):
         seeds.run_jobs(jobs, workers=2, cores=2)
     assert not (tmp_path / "next.json").exists()
+
+
+def test_a_job_already_done_is_not_run_again_and_counts_as_finished(tmp_path):
+    import json
+
+    done = seeds.Job((0, "old"), ["false"], {}, tmp_path / "old.log", done=True)  # would fail if it ran
+    jobs = [done, _job(tmp_path, "eval", after=[(0, "old")], seconds=0.0)]
+    seeds.run_jobs(jobs, workers=2, cores=2)
+    assert not (tmp_path / "old.log").exists() and done.seconds is None
+    assert json.loads((tmp_path / "eval.json").read_text())[2] == "2"
+
+
+def test_seed_jobs_keep_complete_checkpoints_and_only_a_current_evaluation(tmp_path):
+    store = tmp_path / "seed0"
+    (store / "sft").mkdir(parents=True)
+    (store / "sft" / "policy_info.json").write_text("{}")
+    (store / "dpo").mkdir()  # a run interrupted before it finished: no policy_info.json
+    (store / "eval").mkdir()
+    (store / "eval" / "results.json").write_text("{}")
+    (tmp_path / "rm").mkdir()
+    jobs = {j.key[1]: j for j in seeds.seed_jobs(0, ["sft", "dpo"], store, tmp_path / "rm", tmp_path / "rm")}
+    assert jobs["sft"].done and not jobs["dpo"].done
+    assert not jobs["eval"].done, "an evaluation older than a policy trained in this run is run again"
+    (store / "dpo" / "policy_info.json").write_text("{}")
+    jobs = {j.key[1]: j for j in seeds.seed_jobs(0, ["sft", "dpo"], store, tmp_path / "rm", tmp_path / "rm")}
+    assert all(j.done for j in jobs.values())
+    assert (store / "reward").resolve() == (tmp_path / "rm").resolve()
+
+
+def test_the_training_kl_is_read_from_online_rl_logs_only(tmp_path):
+    """SFT and DPO log losses in metrics.jsonl, no scores: no training KL (their logs stopped the first re-run);
+    a PPO/GRPO log gives its last pass's exact KL."""
+    import json
+
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i, "loss": 2.5}) for i in range(1, 5)))
+    assert seeds.last_training_kl(sft) is None and seeds.last_training_kl_se(sft) is None
+    rl = tmp_path / "grpo"
+    rl.mkdir()
+    rows = [{"step": i, "pass": 1 + (i > 2), "score": 1.0, "kl_per_token": 0.0, "kl_coef": 0.1,
+             "kl_exact_per_token": kl} for i, kl in enumerate([0.0, 0.01, 0.03, 0.05], 1)]
+    (rl / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert seeds.last_training_kl(rl) == pytest.approx(0.04)
+    assert seeds.last_training_kl_se(rl) == pytest.approx(0.01)
