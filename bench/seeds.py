@@ -36,6 +36,7 @@ from common import command, machine
 from seed_interval import t_interval
 
 RESULTS = HERE / "seeds.jsonl"
+EVAL_COPIES = HERE / "seeds_eval"  # each seed's evaluation report and results.json, kept beside the records
 KL_BAND = (0.02, 0.1)
 # method -> (script, its flags, the evaluation's key for it)
 METHODS = {
@@ -311,6 +312,29 @@ def pooled_table(records: list[dict], alpha: float = 0.05) -> tuple[str, list[st
     return "\n".join(lines), real
 
 
+def evaluation_table(seeds: list[int]) -> str:
+    """Per seed, from its evaluation's results.json (EVAL_COPIES): the share of answers cut at the token budget per
+    policy, and how independent the judge was of the training reward model on that seed's answers (Pearson r of
+    their scores after regressing out length, and their agreement on the shared test pairs, 95 % intervals)."""
+    lines = ["| seed | answers cut at the budget: base / sft / dpo / ppo-full / ppo-lora / grpo | RM–judge Pearson r, "
+             "length regressed out [95 %] | RM and judge order the test pairs alike [95 % Wilson] |",
+             "|---|---|---|---|"]
+    for seed in seeds:
+        path = EVAL_COPIES / f"seed{seed}" / "results.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        cut = " / ".join(f"{r['policies'][k]['cut_rate']:.0%}" if k in r["policies"] else "—"
+                         for k in ("base", "sft", "dpo", "full", "lora", "grpo"))
+        ind = r.get("judge_independence") or {}
+        pr = ind.get("pearson_length_controlled")
+        tp = ind.get("test_pairs") or {}
+        lines.append(f"| {seed} | {cut} | " + (f"{pr[0]:+.2f} [{pr[1]:+.2f}, {pr[2]:+.2f}]" if pr else "—") + " | "
+                     + (f"{tp['rate'][0]:.1%} [{tp['rate'][1]:.1%}, {tp['rate'][2]:.1%}] ({tp['agree']} of {tp['n']})"
+                        if tp.get("rate") else "—") + " |")
+    return "\n".join(lines)
+
+
 def read_records() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.is_file() else []
 
@@ -356,6 +380,10 @@ def main(argv=None) -> int:
                 for r in records:
                     f.write(json.dumps({**r, "command": command(), "machine": machine(), "jobs": args.jobs,
                                         "time": time.strftime("%Y-%m-%dT%H:%M%z")}) + "\n")
+            copy = EVAL_COPIES / f"seed{seed}"
+            copy.mkdir(parents=True, exist_ok=True)
+            for name in ("report.md", "results.json"):
+                shutil.copy2(Path(args.store) / f"seed{seed}" / "eval" / name, copy / name)
 
         kept = {r["seed"] for r in read_records()}
         for job in jobs:  # a seed evaluated by an interrupted run: its records, if they were not written then
@@ -374,6 +402,9 @@ def main(argv=None) -> int:
     print(pooled_text)
     print("\nmethods whose judge gain stands after pooling and Holm's correction (alpha 0.05): "
           + (", ".join(real) if real else "none"))
+    if any((EVAL_COPIES / f"seed{s}" / "results.json").is_file() for s in seeds):
+        print("\nEach seed's evaluation (bench/seeds_eval/seed<S>/report.md, results.json):\n")
+        print(evaluation_table(seeds))
     return 0
 
 

@@ -142,3 +142,19 @@ def test_the_training_kl_is_read_from_online_rl_logs_only(tmp_path):
     (rl / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert seeds.last_training_kl(rl) == pytest.approx(0.04)
     assert seeds.last_training_kl_se(rl) == pytest.approx(0.01)
+
+
+def test_each_seeds_cut_rates_and_judge_independence_are_tabled(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(seeds, "EVAL_COPIES", tmp_path)
+    (tmp_path / "seed3").mkdir()
+    policies = {k: {"cut_rate": c} for k, c in zip(("base", "sft", "dpo", "full", "lora", "grpo"),
+                                                    (0.26, 0.1, 0.12, 0.08, 0.02, 0.06))}
+    ind = {"pearson_length_controlled": [0.9, 0.86, 0.93],
+           "test_pairs": {"agree": 56, "n": 63, "rate": [0.8889, 0.7880, 0.9451]}}
+    (tmp_path / "seed3" / "results.json").write_text(json.dumps({"policies": policies, "judge_independence": ind}))
+    rows = seeds.evaluation_table([3, 4]).splitlines()
+    assert len(rows) == 3, "seed 4 has no evaluation: no row"
+    assert rows[2] == ("| 3 | 26% / 10% / 12% / 8% / 2% / 6% | +0.90 [+0.86, +0.93] | "
+                       "88.9% [78.8%, 94.5%] (56 of 63) |")
