@@ -23,21 +23,11 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from common import command, machine
+from seeds import _online_rl_metrics
 
 HERE = Path(__file__).resolve().parent
-KEYS = {"ppo-full": "full", "ppo-lora": "lora", "grpo": "grpo"}
-
-
-def per_token(sums: list[float], counts: list[int], samples: int = 2000, seed: int = 0) -> list[float]:
-    """Σ KL / Σ tokens with a 95 % bootstrap interval over prompts (as the evaluation's figure)."""
-    s, c = np.asarray(sums, float), np.asarray(counts, float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(s), (samples, len(s)))
-    boot = s[idx].sum(1) / np.maximum(c[idx].sum(1), 1)
-    return [float(s.sum() / max(c.sum(), 1)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+METHODS = ("ppo-full", "ppo-lora", "grpo")  # the online-RL runs, whose logs hold an exact KL
 
 
 def measure(store: Path, seed: int, method: str, n: int, rollout_tokens: int) -> dict:
@@ -48,6 +38,7 @@ def measure(store: Path, seed: int, method: str, n: int, rollout_tokens: int) ->
     from rlhflab.generation.sampling import generate_batch
     from rlhflab.measure.evaluation import _model_of, _settings
     from rlhflab.measure.kl import exact_kl_of_responses
+    from rlhflab.measure.stats import ratio_bootstrap_ci
     from rlhflab.models.policies import PolicySet
     from rlhflab.models.precision import autocast, policy_dtype
     from rlhflab.models.prompts import with_system
@@ -56,6 +47,10 @@ def measure(store: Path, seed: int, method: str, n: int, rollout_tokens: int) ->
     folder = store / f"seed{seed}" / method
     policies = PolicySet(cfg.base_model, {method: str(folder)}, dtype=policy_dtype(cfg.bf16))
     out = {}
+
+    def per_token(sums, counts):  # Σ KL / Σ tokens with the evaluation's own interval (its resamples and seed)
+        return list(ratio_bootstrap_ci(sums, counts, samples=cfg.bootstrap_samples, seed=4))
+
     with autocast(cfg.bf16):
         with policies.use("base") as (_, tokenizer):
             pass
@@ -86,7 +81,7 @@ def main(argv=None) -> int:
     from rlhflab.config import DEMO_ROLLOUT_TOKENS
 
     recorded = {(r["seed"], r["method"]): r for r in map(json.loads, (HERE / "seeds.jsonl").read_text().splitlines())
-                if r.get("method") in KEYS}
+                if r.get("method") in METHODS}
     print(f"command: {command()}\nmachine: {machine()}\n")
     print("| seed | method | evaluation (bench/seeds.jsonl) | held-out, up to 128 | held-out, first 64 of the same | "
           "training prompts, up to 64 | training log, last pass (its steps) |\n|---|---|---|---|---|---|---|")
@@ -96,8 +91,7 @@ def main(argv=None) -> int:
             r = measure(Path(args.store), seed, method, args.prompts, DEMO_ROLLOUT_TOKENS)
             rec = recorded.get((seed, method), {})
             log = rec.get("kl_training_last_exact")
-            metrics = [json.loads(line) for line in (Path(args.store) / f"seed{seed}" / method / "metrics.jsonl")
-                       .read_text().splitlines() if line.strip()]
+            metrics = _online_rl_metrics(Path(args.store) / f"seed{seed}" / method)
             last_pass = [m["kl_exact_per_token"] for m in metrics if m.get("pass") == metrics[-1].get("pass")]
             print(f"| {seed} | {method} | {fmt(rec.get('kl_exact_per_token'))} | {fmt(r.get('heldout_128'))} | "
                   f"{fmt(r.get(f'heldout_first_{DEMO_ROLLOUT_TOKENS}'))} | {fmt(r.get(f'train_{DEMO_ROLLOUT_TOKENS}'))} | "
