@@ -5,10 +5,11 @@
 Run it as is on an AVX2 laptop; on a newer host the two variables emulate one (the lab's precision choice then sees
 no bf16, so the model is held in fp32, as it is there).
 Speed: batch 1 and batch 8, greedy, 64 new tokens, median of 3 runs after a warm-up: transformers generate() in the
-model's dtype (the baseline), the decode engine on the model's own weights, with int8 projections and LM head
-(`use_int8_decode`), and with int8 projections but the LM head kept (`use_int8_decode(head=False)`); each with the
-fraction of the bandwidth limit of the bytes that format reads per token.
-Cost: exact next-token KL(engine on the model's weights ‖ int8 variant) per token, Σ_v p log p/q at temperature 1,
+model's dtype (the baseline), the decode engine on the model's own weights, with fp16 weights (steps of at most
+FP16_MAX_ROWS rows), with int8 projections and LM head, and with int8 projections but the LM head kept
+(`use_decode_weights(model, "fp16" | "int8" | "int8-proj")`); each with the fraction of the bandwidth limit of the
+bytes that format reads per token.
+Cost: exact next-token KL(engine on the model's weights ‖ the variant) per token, Σ_v p log p/q at temperature 1,
 over the responses the unquantised engine samples from held-out demo prompts (the trainers' sampling: temperature
 alone), both teacher-forced through their KV caches (rlhflab.generation.engine.engine_logits), with a 95 % bootstrap
 interval over responses, and how often their top-1 tokens agree. The adoption bar (issue 27): KL <= 0.002 nats/token
@@ -22,12 +23,15 @@ import json
 from bench_generation import _decode_rate, linear_weight_bytes, memory_bandwidth_gb_s
 from common import command, machine
 
-VARIANTS = {"engine": None, "int8": dict(head=True), "int8-proj": dict(head=False)}
+# variant -> the decode weights it asks for (rlhflab.generation.engine.use_decode_weights)
+VARIANTS = {"engine": None, "fp16": "fp16", "int8": "int8", "int8-proj": "int8-proj"}
 
 
 def _weight_bytes(model, variant: str) -> int:
     if variant == "engine":
         return linear_weight_bytes(model)
+    if variant == "fp16":
+        return linear_weight_bytes(model, bytes_per_weight=2)
     everything_int8 = linear_weight_bytes(model, bytes_per_weight=1, bytes_per_row=4)  # int8 weights, fp32 row scales
     if variant == "int8":
         return everything_int8
@@ -41,7 +45,7 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
 
     from rlhflab.config import DEMO_DATA_DIR
     from rlhflab.data.oasst1 import load_prompts
-    from rlhflab.generation.engine import decode_engine, engine_logits, int8_available, use_int8_decode
+    from rlhflab.generation.engine import decode_engine, engine_logits, use_decode_weights
     from rlhflab.generation.sampling import GenerationSettings, decode_batch, encode_prompts, generate_batch
     from rlhflab.measure.kl import kl_sums
     from rlhflab.measure.stats import ratio_bootstrap_ci
@@ -69,16 +73,16 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
                                                             stop_ids=[], pad_id=tok.pad_token_id))
 
         rows = {"generate": _decode_rate(generate, 64)}
-        for variant, kw in VARIANTS.items():
-            if kw is not None and not int8_available():
-                continue
-            use_int8_decode(model, kw is not None, **(kw or {}))
+        for variant, fmt in VARIANTS.items():
+            use_decode_weights(model, fmt)
+            if fmt is not None and decode_engine(model).kind != f"llama-{fmt}":
+                continue  # this CPU or torch build has no kernel for it
             rows[variant] = _decode_rate(engine, 64)
             rows[variant + "_kind"] = decode_engine(model).kind
             limit = bw * 1e9 / _weight_bytes(model, variant) * batch_size
             rows[variant + "_fraction_of_limit"] = rows[variant] / limit
             rows[variant + "_over_generate"] = rows[variant] / rows["generate"]
-        use_int8_decode(model, False)
+        use_decode_weights(model, None)
         speed[f"batch_{batch_size}_tok_s"] = rows
         print(f"batch {batch_size}: " + json.dumps(rows), flush=True)
 
@@ -86,8 +90,9 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
     sampling = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=tokens)
     reference = generate_batch(model, tok, texts, sampling, batch_size=8) if cost_part else []
     quality = {}
-    for variant, kw in VARIANTS.items() if cost_part else ():
-        if kw is None or not int8_available():
+    for variant, fmt in VARIANTS.items() if cost_part else ():
+        use_decode_weights(model, fmt)
+        if fmt is None or decode_engine(model).kind != f"llama-{fmt}":
             continue
         per_response, agree, positions = [], 0, 0
         for text, gen in zip(texts, reference):
@@ -96,11 +101,11 @@ def run(prompts: int = 16, tokens: int = 64, model_name: str = "smollm2-135m-ins
             ids = torch.cat([prompt["input_ids"], response], 1)
             mask = torch.ones_like(ids)
             context = prompt["input_ids"].shape[1]
-            use_int8_decode(model, False)
+            use_decode_weights(model, None)
             p = engine_logits(model, ids, mask, context)
-            use_int8_decode(model, True, **kw)
+            use_decode_weights(model, fmt)
             q = engine_logits(model, ids, mask, context)
-            use_int8_decode(model, False)
+            use_decode_weights(model, None)
             ones = torch.ones_like(response, dtype=torch.bool)
             sums = kl_sums(p, q, response, ones)
             per_response.append((float(sums[0]), float(sums[3])))

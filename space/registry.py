@@ -84,6 +84,25 @@ def _env_int(env: dict, name: str) -> int | None:
         raise UserError(f"{name} must be a whole number, got {value!r}.") from None
 
 
+# RLHFLAB_DECODE_WEIGHTS: the weights chat decodes from. fp16 (the default) serves an fp32 model on a CPU without
+# native bf16, at 1.9x the fp32 step for 1.2e-5 nats/token; int8 is faster only where torch has a fast int8 kernel
+# and costs 0.005 nats/token (BENCHMARKS.md, "Decoding without native bf16"); fp32 keeps the model's own.
+_DECODE_WEIGHTS = {"fp16": "fp16", "fp32": None, "own": None, "int8": "int8", "int8-proj": "int8-proj"}
+
+
+def decode_weights_choice(env: dict) -> str | None:
+    """The chat's decode weights from RLHFLAB_DECODE_WEIGHTS (RLHFLAB_INT8_DECODE=1, the older switch, means int8);
+    an unknown value keeps the default and says so."""
+    if env_flag(env, "RLHFLAB_INT8_DECODE", default=False):
+        return "int8"
+    value = (env.get("RLHFLAB_DECODE_WEIGHTS") or "").strip().lower()
+    if value and value not in _DECODE_WEIGHTS:
+        print(f"warning: RLHFLAB_DECODE_WEIGHTS={env['RLHFLAB_DECODE_WEIGHTS']!r} is not one of "
+              f"{'/'.join(_DECODE_WEIGHTS)}; using the default (fp16).", flush=True)
+        value = ""
+    return _DECODE_WEIGHTS[value or "fp16"]
+
+
 def env_flag(env: dict, name: str, default: bool) -> bool:
     """An on/off environment setting: 1/true/yes/on or 0/false/no/off (any case); unset or empty means `default`.
     Any other value keeps the default and says so, rather than silently meaning one or the other."""
@@ -121,8 +140,7 @@ class Registry:
         self._revisions: dict[tuple, str] = {}
         # policies hold bf16 weights where bf16 is fast (rlhflab.models.precision.policy_dtype); RLHFLAB_BF16=0 keeps fp32
         self.want_bf16 = env_flag(self.env, "RLHFLAB_BF16", default=True)
-        # RLHFLAB_INT8_DECODE=1: chat decodes with int8 weights (faster; its KL cost is in BENCHMARKS.md)
-        self.want_int8 = env_flag(self.env, "RLHFLAB_INT8_DECODE", default=False)
+        self.decode_weights = decode_weights_choice(self.env)
         # RLHFLAB_SERVING=0: each request decodes alone under its model's lock (the path before continuous batching)
         self.want_serving = env_flag(self.env, "RLHFLAB_SERVING", default=True)
         self.max_batch = _env_int(self.env, "RLHFLAB_MAX_BATCH")
@@ -348,7 +366,7 @@ class Registry:
             if self._policies is None:
                 sources = {k: e.source for k, e in self.policy_entries().items() if k != "base"}
                 self._policies = PolicySet(self.resolve("base").source, sources, dtype=policy_dtype(self.want_bf16),
-                                           int8_decode=self.want_int8, serving=self.want_serving,
+                                           decode_weights=self.decode_weights, serving=self.want_serving,
                                            max_batch=self.max_batch, max_queue=self.max_queue)
             return self._policies
 

@@ -340,3 +340,78 @@ def test_int8_projections_can_keep_the_lm_head(tiny_llama_dir):
     use_int8_decode(model, False)
     assert decode_engine(model).kind == "llama"
     assert 0 < errors[False] < errors[True] < 0.05 * reference.abs().max()
+
+
+def _one_row_with_answer(tok):
+    batch, _ = encode_prompts(tok, PROMPTS[1:2], 256)
+    ids = torch.cat([batch["input_ids"], torch.tensor([[5, 9, 13, 21, 7, 3]])], 1)
+    return ids, torch.ones_like(ids), batch["input_ids"].shape[1]
+
+
+def test_fp16_decode_weights_serve_narrow_steps_only(tiny_llama_dir, monkeypatch):
+    """use_decode_weights(model, "fp16") on a CPU without native bf16: a step of at most FP16_MAX_ROWS rows reads fp16
+    weights (close to the fp32 logits, not equal); a prompt's prefill and a wider batch read the model's own fp32
+    weights (equal to the exact loop's logits, bit for bit)."""
+    from rlhflab.generation.engine import FP16_MAX_ROWS, engine_logits, use_decode_weights
+
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx avx2 f16c fma")
+    model, tok = load_causal_lm(str(tiny_llama_dir))
+    ids, mask, context = _one_row_with_answer(tok)
+    wide = ids.expand(FP16_MAX_ROWS + 1, -1)
+    exact, exact_wide = engine_logits(model, ids, mask, context), engine_logits(model, wide, mask.expand_as(wide), context)
+    use_decode_weights(model, "fp16")
+    assert decode_engine(model).kind == "llama-fp16"
+    half = engine_logits(model, ids, mask, context)
+    assert torch.equal(half[:, 0], exact[:, 0])  # the prefill
+    assert 0 < (half[:, 1:] - exact[:, 1:]).abs().max() < 1e-2 * exact.abs().max()  # fp16 rounding: close, not equal
+    assert torch.equal(engine_logits(model, wide, mask.expand_as(wide), context), exact_wide)
+    use_decode_weights(model, None)
+    assert decode_engine(model).kind == "llama"
+
+
+def test_fp16_decode_weights_only_where_they_serve(tiny_llama_dir, monkeypatch):
+    """fp16 weights are asked for, but the engine keeps its other step: on a CPU without F16C (not measured), for a bf16
+    model, and under bf16 autocast; a bad format name is refused."""
+    from rlhflab.generation.engine import use_decode_weights
+
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "sse4_2 avx fma")
+    model, _ = load_causal_lm(str(tiny_llama_dir))
+    assert DecodeEngine(model, quantize="fp16").kind == "llama"
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx avx2 f16c fma")
+    assert DecodeEngine(model, quantize="fp16").kind == "llama-fp16"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert DecodeEngine(model, quantize="fp16").kind == "llama"
+    bf16, _ = load_causal_lm(str(tiny_llama_dir), torch.bfloat16)
+    assert DecodeEngine(bf16, quantize="fp16").kind == "llama"
+    with pytest.raises(ValueError, match="fp16"):
+        use_decode_weights(model, "fp8")
+
+
+def test_fp16_decode_weights_follow_lora_adapters_and_training(tiny_llama_dir, monkeypatch):
+    """On the fp16 step, LoRA adapters are applied as peft does (each adapter's logits, not the base's), and an
+    optimizer step on the base weights rebuilds the fp16 copies."""
+    from rlhflab.generation.engine import engine_logits, use_decode_weights
+
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx avx2 f16c fma")
+    model, tok = _adapter_model(tiny_llama_dir, torch.float32)
+    use_decode_weights(model, "fp16")
+    ids, mask, context = _one_row_with_answer(tok)
+    outs = {}
+    for name in ("first", "second", "base"):
+        ctx = model.disable_adapter() if name == "base" else _active(model, name)
+        with ctx, torch.inference_mode():
+            reference = model(input_ids=ids).logits[:, context - 1:-1].float()
+            got = engine_logits(model, ids, mask, context)
+        assert decode_engine(model).kind == "llama-fp16"
+        assert (got - reference).abs().max() < 1e-2 * reference.abs().max()
+        outs[name] = got
+    assert not torch.allclose(outs["first"], outs["second"]) and not torch.allclose(outs["first"], outs["base"])
+    plain, _ = load_causal_lm(str(tiny_llama_dir))
+    use_decode_weights(plain, "fp16")
+    before = engine_logits(plain, ids, mask, context)
+    with torch.no_grad():
+        plain.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    after = engine_logits(plain, ids, mask, context)
+    with torch.inference_mode():
+        reference = plain(input_ids=ids).logits[:, context - 1:-1].float()
+    assert not torch.allclose(before, after) and (after - reference).abs().max() < 1e-2 * reference.abs().max()

@@ -110,23 +110,30 @@ def test_generating_policies_hold_bf16_weights_only_where_bf16_is_fast(monkeypat
     assert models.policy_dtype(True, "cpu") is torch.float32
     assert Registry(env={}).want_bf16 and Registry(env={"RLHFLAB_BF16": "1"}).want_bf16
     assert not any(Registry(env={"RLHFLAB_BF16": v}).want_bf16 for v in ("0", "false", "off", " No "))
-    assert not Registry(env={}).want_int8 and Registry(env={"RLHFLAB_INT8_DECODE": "1"}).want_int8
+    assert Registry(env={}).decode_weights == "fp16"
+    assert Registry(env={"RLHFLAB_INT8_DECODE": "1"}).decode_weights == "int8"
+    assert Registry(env={"RLHFLAB_DECODE_WEIGHTS": "FP32"}).decode_weights is None
+    assert Registry(env={"RLHFLAB_DECODE_WEIGHTS": "int8-proj"}).decode_weights == "int8-proj"
+    assert Registry(env={"RLHFLAB_DECODE_WEIGHTS": "fp8"}).decode_weights == "fp16"  # unknown: the default, said
 
 
-def test_int8_decode_is_the_apps_choice_only(tiny_llama_dir):
-    """PolicySet decodes with int8 weights only when asked (the app's RLHFLAB_INT8_DECODE); by default, and so in the
-    evaluation, the engine runs the model's own weights."""
+def test_decode_weights_are_the_apps_choice_only(tiny_llama_dir, monkeypatch):
+    """PolicySet decodes from other weights only when asked (the app asks for fp16 by default, int8 on request); by
+    default, and so in the evaluation, the engine runs the model's own weights."""
     from rlhflab.generation.engine import decode_engine, int8_available
     from rlhflab.models.policies import BASE, PolicySet
 
-    if not int8_available():
-        pytest.skip("this torch build has no weight-only int8 kernel")
+    monkeypatch.setenv("RLHFLAB_CPU_FLAGS", "avx avx2 f16c fma")  # a CPU without native bf16: fp32 policies
     plain = PolicySet(str(tiny_llama_dir))
-    fast = PolicySet(str(tiny_llama_dir), int8_decode=True)
     with plain.use(BASE) as (model, _):
         assert decode_engine(model).kind == "llama"
-    with fast.use(BASE) as (model, _):
-        assert decode_engine(model).kind == "llama-int8"
+    chat = PolicySet(str(tiny_llama_dir), decode_weights="fp16")
+    with chat.use(BASE) as (model, _):
+        assert decode_engine(model).kind == "llama-fp16"
+    if int8_available():
+        fast = PolicySet(str(tiny_llama_dir), decode_weights="int8")
+        with fast.use(BASE) as (model, _):
+            assert decode_engine(model).kind == "llama-int8"
 
 
 def test_env_flags_share_one_reading(capsys):

@@ -1,9 +1,16 @@
-"""The decode engine: forward steps of a causal LM over a preallocated KV cache, with packed bf16 or int8 weights where they serve."""
+"""The decode engine: forward steps of a causal LM over a preallocated KV cache, with packed bf16, fp16 or int8 weights
+where they serve."""
 from __future__ import annotations
 
 import torch
 
-from rlhflab.models.hardware import bf16_packing_available
+from rlhflab.models.hardware import bf16_packing_available, fp16_matmul_available
+
+# Decode steps of at most this many rows (batch x new tokens) read fp16 weights in the "llama-fp16" step. On a CPU
+# without native bf16, MKL's fp16 matrix-vector kernel streams the half-size weights 2.3-2.7x as fast as the fp32
+# one at 1-3 rows, 1.6x at 4, and is slower from 8 rows on (BENCHMARKS.md, "Decoding without native bf16"); a
+# prompt's prefill and a wide batch keep the fp32 weights.
+FP16_MAX_ROWS = 4
 
 
 def _grow(buf: torch.Tensor, needed: int) -> torch.Tensor:
@@ -108,6 +115,20 @@ class _Int8Linear(_FusedLinear):
         return self._split(y if self.bias is None else y + self.bias)
 
 
+class _HalfLinear(_FusedLinear):
+    """y = x Wᵀ (+ b) with W stored in fp16 and x rounded to fp16 on the way in: half the bytes of fp32 per token,
+    through MKL's fp16 kernel (fp32 accumulation); the output returns in x's dtype, so the residual stream, the
+    norms, attention and the KV cache stay in the model's fp32."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None], dtype: torch.dtype):
+        super().__init__(weights, biases, dtype)
+        self.weight = self.weight.to(torch.float16).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y = torch.nn.functional.linear(x.to(torch.float16), self.weight).to(x.dtype)
+        return self._split(y if self.bias is None else y + self.bias)
+
+
 class _DenseLinear(_FusedLinear):
     """y = x Wᵀ (+ b) with W as the model holds it (a layer kept out of int8 decoding)."""
 
@@ -117,6 +138,9 @@ class _DenseLinear(_FusedLinear):
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self._split(torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias))
+
+
+DECODE_WEIGHTS = (None, "int8", "int8-proj", "fp16")
 
 
 def int8_available() -> bool:
@@ -172,20 +196,26 @@ class DecodeEngine:
         llama = (getattr(self.config, "model_type", None) == "llama" and core is not None
                  and hasattr(core, "layers") and hasattr(core, "rotary_emb") and hasattr(inner, "lm_head"))
         self.core = core if llama else None
-        if quantize not in (None, "int8", "int8-proj"):
-            raise ValueError(f"quantize must be None, 'int8' or 'int8-proj', got {quantize!r}")
-        on_cpu = next(model.parameters()).device.type == "cpu"  # torch's weight-only int8 kernel is a CPU kernel
-        self.quantize = quantize if llama and on_cpu and packed is not False and int8_available() else None
+        if quantize not in DECODE_WEIGHTS:
+            raise ValueError(f"quantize must be None or one of {', '.join(DECODE_WEIGHTS[1:])}, got {quantize!r}")
+        p = next(model.parameters())
+        on_cpu = p.device.type == "cpu"  # torch's weight-only int8 and MKL's fp16 kernels are CPU kernels
         self.dtype = _packing_dtype(model) if llama and packed is not False else None
+        # fp16 serves an fp32 model where nothing faster is packed (no native bf16); elsewhere the model's own step
+        can = (int8_available() if quantize in ("int8", "int8-proj")
+               else self.dtype is None and p.dtype == torch.float32 and not _cpu_autocast_bf16()
+               and fp16_matmul_available())
+        self.quantize = quantize if quantize and llama and on_cpu and packed is not False and can else None
         if self.quantize:
-            self.dtype = self.dtype or next(model.parameters()).dtype
+            self.dtype = self.dtype or p.dtype
         self.kind = ("transformers" if not llama else f"llama-{self.quantize}" if self.quantize
                      else "llama-packed-bf16" if self.dtype is not None else "llama")
         self._autocast = _cpu_autocast_bf16()
         self._weights_key = self._key()
         self._packed = None
-        if self.dtype is not None:
-            linear = _Int8Linear if self.quantize else _PackedLinear
+        self._small_rows = FP16_MAX_ROWS if self.quantize == "fp16" else None
+        if self.dtype is not None:  # fp16 copies, int8 or packed bf16 (self.dtype is the model's for the first two)
+            linear = {"fp16": _HalfLinear, None: _PackedLinear}.get(self.quantize, _Int8Linear)
             self._packed = [
                 (linear(*self._wb([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])),
                  linear(*self._wb([l.self_attn.o_proj])),
@@ -235,7 +265,16 @@ def decode_engine(model) -> DecodeEngine:
 def use_int8_decode(model, on: bool = True, head: bool = True):
     """Decode this model with weight-only int8 projections and, unless `head=False`, LM head (Llama family; see
     BENCHMARKS.md for what each costs in KL and reward); training and scoring passes keep the model's own weights."""
-    object.__setattr__(model, "_rlhflab_quantize", None if not on else "int8" if head else "int8-proj")
+    return use_decode_weights(model, None if not on else "int8" if head else "int8-proj")
+
+
+def use_decode_weights(model, fmt: str | None):
+    """Decode this model from weights in `fmt` (DECODE_WEIGHTS; None: its own). "fp16" serves an fp32 Llama-family
+    model on a CPU without native bf16, at steps of at most FP16_MAX_ROWS rows (chat), where the engine would
+    otherwise read fp32; elsewhere the engine ignores it. Training and scoring passes keep the model's own weights."""
+    if fmt not in DECODE_WEIGHTS:
+        raise ValueError(f"decode weights must be None or one of {', '.join(DECODE_WEIGHTS[1:])}, got {fmt!r}")
+    object.__setattr__(model, "_rlhflab_quantize", fmt)
     return model
 
 
@@ -337,6 +376,8 @@ class _DecodeState:
             self.v = [_grow(t, end) for t in self.v]
             self.capacity = self.k[0].shape[-2]
         mask = self._attention_mask(new, end)
+        # fp16 weights serve narrow steps only (FP16_MAX_ROWS); a prefill or a wide batch runs the model's own fp32
+        self._narrow = engine._small_rows is None or batch * new <= engine._small_rows
         # The residual stream stays in the model's dtype, as under autocast (fp32 for a policy in training); the
         # packed projections, attention and the KV cache run in the packed dtype, so norm outputs are cast to it.
         dt = engine.dtype
@@ -381,12 +422,12 @@ class _DecodeState:
                 h = h + _apply_lora(self._packed_layer(i)[3](y)[0], y, lora[6])
         self.length = end
         h = cast(core.norm(h[:, -1:, :]))
-        if engine._packed is None:
+        if engine._packed is None or not self._narrow:
             return engine.lm.lm_head(h)[:, -1, :]
         return _apply_lora(engine._head(h)[0], h, self.lora_head)[:, -1, :]
 
     def _packed_layer(self, i: int):
-        return None if self.engine._packed is None else self.engine._packed[i]
+        return None if self.engine._packed is None or not self._narrow else self.engine._packed[i]
 
 
 class _Unsupported(Exception):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rlhflab.errors import UserError
-from rlhflab.generation.engine import decode_engine, use_int8_decode
+from rlhflab.generation.engine import decode_engine, use_decode_weights
 from rlhflab.models.hardware import best_device
 from rlhflab.models.loading import EMBEDDED_MODELS, attach_adapter, is_adapter_checkpoint, load_causal_lm
 from rlhflab.store.cards import read_policy_metadata
@@ -106,9 +106,10 @@ class PolicySet:
     base_model: str
     sources: dict[str, str] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
-    # Decode with int8 weights (rlhflab.generation.engine.use_int8_decode): faster chat, at a measured cost in KL
-    # (BENCHMARKS.md), so only the app offers it, on request; the evaluation never sets it.
-    int8_decode: bool = False
+    # Decode from weights in another format (rlhflab.generation.engine.use_decode_weights): the app's choice for chat
+    # ("fp16" by default, which the engine uses only for an fp32 model on a CPU without native bf16; "int8" on
+    # request, at a measured cost in KL: BENCHMARKS.md). The evaluation never sets it: it decodes the model's own.
+    decode_weights: str | None = None
     _base: tuple | None = field(default=None, repr=False)
     _attached: set = field(default_factory=set, repr=False)  # adapters living on the shared base
     _own: dict = field(default_factory=dict, repr=False)  # key -> (model, tokenizer) with weights of its own
@@ -154,7 +155,7 @@ class PolicySet:
     def _load_base(self):
         if self._base is None:
             model, tok = load_causal_lm(self.base_model, self.dtype)
-            self._base = (use_int8_decode(model.to(best_device()).eval(), self.int8_decode), tok)
+            self._base = (use_decode_weights(model.to(best_device()).eval(), self.decode_weights), tok)
             decode_engine(self._base[0])  # pack the decode weights at load, not in the first chat request
         return self._base
 
@@ -192,7 +193,7 @@ class PolicySet:
             model, tok = load_policy(str(path), self.dtype)
             if hasattr(model, "merge_and_unload"):  # an adapter on another base: one plain model
                 model = model.merge_and_unload()
-            self._own[name] = (use_int8_decode(model.to(best_device()).eval(), self.int8_decode), tok)
+            self._own[name] = (use_decode_weights(model.to(best_device()).eval(), self.decode_weights), tok)
             decode_engine(self._own[name][0])
             self._locks[name] = threading.Lock()
         return self._own[name]
