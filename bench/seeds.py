@@ -131,6 +131,30 @@ def last_training_kl_se(folder: Path) -> float | None:
     return summarize_metrics(records).get("kl_exact_per_token_last_se") if records else None
 
 
+def final_probe_kl(folder: Path) -> dict | None:
+    """The trainer's own exact KL of its final policy: the over-optimisation probe at the run's last step (overopt.jsonl,
+    written after that step's update), on its held-out prompts under the evaluation's sampling and token budget, with
+    its 95 % bootstrap interval. None where the run has no probe (SFT, DPO, a run with --probe-every 0)."""
+    from rlhflab.measure.overopt import read_overopt
+
+    probes = [r for r in read_overopt(folder) if r.get("kl_exact_per_token") is not None and r.get("kl_exact_ci")]
+    if not probes:
+        return None
+    last = max(probes, key=lambda r: r["step"])
+    return {"kl": [last["kl_exact_per_token"], *last["kl_exact_ci"]], "step": last["step"],
+            "prompts": last.get("n_prompts")}
+
+
+def final_kls_agree(record: dict) -> bool | None:
+    """Do the trainer's final probe (its final policy, bootstrap interval) and the evaluation (the same policy, other
+    prompts and samples, bootstrap interval) agree: is their difference within 1.96 times the root of the summed
+    variances? None where the record has no probe."""
+    probe, ev = record.get("kl_training_final_probe"), record.get("kl_exact_per_token")
+    if not probe or not ev or per_seed_se(probe) is None or per_seed_se(ev) is None:
+        return None
+    return abs(probe[0] - ev[0]) <= Z95 * (per_seed_se(probe) ** 2 + per_seed_se(ev) ** 2) ** 0.5
+
+
 def kls_agree(record: dict) -> bool | None:
     """Do the training log's exact KL (last pass, ± 1.96 SE over its steps) and the evaluation's (its bootstrap
     interval) agree: is their difference within 1.96 times the root of the summed variances? None where either
@@ -180,6 +204,7 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
                     "kl_training_last_exact": last_training_kl(store / m),  # the output folder is named like the method
                     "kl_training_window": "last pass",
                     "kl_training_last_exact_se": last_training_kl_se(store / m),
+                    **final_probe_fields(store / m),
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
                     "train_seconds": None if seconds[m] is None else round(seconds[m], 1),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
@@ -191,6 +216,12 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
     return out
 
 
+def final_probe_fields(folder: Path) -> dict:
+    probe = final_probe_kl(folder)
+    return {} if probe is None else {"kl_training_final_probe": probe["kl"], "kl_training_final_probe_step": probe["step"],
+                                     "kl_training_final_probe_prompts": probe["prompts"]}
+
+
 def _fmt(mean, low, high, digits=3):
     return f"{mean:+.{digits}f}" + ("" if low is None else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
 
@@ -198,8 +229,9 @@ def _fmt(mean, low, high, digits=3):
 def table(records: list[dict]) -> tuple[str, list[str]]:
     lines = ["| method | seeds | judge gain, mean [95 % t-interval across seeds] | training-RM gain | "
              "length-controlled judge gain | exact KL to base per seed (nats/token) | training log's exact KL, "
-             "last pass | seeds with KL in 0.02–0.1 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "last pass | trainer's final probe: the same policy's exact KL on held-out prompts | "
+             "seeds with KL in 0.02–0.1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     passing = []
     for m in dict.fromkeys(r["method"] for r in records):
         rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
@@ -220,9 +252,15 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
         agree = [a for a in (kls_agree(r) for r in rs) if a is not None]
         if agree:  # records since issue 25: the training and evaluation KLs side by side, with intervals
             train_kl += f" (agree with the evaluation's within intervals: {sum(agree)}/{len(agree)})"
+        probes = [r for r in rs if r.get("kl_training_final_probe")]
+        final = ", ".join(f"{r['kl_training_final_probe'][0]:.3f}" for r in probes) or "—"
+        final_agree = [a for a in (final_kls_agree(r) for r in probes) if a is not None]
+        if final_agree:
+            final += f" (agree with the evaluation's within intervals: {sum(final_agree)}/{len(final_agree)})"
         lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_fmt(*jt) if jt else 'n/a'} | "
                      f"{_fmt(*t_interval(rm)) if rm else 'n/a'} | {_fmt(*t_interval(lc)) if lc else 'n/a'} | "
-                     f"{kl_text} | {train_kl} | {'n/a (a bound)' if m == 'best-of-4' else f'{in_band}/{len(rs)}'} |")
+                     f"{kl_text} | {train_kl} | {final} | "
+                     f"{'n/a (a bound)' if m == 'best-of-4' else f'{in_band}/{len(rs)}'} |")
         if jt and jt[1] is not None and (jt[1] > 0 or jt[2] < 0) and in_band >= max(1, len(rs) - 1) \
                 and m != "best-of-4":
             passing.append(m)
@@ -352,7 +390,13 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2 if (os.cpu_count() or 1) > 1 else 1,
                    help="runs side by side, the cores split between them (the demo pipeline's CPU default: 2)")
     p.add_argument("--report-only", action="store_true", help="print the table from bench/seeds.jsonl, run nothing")
+    p.add_argument("--results", default=str(HERE / "seeds.jsonl"),
+                   help="the records file (each seed's evaluation is kept in <its name>_eval/ beside it): another file "
+                        "keeps another host's or another subset's run apart from the demo's five-seed table")
     args = p.parse_args(argv)
+    global RESULTS, EVAL_COPIES
+    RESULTS = Path(args.results)
+    EVAL_COPIES = RESULTS.with_name(RESULTS.stem + "_eval")
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]

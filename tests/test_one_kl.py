@@ -85,3 +85,21 @@ def test_training_and_evaluation_kl_agree_on_the_same_policy(tiny_llama_dir):
     assert evaluation[0] > 0.01, "the policy is some way from its reference"
     assert evaluation[1] <= training[2] and training[1] <= evaluation[2], (evaluation, training)
     assert training[0] == pytest.approx(evaluation[0], rel=0.15)
+
+
+@pytest.mark.parametrize("cls", [PPOConfig, GRPOConfig])
+def test_the_trainers_final_probe_samples_as_the_evaluation_does(cls):
+    """The probe at a run's last step is the trainer's own measurement of its final policy, which bench/seeds.py holds
+    against the evaluation's: in the demo it samples held-out prompts with the evaluation's settings and budget."""
+    from types import SimpleNamespace
+
+    from rlhflab.measure.evaluation import _settings
+    from rlhflab.measure.overopt import OverOptProbe
+
+    train, ev = build_config(cls, "demo"), build_config(EvalConfig, "demo")
+    asked = SimpleNamespace(temperature=train.temperature,
+                            max_new_tokens=train.probe_max_new_tokens or train.max_response_length)
+    probe, s = OverOptProbe.settings(asked), _settings(ev)
+    fields = ("temperature", "top_k", "top_p", "repetition_penalty", "greedy", "max_new_tokens")
+    assert [getattr(probe, f) for f in fields] == [getattr(s, f) for f in fields]
+    assert train.probe_every > 0 and train.num_heldout >= train.probe_prompts

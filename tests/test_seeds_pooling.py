@@ -158,3 +158,29 @@ def test_each_seeds_cut_rates_and_judge_independence_are_tabled(tmp_path, monkey
     assert len(rows) == 3, "seed 4 has no evaluation: no row"
     assert rows[2] == ("| 3 | 26% / 10% / 12% / 8% / 2% / 6% | +0.90 [+0.86, +0.93] | "
                        "88.9% [78.8%, 94.5%] (56 of 63) |")
+
+
+def test_the_trainers_final_probe_is_compared_with_the_evaluation(tmp_path):
+    """The trainer's own final measurement (the probe at the run's last step: same policy, the evaluation's sampling)
+    is read from overopt.jsonl and held against the evaluation's KL, interval against interval."""
+    import json
+
+    run = tmp_path / "ppo-full"
+    run.mkdir()
+    probes = [{"step": 0, "n_prompts": 16, "kl_exact_per_token": 0.0, "kl_exact_ci": [0.0, 0.0]},
+              {"step": 12, "n_prompts": 16, "kl_exact_per_token": 0.052, "kl_exact_ci": [0.040, 0.066]},
+              {"step": 6, "n_prompts": 16, "kl_exact_per_token": 0.090, "kl_exact_ci": [0.070, 0.110]}]
+    (run / "overopt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probes))
+    fields = seeds.final_probe_fields(run)
+    assert fields == {"kl_training_final_probe": [0.052, 0.040, 0.066], "kl_training_final_probe_step": 12,
+                      "kl_training_final_probe_prompts": 16}, "the last step's probe, not the file's last line"
+    assert seeds.final_probe_fields(tmp_path) == {}, "a run without a probe (SFT, DPO)"
+    ev = [0.055, 0.045, 0.065]
+    assert seeds.final_kls_agree({**fields, "kl_exact_per_token": ev}) is True
+    assert seeds.final_kls_agree({"kl_training_final_probe": [0.120, 0.100, 0.140], "kl_exact_per_token": ev}) is False
+    assert seeds.final_kls_agree({"kl_exact_per_token": ev}) is None
+    rows = [{"method": "ppo-full", "seed": s, **fields, "kl_exact_per_token": ev, "judge_gain": [0.1, 0.0, 0.2],
+             "rm_gain": [0.1, 0.0, 0.2]} for s in range(3)]
+    rows[2]["kl_training_final_probe"] = [0.120, 0.100, 0.140]
+    text, _ = seeds.table(rows)
+    assert "0.052, 0.052, 0.120 (agree with the evaluation's within intervals: 2/3)" in text
