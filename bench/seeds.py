@@ -167,7 +167,7 @@ def kls_agree(record: dict) -> bool | None:
     return abs(train - ev[0]) <= Z95 * (se_t ** 2 + se_e ** 2) ** 0.5
 
 
-def seed_jobs(seed: int, methods: list[str], store: Path, reward: Path, judge: Path) -> list[Job]:
+def seed_jobs(seed: int, methods: list[str], store: Path, reward: Path, judge: Path, best_of_n: str = "4") -> list[Job]:
     """One seed's jobs: its store DIR/seed<S> (links to the reward model and judge), each method's training, then
     the evaluation of base and every method on that store."""
     store.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def seed_jobs(seed: int, methods: list[str], store: Path, reward: Path, judge: P
     # the evaluation is current only if it ran after every policy it reads: none of them is trained in this run
     evaluated = (store / "eval" / "results.json").is_file() and all(j.done for j in jobs)
     jobs.append(Job((seed, "eval"), [sys.executable, "eval/evaluate.py", "--profile", "demo", "--policies", keys,
-                                     "--seed", str(1000 + seed), "--best-of-n", "4"], env, store / "eval.log",
+                                     "--seed", str(1000 + seed), "--best-of-n", best_of_n], env, store / "eval.log",
                     after=[(seed, m) for m in methods], done=evaluated))
     return jobs
 
@@ -389,6 +389,8 @@ def main(argv=None) -> int:
                         "where an interrupted one stopped: complete checkpoints and evaluations are kept)")
     p.add_argument("--jobs", type=int, default=2 if (os.cpu_count() or 1) > 1 else 1,
                    help="runs side by side, the cores split between them (the demo pipeline's CPU default: 2)")
+    p.add_argument("--best-of-n", default="4", help="the evaluation's best-of-n baseline ('' for none: a run that "
+                                                    "checks the trained methods only)")
     p.add_argument("--report-only", action="store_true", help="print the table from bench/seeds.jsonl, run nothing")
     p.add_argument("--results", default=str(HERE / "seeds.jsonl"),
                    help="the records file (each seed's evaluation is kept in <its name>_eval/ beside it): another file "
@@ -411,7 +413,8 @@ def main(argv=None) -> int:
             for seed in seeds:
                 shutil.rmtree(Path(args.store) / f"seed{seed}", ignore_errors=True)
         jobs = [j for seed in seeds for j in seed_jobs(seed, methods, Path(args.store) / f"seed{seed}",
-                                                         Path(args.reward_model), Path(args.judge_model))]
+                                                         Path(args.reward_model), Path(args.judge_model),
+                                                         args.best_of_n)]
         by_key = {j.key: j for j in jobs}
 
         def seed_done(job: Job) -> None:  # each seed's records are kept as soon as it is evaluated
