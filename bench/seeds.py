@@ -145,11 +145,26 @@ def final_probe_kl(folder: Path) -> dict | None:
             "prompts": last.get("n_prompts")}
 
 
+def eval_kl_on_first(results: dict, key: str, n: int | None) -> list | None:
+    """The evaluation's exact KL for policy `key` on its first `n` prompts only (the probe's: both take the held-out
+    set in its saved order), with the evaluation's bootstrap (resamples, seed 4); None where results.json predates
+    the per-prompt KL sums."""
+    from rlhflab.measure.stats import ratio_bootstrap_ci
+
+    rows = (results.get("per_prompt") or {}).get(key) or {}
+    if not n or "kl_exact_sum" not in rows or len(rows["kl_exact_sum"]) < n:
+        return None
+    samples = (results.get("settings") or {}).get("bootstrap_samples", 1000)
+    return list(ratio_bootstrap_ci(rows["kl_exact_sum"][:n], rows["kl_tokens"][:n], samples=samples, seed=4))
+
+
 def final_kls_agree(record: dict) -> bool | None:
     """Do the trainer's final probe (its final policy, bootstrap interval) and the evaluation (the same policy, other
-    prompts and samples, bootstrap interval) agree: is their difference within 1.96 times the root of the summed
-    variances? None where the record has no probe."""
-    probe, ev = record.get("kl_training_final_probe"), record.get("kl_exact_per_token")
+    samples, bootstrap interval) agree: is their difference within 1.96 times the root of the summed variances? On
+    the probe's own prompts where the evaluation kept its per-prompt KL, else on all of the evaluation's. None where
+    the record has no probe."""
+    probe = record.get("kl_training_final_probe")
+    ev = record.get("kl_exact_per_token_probe_prompts") or record.get("kl_exact_per_token")
     if not probe or not ev or per_seed_se(probe) is None or per_seed_se(ev) is None:
         return None
     return abs(probe[0] - ev[0]) <= Z95 * (per_seed_se(probe) ** 2 + per_seed_se(ev) ** 2) ** 0.5
@@ -205,6 +220,8 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
                     "kl_training_window": "last pass",
                     "kl_training_last_exact_se": last_training_kl_se(store / m),
                     **final_probe_fields(store / m),
+                    "kl_exact_per_token_probe_prompts": eval_kl_on_first(
+                        results, METHODS[m][2], (final_probe_kl(store / m) or {}).get("prompts")),
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
                     "train_seconds": None if seconds[m] is None else round(seconds[m], 1),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
@@ -229,7 +246,8 @@ def _fmt(mean, low, high, digits=3):
 def table(records: list[dict]) -> tuple[str, list[str]]:
     lines = ["| method | seeds | judge gain, mean [95 % t-interval across seeds] | training-RM gain | "
              "length-controlled judge gain | exact KL to base per seed (nats/token) | training log's exact KL, "
-             "last pass | trainer's final probe: the same policy's exact KL on held-out prompts | "
+             "last pass | trainer's final probe: the same policy's exact KL on its held-out prompts (the evaluation's on "
+             "those prompts) | "
              "seeds with KL in 0.02–0.1 |",
              "|---|---|---|---|---|---|---|---|---|"]
     passing = []
@@ -253,7 +271,9 @@ def table(records: list[dict]) -> tuple[str, list[str]]:
         if agree:  # records since issue 25: the training and evaluation KLs side by side, with intervals
             train_kl += f" (agree with the evaluation's within intervals: {sum(agree)}/{len(agree)})"
         probes = [r for r in rs if r.get("kl_training_final_probe")]
-        final = ", ".join(f"{r['kl_training_final_probe'][0]:.3f}" for r in probes) or "—"
+        final = ", ".join(f"{r['kl_training_final_probe'][0]:.3f}" + (
+            f" ({r['kl_exact_per_token_probe_prompts'][0]:.3f})" if r.get("kl_exact_per_token_probe_prompts") else "")
+            for r in probes) or "—"
         final_agree = [a for a in (final_kls_agree(r) for r in probes) if a is not None]
         if final_agree:
             final += f" (agree with the evaluation's within intervals: {sum(final_agree)}/{len(final_agree)})"

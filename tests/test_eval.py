@@ -142,6 +142,11 @@ def test_tiny_end_to_end_evaluation(tmp_path, tiny_llama_dir, tiny_reward_dir, f
         run = {"full": full_run, "lora": lora_run}[name]
         logged = [r["kl_exact_per_token"] for r in read_jsonl(Path(run) / "metrics.jsonl")]
         assert e["kl_exact_per_token_training_last"] == pytest.approx(np.mean(logged[-1:]), abs=1e-9)
+        # each prompt's KL sum and tokens are kept, and add up to the evaluation's point estimate
+        kept = results["per_prompt"][name]
+        assert len(kept["kl_exact_sum"]) == len(kept["kl_tokens"]) == 4
+        assert sum(kept["kl_exact_sum"]) / sum(kept["kl_tokens"]) == pytest.approx(e["kl_per_token_to_base"][0],
+                                                                                 rel=1e-4, abs=1e-6)
     base = results["policies"]["base"]
     rewards = results["per_prompt"]["base"]["reward"]
     assert base["reward_mean"][0] == pytest.approx(np.mean(rewards), abs=1e-3)

@@ -184,3 +184,21 @@ def test_the_trainers_final_probe_is_compared_with_the_evaluation(tmp_path):
     rows[2]["kl_training_final_probe"] = [0.120, 0.100, 0.140]
     text, _ = seeds.table(rows)
     assert "0.052, 0.052, 0.120 (agree with the evaluation's within intervals: 2/3)" in text
+
+
+def test_the_evaluations_kl_on_the_probes_prompts():
+    """The evaluation's KL restricted to its first n prompts (the probe's) from results.json's per-prompt sums, with
+    the evaluation's bootstrap; what the table compares with the probe where it is there."""
+    results = {"settings": {"bootstrap_samples": 500},
+               "per_prompt": {"full": {"kl_exact_sum": [1.0, 2.0, 30.0, 40.0], "kl_tokens": [10, 20, 30, 40]}}}
+    first = seeds.eval_kl_on_first(results, "full", 2)
+    assert first[0] == pytest.approx(0.1) and first[1] <= first[0] <= first[2]
+    assert seeds.eval_kl_on_first(results, "full", 8) is None, "more prompts than the evaluation asked"
+    assert seeds.eval_kl_on_first({"per_prompt": {"full": {"reward": [1.0]}}}, "full", 1) is None, "an older file"
+    row = {"method": "ppo-full", "seed": 0, "kl_training_final_probe": [0.060, 0.050, 0.070],
+           "kl_exact_per_token": [0.090, 0.085, 0.095], "kl_exact_per_token_probe_prompts": [0.062, 0.052, 0.072],
+           "judge_gain": [0.1, 0.0, 0.2], "rm_gain": [0.1, 0.0, 0.2]}
+    assert seeds.final_kls_agree(row) is True, "held against the evaluation on the same prompts"
+    assert seeds.final_kls_agree({k: v for k, v in row.items() if k != "kl_exact_per_token_probe_prompts"}) is False
+    text, _ = seeds.table([row])
+    assert "0.060 (0.062) (agree with the evaluation's within intervals: 1/1)" in text

@@ -313,8 +313,13 @@ def _run_evaluation(cfg: EvalConfig, progress) -> Path:
     results["examples"] = [{"prompt": prompts[i], **{n: responses[n][i] for n in names},
                             **{f"{n}_reward": float(rewards[n][i]) for n in names},
                             **{f"{n}_judge": float(judged[n][i]) for n in judged}} for i in range(min(5, len(prompts)))]
+    # each prompt's exact-KL sum and its token count: a figure taken on some of these prompts (the training probe's
+    # first ones) can be held against the evaluation's on the same prompts
     results["per_prompt"] = {n: {"reward": rewards[n].round(4).tolist(), "tokens": tokens[n],
-                                 **({"judge": judged[n].round(4).tolist()} if n in judged else {})} for n in names}
+                                 **({"judge": judged[n].round(4).tolist()} if n in judged else {}),
+                                 **({"kl_exact_sum": [round(float(x), 6) for x in exact[n][0]],
+                                     "kl_tokens": [int(c) for c in exact[n][1]]} if n in exact else {})}
+                             for n in names}
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
