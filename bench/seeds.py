@@ -470,7 +470,7 @@ def main(argv=None) -> int:
     print("\nmethods whose judge gain stands after pooling and Holm's correction (alpha 0.05): "
           + (", ".join(real) if real else "none"))
     if any((EVAL_COPIES / f"seed{s}" / "results.json").is_file() for s in seeds):
-        print("\nEach seed's evaluation (bench/seeds_eval/seed<S>/report.md, results.json):\n")
+        print(f"\nEach seed's evaluation ({EVAL_COPIES.relative_to(ROOT) if EVAL_COPIES.is_relative_to(ROOT) else EVAL_COPIES}/seed<S>/: report.md, results.json):\n")
         print(evaluation_table(seeds))
     return 0
 
