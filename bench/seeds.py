@@ -167,7 +167,12 @@ def final_kls_agree(record: dict) -> bool | None:
     ev = record.get("kl_exact_per_token_probe_prompts") or record.get("kl_exact_per_token")
     if not probe or not ev or per_seed_se(probe) is None or per_seed_se(ev) is None:
         return None
-    return abs(probe[0] - ev[0]) <= Z95 * (per_seed_se(probe) ** 2 + per_seed_se(ev) ** 2) ** 0.5
+    return _within_errors(probe[0], per_seed_se(probe), ev[0], per_seed_se(ev))
+
+
+def _within_errors(a: float, se_a: float, b: float, se_b: float) -> bool:
+    """Two independent estimates agree: their difference is within 1.96 times the root of their summed variances."""
+    return abs(a - b) <= Z95 * (se_a ** 2 + se_b ** 2) ** 0.5
 
 
 def kls_agree(record: dict) -> bool | None:
@@ -178,8 +183,7 @@ def kls_agree(record: dict) -> bool | None:
         record.get("kl_exact_per_token")
     if not isinstance(train, (int, float)) or not isinstance(se_t, (int, float)) or not ev:
         return None
-    se_e = per_seed_se(ev)
-    return abs(train - ev[0]) <= Z95 * (se_t ** 2 + se_e ** 2) ** 0.5
+    return _within_errors(train, se_t, ev[0], per_seed_se(ev))
 
 
 def seed_jobs(seed: int, methods: list[str], store: Path, reward: Path, judge: Path, best_of_n: str = "4") -> list[Job]:
@@ -219,9 +223,7 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
                     "kl_training_last_exact": last_training_kl(store / m),  # the output folder is named like the method
                     "kl_training_window": "last pass",
                     "kl_training_last_exact_se": last_training_kl_se(store / m),
-                    **final_probe_fields(store / m),
-                    "kl_exact_per_token_probe_prompts": eval_kl_on_first(
-                        results, METHODS[m][2], (final_probe_kl(store / m) or {}).get("prompts")),
+                    **final_probe_fields(store / m, results, METHODS[m][2]),
                     "length_change": e.get("length_gain_vs_base"), "n_prompts": e.get("n"),
                     "train_seconds": None if seconds[m] is None else round(seconds[m], 1),
                     "judge": results.get("judge", {}).get("model"), "reward_model": results["reward_model"]["model"]})
@@ -233,10 +235,17 @@ def seed_records(seed: int, methods: list[str], store: Path, seconds: dict, eval
     return out
 
 
-def final_probe_fields(folder: Path) -> dict:
+def final_probe_fields(folder: Path, results: dict | None = None, key: str | None = None) -> dict:
+    """A record's final-probe fields, and with the evaluation's `results` the evaluation's KL for `key` on the
+    probe's prompts ({} for a run without a probe)."""
     probe = final_probe_kl(folder)
-    return {} if probe is None else {"kl_training_final_probe": probe["kl"], "kl_training_final_probe_step": probe["step"],
-                                     "kl_training_final_probe_prompts": probe["prompts"]}
+    if probe is None:
+        return {}
+    fields = {"kl_training_final_probe": probe["kl"], "kl_training_final_probe_step": probe["step"],
+              "kl_training_final_probe_prompts": probe["prompts"]}
+    if results is not None:
+        fields["kl_exact_per_token_probe_prompts"] = eval_kl_on_first(results, key, probe["prompts"])
+    return fields
 
 
 def _fmt(mean, low, high, digits=3):

@@ -79,7 +79,7 @@ def bf16_packing_available() -> bool:
 def fp16_matmul_available() -> bool:
     """Whether fp16 weights can serve decoding here: an x86 CPU with F16C (every AVX2 one), whose fp16 matrix-vector
     kernel was measured faster than fp32's (BENCHMARKS.md); other CPUs were not measured, so they keep fp32."""
-    return "f16c" in cpu_flags() and "avx2" in cpu_flags()
+    return {"f16c", "avx2"} <= cpu_flags()
 
 
 def follow_thread_share() -> int:
